@@ -1,0 +1,179 @@
+"""Thin routes: parse the body, call the service, hand results to JSON or SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from collections.abc import AsyncGenerator, Awaitable
+from contextlib import suppress
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from qwen_gateway.api.sse import EventStreamResponse
+from qwen_gateway.container import Container
+from qwen_gateway.core.record import RequestRecord
+from qwen_gateway.core.types import ModelInfo
+from qwen_gateway.errors import AuthenticationFailed, InvalidRequest
+from qwen_gateway.observability.metrics import CONTENT_TYPE
+from qwen_gateway.protocol.chat import ChatCompletionRequest
+from qwen_gateway.protocol.common import Model
+from qwen_gateway.protocol.completions import CompletionRequest
+
+T = TypeVar("T")
+
+
+def record_of(request: Request) -> RequestRecord:
+    state = request.scope.setdefault("state", {})
+    record = state.get("record")
+    if not isinstance(record, RequestRecord):
+        record = state["record"] = RequestRecord("req_internal")
+    return record
+
+
+def api_key_check(container: Container) -> Any:
+    """A dependency that checks ``Authorization: Bearer`` against the static key, if any."""
+    secret = container.settings.server.api_key
+
+    async def check(request: Request) -> None:
+        if secret is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        expected = secret.get_secret_value().encode()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+            raise AuthenticationFailed(
+                "Incorrect API key provided. Send it as 'Authorization: Bearer <key>'."
+            )
+
+    return check
+
+
+async def read_json(request: Request) -> Any:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise InvalidRequest("Content-Type must be application/json.", code="invalid_content_type")
+    body = await request.body()
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(
+            f"We could not parse the JSON body of your request: {exc}.", code="invalid_json"
+        ) from None
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run ``work``; if the client disconnects first, cancel it (aborting generation)."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            record_of(request).cancelled = True
+            task.cancel()
+        return await task
+    finally:
+        watcher.cancel()
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await watcher
+
+
+async def respond(request: Request, result: Any, keepalive: float) -> Response:
+    """JSON for complete results; SSE (after the first chunk is in hand) for streams."""
+    if isinstance(result, dict):
+        return JSONResponse(result)
+    stream: AsyncGenerator[Any, None] = result
+    record = record_of(request)
+    try:
+        first = await until_disconnect(request, anext(stream))
+    except BaseException:
+        await stream.aclose()
+        raise
+    return EventStreamResponse(first, stream, record, keepalive)
+
+
+def _model_card(info: ModelInfo) -> Model:
+    return {
+        "id": info.id,
+        "object": "model",
+        "created": info.created,
+        "owned_by": info.owned_by,
+        "context_window": info.context_window,
+        "max_output_tokens": info.max_output_tokens,
+    }
+
+
+def _body_schema(model: type[Any]) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
+
+
+def include_routes(app: FastAPI, container: Container) -> None:
+    service = container.service
+    keepalive = container.settings.server.keepalive_seconds
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(api_key_check(container))])
+
+    @v1.post("/chat/completions", openapi_extra=_body_schema(ChatCompletionRequest))
+    async def chat_completions(request: Request) -> Response:
+        raw = await read_json(request)
+        result = await until_disconnect(request, service.chat(raw, record_of(request)))
+        return await respond(request, result, keepalive)
+
+    @v1.post("/completions", openapi_extra=_body_schema(CompletionRequest))
+    async def completions(request: Request) -> Response:
+        raw = await read_json(request)
+        result = await until_disconnect(request, service.complete(raw, record_of(request)))
+        return await respond(request, result, keepalive)
+
+    @v1.get("/models")
+    async def list_models() -> JSONResponse:
+        cards = [_model_card(i) for i in service.models()]
+        return JSONResponse({"object": "list", "data": cards})
+
+    @v1.get("/models/{model_id:path}")
+    async def get_model(model_id: str) -> JSONResponse:
+        return JSONResponse(dict(_model_card(service.model(model_id))))
+
+    ops = APIRouter()
+
+    @ops.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @ops.get("/ready")
+    async def ready() -> JSONResponse:
+        if await container.ready():
+            return JSONResponse({"status": "ready"})
+        status = "failed" if container.load_error is not None else "loading"
+        return JSONResponse(
+            {
+                "status": status,
+                "error": {
+                    "message": f"The engine is {status}.",
+                    "type": "server_error",
+                    "param": None,
+                    "code": "engine_unavailable",
+                },
+            },
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
+    @ops.get("/metrics")
+    async def metrics() -> Response:
+        return Response(container.metrics.render(), media_type=CONTENT_TYPE)
+
+    app.include_router(v1)
+    app.include_router(ops)

@@ -1,0 +1,172 @@
+"""``qwen-gateway``: serve, init-tiny-model, config show."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+
+from qwen_gateway.config import ConfigError, Settings, load_settings, redacted
+
+app = typer.Typer(
+    name="qwen-gateway",
+    help="OpenAI-compatible gateway for Qwen2.5 models.",
+    no_args_is_help=False,
+    add_completion=False,
+)
+config_app = typer.Typer(help="Inspect the configuration.")
+app.add_typer(config_app, name="config")
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML config file.", exists=True)
+]
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="Where the embedded model and data live.")
+]
+
+
+def _settings(cli: dict[str, Any], config: Path | None) -> Settings:
+    try:
+        return load_settings(cli, config_file=config)
+    except ConfigError as exc:
+        err.print(f"[red]Configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def ensure_tiny_model(settings: Settings) -> None:
+    """Create the embedded tiny model on first start, with a progress bar."""
+    target = Path(settings.model_path)
+    if (target / "model.safetensors").is_file():
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from qwen_gateway.engines.transformers.tiny import build_tiny_model
+
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err
+    ) as progress:
+        task = progress.add_task(f"Creating the tiny Qwen2.5 model in {target}", total=None)
+
+        def report(stage: str) -> None:
+            progress.update(task, description=f"Creating the tiny model: {stage}")
+
+        build_tiny_model(target, progress=report)
+    err.print(f"Tiny model ready in {target}")
+
+
+def _banner(settings: Settings) -> None:
+    host = settings.server.host
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    base = f"http://{shown}:{settings.server.port}"
+    model = settings.served_model_name
+    key = "$QWEN_GATEWAY_API_KEY" if settings.server.api_key else "none"
+    auth = ' -H "Authorization: Bearer $QWEN_GATEWAY_API_KEY"' if settings.server.api_key else ""
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}]})
+    err.print(f"\n[bold green]qwen-gateway is ready[/bold green] at {base}  (model: {model})")
+    err.print(f"  docs:    {base}/docs")
+    err.print(f"  curl:    curl {base}/v1/chat/completions{auth} \\")
+    err.print(f"             -H 'Content-Type: application/json' -d '{body}'")
+    err.print(
+        f"  python:  OpenAI(base_url='{base}/v1', api_key='{key}')"
+        f".chat.completions.create(model='{model}', messages=[...])\n"
+    )
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Model directory or Hugging Face id (default: embedded tiny model)."),
+    ] = None,
+    served_name: Annotated[
+        str | None, typer.Option("--served-name", help="Model name clients use.")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = None,
+    dtype: Annotated[str | None, typer.Option(help="auto, float32, bfloat16, float16.")] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help="Sequences per decode step.")] = None,
+    context_window: Annotated[
+        int | None, typer.Option(help="Context window in tokens (default: the model's).")
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(help="Require this Bearer key (also QWEN_GATEWAY_API_KEY).")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Serve the OpenAI-compatible API (embedded tiny model unless --model is given)."""
+    cli = {
+        "data_dir": data_dir,
+        "server": {"host": host, "port": port, "api_key": api_key, "log_level": log_level},
+        "model": {
+            "model": model,
+            "served_name": served_name,
+            "device": device,
+            "dtype": dtype,
+            "max_batch_size": max_batch_size,
+            "context_window": context_window,
+        },
+    }
+    settings = _settings(cli, config)
+    import uvicorn
+
+    from qwen_gateway.api.app import create_app
+    from qwen_gateway.container import Container
+    from qwen_gateway.observability.logging import configure_logging
+
+    configure_logging(settings.server.log_level)
+    if settings.embedded_model:
+        ensure_tiny_model(settings)
+    container = Container(settings)
+    application = create_app(container, on_ready=lambda: _banner(settings))
+    err.print(f"Loading {settings.served_model_name} ...")
+    uvicorn.run(
+        application,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@app.command("init-tiny-model")
+def init_tiny_model(
+    directory: Annotated[Path, typer.Argument(help="Where to write the model.")],
+    seed: Annotated[int, typer.Option(help="Random seed of the weights.")] = 0,
+) -> None:
+    """Write the tiny random-weight Qwen2 model (real Qwen2.5 tokenizer) to DIRECTORY."""
+    from qwen_gateway.engines.transformers.tiny import build_tiny_model
+
+    with err.status("Creating the tiny Qwen2.5 model ...") as status:
+        build_tiny_model(directory, seed=seed, progress=lambda s: status.update(s))
+    err.print(f"Wrote the tiny model to {directory}")
+
+
+@config_app.command("show")
+def config_show(
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of YAML.")] = False,
+) -> None:
+    """Print the effective configuration with secrets redacted."""
+    data = redacted(_settings({}, config))
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    else:
+        sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

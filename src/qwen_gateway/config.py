@@ -1,0 +1,157 @@
+"""Settings: CLI flags > environment > YAML file > defaults. The only reader of the environment.
+
+Environment variables: ``QWEN_GATEWAY_<SECTION>__<FIELD>`` (e.g. ``QWEN_GATEWAY_SERVER__PORT``),
+plus the short forms ``QWEN_GATEWAY_API_KEY``, ``QWEN_GATEWAY_DATA_DIR``, ``QWEN_GATEWAY_CONFIG``
+and the deployment conventions ``MODEL_NAME`` (model to serve) and ``MAX_CONTEXT_LENGTH``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+ENV_PREFIX = "QWEN_GATEWAY_"
+TINY_MODEL_DIRNAME = "tiny-qwen2.5"
+TINY_MODEL_NAME = "qwen2.5-tiny"
+
+_ALIASES: dict[str, tuple[str, str]] = {
+    "MODEL_NAME": ("model", "model"),
+    "MAX_CONTEXT_LENGTH": ("model", "context_window"),
+    ENV_PREFIX + "API_KEY": ("server", "api_key"),
+}
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    api_key: SecretStr | None = None
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    keepalive_seconds: float = Field(default=15.0, gt=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class ModelSettings(Section):
+    #: Local directory or Hugging Face id; empty means the embedded tiny model.
+    model: str | None = None
+    served_name: str | None = None
+    engine: str = "transformers"
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_batch_size: int = Field(default=32, ge=1, le=1024)
+    max_waiting: int = Field(default=256, ge=1)
+    #: None: the model's own window (131072 when the model does not say).
+    context_window: int | None = Field(default=None, ge=16)
+    max_output_tokens: int = Field(default=8192, ge=1)
+    max_n: int = Field(default=8, ge=1, le=128)
+
+
+class Settings(Section):
+    data_dir: Path = Field(
+        default_factory=lambda: (
+            Path(os.environ.get("XDG_DATA_HOME", str(Path.home() / ".local" / "share")))
+            / "qwen-gateway"
+        )
+    )
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+
+    @property
+    def embedded_model(self) -> bool:
+        return not self.model.model
+
+    @property
+    def model_path(self) -> str:
+        return self.model.model or str(self.data_dir / TINY_MODEL_DIRNAME)
+
+    @property
+    def served_model_name(self) -> str:
+        if self.model.served_name:
+            return self.model.served_name
+        return self.model.model or TINY_MODEL_NAME
+
+
+class ConfigError(Exception):
+    """A configuration value is wrong; the message names the key and the value."""
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, (section, key) in _ALIASES.items():
+        if env.get(name):
+            out.setdefault(section, {})[key] = env[name]
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name in _ALIASES:
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        if path == ["config"]:
+            continue
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return out
+
+
+def _drop_none(tree: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        k: _drop_none(v) if isinstance(v, Mapping) else v for k, v in tree.items() if v is not None
+    }
+
+
+def load_settings(
+    cli: Mapping[str, Any] | None = None,
+    *,
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the effective settings; ``cli`` holds nested overrides (None values ignored)."""
+    env = os.environ if env is None else env
+    merged: dict[str, Any] = {}
+    path = config_file or (
+        Path(env[ENV_PREFIX + "CONFIG"]) if env.get(ENV_PREFIX + "CONFIG") else None
+    )
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"Cannot read config file {path}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"Config file {path} must hold a mapping at the top level.")
+        merged = _merge(merged, loaded)
+    merged = _merge(merged, _from_env(env))
+    merged = _merge(merged, _drop_none(cli or {}))
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(
+            f"Invalid config value for '{key}' ({err['input']!r}): {err['msg']}"
+        ) from None
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """The settings as plain data with secrets masked, for ``config show``."""
+    data = settings.model_dump(mode="json")
+    if settings.server.api_key is not None:
+        data["server"]["api_key"] = "**********"
+    return data

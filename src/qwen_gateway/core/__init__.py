@@ -1,0 +1,1 @@
+"""Internal types the engines speak, independent of the wire format."""

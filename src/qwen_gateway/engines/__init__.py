@@ -1,0 +1,1 @@
+"""Engines: everything that turns a request into generated tokens."""

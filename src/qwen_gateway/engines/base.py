@@ -1,0 +1,74 @@
+"""The engine interfaces: small on purpose, so fakes and new backends stay cheap."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from qwen_gateway.core.types import EngineEvent, GenerationRequest, ModelInfo, SamplingParams
+from qwen_gateway.qwen.template import ChatTemplate
+from qwen_gateway.qwen.tokenizer import QwenTokenizer
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """A snapshot for metrics and tests."""
+
+    running: int = 0
+    waiting: int = 0
+    decode_steps: int = 0
+    last_batch_size: int = 0
+    max_batch_size: int = 0
+    aborted: int = 0
+    #: Decode steps that ran between an abort request and the slot being freed (worst case).
+    max_abort_delay_steps: int = 0
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """Serves chat and raw-prompt generation for one model."""
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    def stream(self, request: GenerationRequest) -> AsyncGenerator[EngineEvent, None]:
+        """Events for ``request``; always ends with one :class:`Usage`. Closing it aborts."""
+        ...
+
+    async def start(self) -> None: ...
+
+    async def ready(self) -> bool: ...
+
+    def stats(self) -> EngineStats: ...
+
+    async def aclose(self) -> None: ...
+
+
+class TokenBackend(Protocol):
+    """A prompt-level backend: token ids in, text events out (see engines.prompt).
+
+    ``tokenizer`` and ``template`` are the model's own, available once ``start`` returned.
+    """
+
+    tokenizer: QwenTokenizer | None
+    template: ChatTemplate | None
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    def generate(
+        self,
+        prompt: Sequence[int],
+        sampling: SamplingParams,
+        n: int,
+        request_id: str,
+    ) -> AsyncGenerator[EngineEvent, None]: ...
+
+    async def start(self) -> None: ...
+
+    async def ready(self) -> bool: ...
+
+    def stats(self) -> EngineStats: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,71 @@
+"""Turns a prompt-level :class:`TokenBackend` into an :class:`Engine`.
+
+Qwen logic lives here once for every prompt-level backend: the chat template, the
+tokenizer (control-token text in messages stays text) and the context/output limits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import replace
+
+from qwen_gateway.core.types import (
+    ChatRequest,
+    EngineEvent,
+    GenerationRequest,
+    ModelInfo,
+    TextRequest,
+)
+from qwen_gateway.engines.base import EngineStats, TokenBackend
+from qwen_gateway.errors import EngineUnavailable
+from qwen_gateway.qwen.limits import output_budget
+from qwen_gateway.qwen.template import ChatTemplate
+from qwen_gateway.qwen.tokenizer import ENDOFTEXT_ID, QwenTokenizer
+
+
+class PromptEngine:
+    """Renders chat requests with the model's template and streams from the backend."""
+
+    def __init__(self, backend: TokenBackend) -> None:
+        self._backend = backend
+
+    def _assets(self) -> tuple[QwenTokenizer, ChatTemplate]:
+        tokenizer, template = self._backend.tokenizer, self._backend.template
+        if tokenizer is None or template is None:
+            raise EngineUnavailable("The model is still loading.", headers={"Retry-After": "5"})
+        return tokenizer, template
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._backend.info
+
+    def prompt_ids(self, request: GenerationRequest) -> list[int]:
+        tokenizer, template = self._assets()
+        if isinstance(request, ChatRequest):
+            return tokenizer.encode_pieces(template.render(request.messages, request.tools))
+        if isinstance(request.prompt, str):
+            return tokenizer.encode_raw(request.prompt)
+        return list(request.prompt)
+
+    def stream(self, request: GenerationRequest) -> AsyncGenerator[EngineEvent, None]:
+        ids = self.prompt_ids(request)
+        info = self.info
+        budget = output_budget(
+            len(ids), request.sampling.max_tokens, info.context_window, info.max_output_tokens
+        )
+        sampling = replace(request.sampling, max_tokens=budget)
+        if isinstance(request, TextRequest) and not ids:
+            ids = [ENDOFTEXT_ID]
+        return self._backend.generate(ids, sampling, request.n, request.request_id)
+
+    async def start(self) -> None:
+        await self._backend.start()
+
+    async def ready(self) -> bool:
+        return await self._backend.ready()
+
+    def stats(self) -> EngineStats:
+        return self._backend.stats()
+
+    async def aclose(self) -> None:
+        await self._backend.aclose()

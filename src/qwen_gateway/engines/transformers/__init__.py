@@ -1,0 +1,1 @@
+"""The in-process engine: PyTorch + transformers, continuous batching, CPU or GPU."""

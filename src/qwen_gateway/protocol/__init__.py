@@ -1,0 +1,1 @@
+"""OpenAI wire types: request models (pydantic) and response shapes (TypedDicts)."""

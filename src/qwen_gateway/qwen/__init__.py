@@ -1,0 +1,1 @@
+"""Qwen2.5 specifics: chat template, tokenizer and tool-call format."""

@@ -1,0 +1,257 @@
+"""The one request pipeline: validate -> pick the engine -> stream -> shape the response.
+
+Streaming results are async iterators of OpenAI chunk dicts; only ``api/sse.py`` frames
+them. Closing an iterator closes the engine stream, which aborts the generation.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncGenerator, Callable, Mapping
+from contextlib import aclosing
+from typing import Any
+
+from qwen_gateway.core.normalize import RequestLimits, chat_request, text_request
+from qwen_gateway.core.record import RequestRecord
+from qwen_gateway.core.types import ChoiceFinished, EngineEvent, ModelInfo, TextDelta, Usage
+from qwen_gateway.engines.base import Engine
+from qwen_gateway.errors import InternalError, ModelNotFound
+from qwen_gateway.protocol.chat import (
+    ChatCompletion,
+    ChatCompletionChoice,
+    ChatCompletionChunk,
+    ChatCompletionChunkChoice,
+    ChoiceDelta,
+)
+from qwen_gateway.protocol.common import CompletionUsage
+from qwen_gateway.protocol.completions import Completion, CompletionChoice
+
+
+def _usage(u: Usage) -> CompletionUsage:
+    return {
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.total_tokens,
+    }
+
+
+class CompletionService:
+    def __init__(
+        self,
+        engines: Mapping[str, Engine],
+        limits: RequestLimits,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._engines = dict(engines)
+        self._limits = limits
+        self._clock = clock
+
+    # ---- models -------------------------------------------------------------
+
+    def models(self) -> list[ModelInfo]:
+        return [e.info for e in self._engines.values()]
+
+    def model(self, name: str) -> ModelInfo:
+        return self.engine(name).info
+
+    def engine(self, name: str) -> Engine:
+        engine = self._engines.get(name)
+        if engine is None:
+            raise ModelNotFound(
+                f"The model '{name}' does not exist or you do not have access to it.",
+                param="model",
+            )
+        return engine
+
+    def engines(self) -> list[Engine]:
+        return list(self._engines.values())
+
+    # ---- chat -------------------------------------------------------------
+
+    async def chat(
+        self, raw: Mapping[str, Any], record: RequestRecord
+    ) -> ChatCompletion | AsyncGenerator[ChatCompletionChunk, None]:
+        wire, request = chat_request(raw, self._limits, record.request_id)
+        engine = self.engine(request.model)
+        record.model = request.model
+        record.stream = wire.stream
+        events = engine.stream(request)
+        ident = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(self._clock())
+        if wire.stream:
+            include_usage = bool(wire.stream_options and wire.stream_options.include_usage)
+            return self._chat_chunks(
+                events, ident, created, request.model, request.n, include_usage, record
+            )
+        texts = [""] * request.n
+        reasons = ["stop"] * request.n
+        usage = await _collect(events, texts, reasons, record)
+        choices: list[ChatCompletionChoice] = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": texts[i], "refusal": None},
+                "logprobs": None,
+                "finish_reason": reasons[i],
+            }
+            for i in range(request.n)
+        ]
+        return {
+            "id": ident,
+            "object": "chat.completion",
+            "created": created,
+            "model": request.model,
+            "choices": choices,
+            "usage": _usage(usage),
+        }
+
+    async def _chat_chunks(
+        self,
+        events: AsyncGenerator[EngineEvent, None],
+        ident: str,
+        created: int,
+        model: str,
+        n: int,
+        include_usage: bool,
+        record: RequestRecord,
+    ) -> AsyncGenerator[ChatCompletionChunk, None]:
+        def chunk(choices: list[ChatCompletionChunkChoice]) -> ChatCompletionChunk:
+            c: ChatCompletionChunk = {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": choices,
+            }
+            if include_usage:
+                c["usage"] = None
+            return c
+
+        def choice(
+            index: int, delta: ChoiceDelta, reason: str | None = None
+        ) -> ChatCompletionChunkChoice:
+            return {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
+
+        async with aclosing(events):
+            started = False
+            async for event in events:
+                if not started:
+                    started = True
+                    yield chunk([choice(i, {"role": "assistant", "content": ""}) for i in range(n)])
+                if isinstance(event, TextDelta):
+                    record.mark_first_token()
+                    yield chunk([choice(event.index, {"content": event.text})])
+                elif isinstance(event, ChoiceFinished):
+                    record.finish_reason = event.reason
+                    yield chunk([choice(event.index, {}, event.reason)])
+                elif isinstance(event, Usage):
+                    record.prompt_tokens = event.prompt_tokens
+                    record.completion_tokens = event.completion_tokens
+                    if include_usage:
+                        last = chunk([])
+                        last["usage"] = _usage(event)
+                        yield last
+                    return
+        raise InternalError("The engine stream ended without usage.")
+
+    # ---- legacy completions -------------------------------------------------
+
+    async def complete(
+        self, raw: Mapping[str, Any], record: RequestRecord
+    ) -> Completion | AsyncGenerator[Completion, None]:
+        wire, request = text_request(raw, self._limits, record.request_id)
+        engine = self.engine(request.model)
+        record.model = request.model
+        record.stream = wire.stream
+        events = engine.stream(request)
+        ident = f"cmpl-{uuid.uuid4().hex}"
+        created = int(self._clock())
+        echo = request.prompt if wire.echo and isinstance(request.prompt, str) else ""
+        if wire.stream:
+            include_usage = bool(wire.stream_options and wire.stream_options.include_usage)
+            return self._completion_chunks(
+                events, ident, created, request.model, request.n, echo, include_usage, record
+            )
+        texts = [echo] * request.n
+        reasons = ["stop"] * request.n
+        usage = await _collect(events, texts, reasons, record)
+        return {
+            "id": ident,
+            "object": "text_completion",
+            "created": created,
+            "model": request.model,
+            "choices": [
+                {"index": i, "text": texts[i], "logprobs": None, "finish_reason": reasons[i]}
+                for i in range(request.n)
+            ],
+            "usage": _usage(usage),
+        }
+
+    async def _completion_chunks(
+        self,
+        events: AsyncGenerator[EngineEvent, None],
+        ident: str,
+        created: int,
+        model: str,
+        n: int,
+        echo: str,
+        include_usage: bool,
+        record: RequestRecord,
+    ) -> AsyncGenerator[Completion, None]:
+        def chunk(choices: list[CompletionChoice]) -> Completion:
+            c: Completion = {
+                "id": ident,
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+                "choices": choices,
+            }
+            if include_usage:
+                c["usage"] = None
+            return c
+
+        def choice(index: int, text: str, reason: str | None = None) -> CompletionChoice:
+            return {"index": index, "text": text, "logprobs": None, "finish_reason": reason}
+
+        async with aclosing(events):
+            started = False
+            async for event in events:
+                if not started and echo:
+                    yield chunk([choice(i, echo) for i in range(n)])
+                started = True
+                if isinstance(event, TextDelta):
+                    record.mark_first_token()
+                    yield chunk([choice(event.index, event.text)])
+                elif isinstance(event, ChoiceFinished):
+                    record.finish_reason = event.reason
+                    yield chunk([choice(event.index, "", event.reason)])
+                elif isinstance(event, Usage):
+                    record.prompt_tokens = event.prompt_tokens
+                    record.completion_tokens = event.completion_tokens
+                    if include_usage:
+                        last = chunk([])
+                        last["usage"] = _usage(event)
+                        yield last
+                    return
+        raise InternalError("The engine stream ended without usage.")
+
+
+async def _collect(
+    events: AsyncGenerator[EngineEvent, None],
+    texts: list[str],
+    reasons: list[str],
+    record: RequestRecord,
+) -> Usage:
+    async with aclosing(events):
+        async for event in events:
+            if isinstance(event, TextDelta):
+                record.mark_first_token()
+                texts[event.index] += event.text
+            elif isinstance(event, ChoiceFinished):
+                reasons[event.index] = event.reason
+                record.finish_reason = event.reason
+            elif isinstance(event, Usage):
+                record.prompt_tokens = event.prompt_tokens
+                record.completion_tokens = event.completion_tokens
+                return event
+    raise InternalError("The engine stream ended without usage.")
