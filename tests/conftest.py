@@ -5,6 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# No timing assertions in tests: Hypothesis must not fail a slow example on a busy machine.
+settings.register_profile("qwen-gateway", deadline=None)
+settings.load_profile("qwen-gateway")
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,6 @@ from qwen_gateway.core.types import ChatMessage, ChatRequest
 from support.fixtures import MODEL, InProcess
 from support.spec import validate
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
-
 HELLO = [{"role": "user", "content": "Hello, who are you?"}]
 
 

@@ -10,8 +10,6 @@ import pytest
 from support.fixtures import MODEL, InProcess
 from support.spec import validate
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
-
 OK: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
 
 

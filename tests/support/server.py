@@ -36,24 +36,28 @@ def running_server(
     log_path: Path,
     *extra: str,
     env: dict[str, str] | None = None,
-    startup_timeout: float = 120.0,
 ) -> Iterator[Server]:
+    """``serve`` for the given model directory, on a free port."""
     port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "qwen_gateway.cli.main",
-        "serve",
-        "--model",
-        str(model_dir),
-        "--served-name",
-        "qwen2.5-tiny",
-        "--port",
-        str(port),
-        "--max-batch-size",
-        "32",
-        *extra,
-    ]
+    args = [
+        "--model", str(model_dir), "--served-name", "qwen2.5-tiny",
+        "--port", str(port), "--max-batch-size", "32", *extra,
+    ]  # fmt: skip
+    with running_command(args, port, log_path, env=env) as server:
+        yield server
+
+
+@contextmanager
+def running_command(
+    serve_args: list[str],
+    port: int,
+    log_path: Path,
+    *,
+    env: dict[str, str] | None = None,
+    startup_timeout: float = 180.0,
+) -> Iterator[Server]:
+    """Run ``qwen-gateway serve *serve_args`` until /ready answers 200, stop it afterwards."""
+    cmd = [sys.executable, "-m", "qwen_gateway.cli.main", "serve", *serve_args]
     full_env = {**os.environ, **(env or {})}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)

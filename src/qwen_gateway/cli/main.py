@@ -68,14 +68,16 @@ def _banner(settings: Settings) -> None:
     key = "$QWEN_GATEWAY_API_KEY" if settings.server.api_key else "none"
     auth = ' -H "Authorization: Bearer $QWEN_GATEWAY_API_KEY"' if settings.server.api_key else ""
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}]})
-    err.print(f"\n[bold green]qwen-gateway is ready[/bold green] at {base}  (model: {model})")
-    err.print(f"  docs:    {base}/docs")
-    err.print(f"  curl:    curl {base}/v1/chat/completions{auth} \\")
-    err.print(f"             -H 'Content-Type: application/json' -d '{body}'")
-    err.print(
+    lines = [
+        f"\nqwen-gateway is ready at {base}  (model: {model})",
+        f"  docs:    {base}/docs",
+        f"  curl:    curl {base}/v1/chat/completions{auth} \\",
+        f"             -H 'Content-Type: application/json' -d '{body}'",
         f"  python:  OpenAI(base_url='{base}/v1', api_key='{key}')"
-        f".chat.completions.create(model='{model}', messages=[...])\n"
-    )
+        f".chat.completions.create(model='{model}', messages=[...])\n",
+    ]
+    sys.stderr.write("\n".join(lines) + "\n")
+    sys.stderr.flush()
 
 
 @app.command()
