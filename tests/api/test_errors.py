@@ -322,6 +322,12 @@ async def test_unknown_route_is_404_in_the_envelope(gateway: InProcess) -> None:
             {"model": MODEL, "prompt": "x", "max_tokens": 9000}, "max_tokens", id="max_tokens"
         ),
         pytest.param({"model": MODEL}, "prompt", id="missing prompt"),
+        pytest.param(
+            {"model": MODEL, "prompt": [1, 2, 999_999_999]},
+            "prompt",
+            id="token id outside the vocabulary",
+        ),
+        pytest.param({"model": MODEL, "prompt": [-1]}, "prompt", id="negative token id"),
         pytest.param({"model": MODEL, "prompt": "x", "suffix": "y"}, "suffix", id="suffix"),
         pytest.param({"model": MODEL, "prompt": ["a", "b"]}, "prompt", id="several prompts"),
         pytest.param(

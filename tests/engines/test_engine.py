@@ -63,14 +63,19 @@ async def test_full_queue_answers_503_with_retry_after(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     container = make_container(tiny_model_dir, tmp_path, max_batch_size=1, max_waiting=1)
-    async for g in open_in_process(container):
+    async with open_in_process(container) as g:
         engine = container.engines[MODEL]
         long = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 4000}
+        # One request takes the only slot, the next one queues behind it, a third is refused.
+        # (Polling counters that the scheduler thread updates, within a bound.)
         running = asyncio.ensure_future(g.client.chat.completions.create(**long))
+        async with asyncio.timeout(120):
+            while engine.stats().running < 1:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
         waiting = asyncio.ensure_future(g.client.chat.completions.create(**long))
-        # Wait until one request holds the only slot and the other is queued behind it.
-        while engine.stats().running < 1 or engine.stats().waiting < 1:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)  # polls a counter the scheduler thread updates
+        async with asyncio.timeout(120):
+            while engine.stats().waiting < 1:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
         resp = await g.http.post("/v1/chat/completions", json=long)
         assert resp.status_code == 503
         assert resp.headers["retry-after"] == "1"
@@ -99,3 +104,32 @@ async def test_not_ready_until_the_engine_has_loaded(tiny_model_dir: Path, tmp_p
         )
         assert chat.status_code == 503
         assert chat.json()["error"]["code"] == "engine_unavailable"
+
+
+async def test_a_failing_decode_step_fails_its_requests_and_the_engine_goes_on(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    container = make_container(tiny_model_dir, tmp_path)
+    async with open_in_process(container) as g:
+        backend = container.engines[MODEL]._backend  # type: ignore[attr-defined]
+        model = backend._model
+        real_decode = model.decode
+
+        def broken_decode(*args: object) -> object:  # fault injection, one step only
+            model.decode = real_decode
+            raise RuntimeError("simulated device error")
+
+        model.decode = broken_decode
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 5}
+        failed = await g.http.post("/v1/chat/completions", json=body)
+        assert failed.status_code == 500
+        assert failed.json()["error"]["type"] == "server_error"
+        assert "simulated" not in failed.text
+        ok = await g.client.chat.completions.create(**body)
+        assert ok.usage is not None and ok.usage.completion_tokens == 5
+        assert engine_is_idle(container)
+
+
+def engine_is_idle(container: object) -> bool:
+    stats = container.engines[MODEL].stats()  # type: ignore[attr-defined]
+    return bool(stats.running == 0 and stats.waiting == 0)

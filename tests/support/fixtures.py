@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,7 @@ def make_container(model_dir: Path, data_dir: Path, **model: object) -> Containe
     return Container(settings)
 
 
+@asynccontextmanager
 async def open_in_process(container: Container) -> AsyncIterator[InProcess]:
     app = create_app(container)
     async with app.router.lifespan_context(app):
@@ -58,7 +60,7 @@ async def gateway(
 ) -> AsyncIterator[InProcess]:
     """The app in-process (ASGI transport) with the tiny model, shared by the session."""
     container = make_container(tiny_model_dir, tmp_path_factory.mktemp("data"))
-    async for g in open_in_process(container):
+    async with open_in_process(container) as g:
         yield g
 
 

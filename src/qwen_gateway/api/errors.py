@@ -57,7 +57,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(dict(body), status_code=exc.status_code, headers=exc.headers)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error", exc_info=exc)
+        # Starlette re-raises after this response, and the server logs the traceback once.
         body = envelope(
             "The server had an error while processing your request. Sorry about that!",
             "server_error",

@@ -17,7 +17,7 @@ from qwen_gateway.core.types import (
     TextRequest,
 )
 from qwen_gateway.engines.base import EngineStats, TokenBackend
-from qwen_gateway.errors import EngineUnavailable
+from qwen_gateway.errors import EngineUnavailable, InvalidRequest
 from qwen_gateway.qwen.limits import output_budget
 from qwen_gateway.qwen.template import ChatTemplate
 from qwen_gateway.qwen.tokenizer import ENDOFTEXT_ID, QwenTokenizer
@@ -45,6 +45,13 @@ class PromptEngine:
             return tokenizer.encode_pieces(template.render(request.messages, request.tools))
         if isinstance(request.prompt, str):
             return tokenizer.encode_raw(request.prompt)
+        bad = next((t for t in request.prompt if not 0 <= t < tokenizer.vocab_size), None)
+        if bad is not None:
+            raise InvalidRequest(
+                f"Token id {bad} is outside the vocabulary (0..{tokenizer.vocab_size - 1}).",
+                param="prompt",
+                code="invalid_value",
+            )
         return list(request.prompt)
 
     def stream(self, request: GenerationRequest) -> AsyncGenerator[EngineEvent, None]:

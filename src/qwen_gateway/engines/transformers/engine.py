@@ -14,6 +14,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from qwen_gateway.core.types import (
 )
 from qwen_gateway.engines.base import EngineStats
 from qwen_gateway.engines.prompt import PromptEngine
-from qwen_gateway.errors import EngineOverloaded, EngineUnavailable
+from qwen_gateway.errors import EngineOverloaded, EngineUnavailable, GatewayError, InternalError
 from qwen_gateway.qwen.template import ChatTemplate
 from qwen_gateway.qwen.tokenizer import ENDOFTEXT_ID, IM_END_ID, IncrementalDecoder, QwenTokenizer
 
@@ -54,12 +55,15 @@ class LocalEngineConfig:
 
 
 class _Sink:
-    """Where a request's events go: an asyncio queue fed from the scheduler thread."""
+    """Where a request's events go: an asyncio queue fed from the scheduler thread.
+
+    A :class:`GatewayError` in the queue means the engine failed this request.
+    """
 
     __slots__ = ("queue",)
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[EngineEvent] = asyncio.Queue()
+        self.queue: asyncio.Queue[EngineEvent | GatewayError] = asyncio.Queue()
 
 
 @dataclass(eq=False)
@@ -94,8 +98,10 @@ class TransformersBackend:
 
     def __init__(self, config: LocalEngineConfig) -> None:
         self.config = config
+        self._created = int(time.time())
         self._info = ModelInfo(
             id=config.served_name,
+            created=self._created,
             context_window=config.context_window or DEFAULT_CONTEXT_WINDOW,
             max_output_tokens=config.max_output_tokens,
         )
@@ -112,7 +118,7 @@ class TransformersBackend:
         self._running: list[_Choice] = []
         self._groups: dict[str, _Group] = {}
         self._free_slots: list[int] = []
-        self._outbox: list[tuple[_Sink, EngineEvent]] = []
+        self._outbox: list[tuple[_Sink, EngineEvent | GatewayError]] = []
         self._eos: frozenset[int] = frozenset({IM_END_ID, ENDOFTEXT_ID})
         self._model: Any = None
         # Counters read by stats().
@@ -178,6 +184,9 @@ class TransformersBackend:
         try:
             while True:
                 event = await group.sink.queue.get()
+                if isinstance(event, GatewayError):
+                    finished = True
+                    raise event
                 yield event
                 if isinstance(event, Usage):
                     finished = True
@@ -205,7 +214,7 @@ class TransformersBackend:
             except BaseException:
                 log.exception("engine scheduler crashed")
                 self._failed = RuntimeError("engine scheduler crashed")
-                self._fail_all()
+                self._fail_all(EngineUnavailable("The engine stopped."))
 
     def _load(self) -> None:
         import torch
@@ -229,6 +238,7 @@ class TransformersBackend:
         window = cfg.context_window or _model_context_window(hf.config)
         self._info = ModelInfo(
             id=cfg.served_name,
+            created=self._created,
             context_window=window,
             max_output_tokens=min(cfg.max_output_tokens, window),
         )
@@ -256,7 +266,7 @@ class TransformersBackend:
         while True:
             kind, payload = item
             if kind == "stop":
-                self._fail_all()
+                self._fail_all(EngineUnavailable("The server is shutting down."))
                 return False
             if kind == "submit":
                 self._waiting.append(payload)
@@ -291,9 +301,15 @@ class TransformersBackend:
             group = self._waiting.popleft()
             self._dequeued += 1
             slots = [self._free_slots.pop(0) for _ in range(group.n)]
-            logits = model.prefill(slots[0], group.prompt)
-            for slot in slots[1:]:
-                model.copy_slot(slots[0], slot, len(group.prompt))
+            try:
+                logits = model.prefill(slots[0], group.prompt)
+                for slot in slots[1:]:
+                    model.copy_slot(slots[0], slot, len(group.prompt))
+            except Exception:
+                log.exception("prefill failed")
+                self._free_slots = sorted(self._free_slots + slots)
+                self._fail_group(group)
+                continue
             group.open_choices = group.n
             for i, slot in enumerate(slots):
                 sampler = SequenceSampler(group.sampling, group.prompt, model.device, i)
@@ -312,9 +328,15 @@ class TransformersBackend:
 
     def _decode_step(self) -> None:
         batch = sorted(self._running, key=lambda c: c.slot)
-        logits = self._model.decode(
-            [c.slot for c in batch], [c.last_token for c in batch], [c.position for c in batch]
-        )
+        try:
+            logits = self._model.decode(
+                [c.slot for c in batch], [c.last_token for c in batch], [c.position for c in batch]
+            )
+        except Exception:
+            log.exception("decode step failed")
+            for group in {c.group for c in batch}:
+                self._fail_group(group)
+            return
         self._steps += 1
         self._last_batch = len(batch)
         self._max_batch = max(self._max_batch, len(batch))
@@ -374,15 +396,22 @@ class TransformersBackend:
             self._free_slots.sort()
             choice.slot = -1
 
-    def _fail_all(self) -> None:
-        for group in list(self._groups.values()):
-            for choice in group.choices:
-                if not choice.done:
-                    choice.done = True
-                    self._release(choice)
-        self._groups.clear()
+    def _fail_group(self, group: _Group, error: GatewayError | None = None) -> None:
+        """End ``group`` with an error its client sees (a 5xx or an in-stream error frame)."""
+        for choice in group.choices:
+            if not choice.done:
+                choice.done = True
+                self._release(choice)
+        self._groups.pop(group.request_id, None)
+        self._outbox.append(
+            (group.sink, error or InternalError("The engine failed while generating."))
+        )
+
+    def _fail_all(self, error: GatewayError | None = None) -> None:
         self._dequeued += len(self._waiting)
         self._waiting.clear()
+        for group in list(self._groups.values()):
+            self._fail_group(group, error)
         self._flush()
 
     def _flush(self) -> None:
@@ -393,7 +422,7 @@ class TransformersBackend:
             self._loop.call_soon_threadsafe(_deliver, batch)
 
 
-def _deliver(batch: list[tuple[_Sink, EngineEvent]]) -> None:
+def _deliver(batch: list[tuple[_Sink, EngineEvent | GatewayError]]) -> None:
     for sink, event in batch:
         sink.queue.put_nowait(event)
 
