@@ -62,6 +62,10 @@ async def read_json(request: Request) -> Any:
         raise InvalidRequest(
             f"We could not parse the JSON body of your request: {exc}.", code="invalid_json"
         ) from None
+    except RecursionError:
+        raise InvalidRequest(
+            "The JSON body of your request is nested too deeply.", code="invalid_json"
+        ) from None
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:

@@ -7,6 +7,7 @@ way OpenAI names it (``messages.[0].content``).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -16,10 +17,12 @@ from pydantic import BaseModel, ValidationError
 from qwen_gateway.core.types import (
     ChatMessage,
     ChatRequest,
+    OutputConstraint,
     Role,
     SamplingParams,
     TextRequest,
     ToolCall,
+    ToolChoice,
 )
 from qwen_gateway.errors import InvalidRequest
 from qwen_gateway.protocol.chat import ChatCompletionMessage, ChatCompletionRequest
@@ -34,6 +37,7 @@ _ROLES: dict[str, Role] = {
     "tool": "tool",
 }
 MAX_STOP = 4
+_TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -194,23 +198,160 @@ def chat_request(
     wire = parse_wire(ChatCompletionRequest, raw)
     if wire.logprobs:
         raise InvalidRequest("logprobs are not supported.", param="logprobs")
-    fmt = (wire.response_format or {}).get("type", "text")
-    if fmt != "text":
-        raise InvalidRequest(
-            f"response_format type {fmt!r} is not supported yet.", param="response_format.type"
-        )
     max_tokens = wire.max_completion_tokens or wire.max_tokens
     sampling = _sampling(wire, max_tokens, limits)
-    tools = tuple(cast(list[dict[str, Any]], raw.get("tools") or []))
+    tools = _tools(raw.get("tools"))
+    choice = _tool_choice(raw.get("tool_choice"), tools)
+    messages = _messages(wire.messages)
+    _check_tool_results(messages)
+    constraint = _json_constraint(raw.get("response_format"))
+    if choice.mode in ("required", "named"):
+        allowed = [
+            t["function"] for t in tools if choice.mode == "required" or
+            t["function"]["name"] == choice.name
+        ]  # fmt: skip
+        constraint = OutputConstraint(
+            "tool_calls", tools=tuple(allowed), parallel=wire.parallel_tool_calls is not False
+        )
     request = ChatRequest(
         model=wire.model,
-        messages=_messages(wire.messages),
+        messages=messages,
         sampling=sampling,
         n=wire.n,
-        tools=tools,
+        tools=() if choice.mode == "none" else tools,
+        tool_choice=choice,
+        constraint=constraint,
         request_id=request_id,
     )
     return wire, request
+
+
+def check_json_schema(schema: Any, param: str) -> dict[str, Any]:
+    """A JSON Schema the validators accept, or a 400 naming ``param``."""
+    import jsonschema
+
+    if not isinstance(schema, dict):
+        raise InvalidRequest("A JSON Schema must be an object.", param=param, code="invalid_value")
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        where = "/".join(str(p) for p in exc.path)
+        raise InvalidRequest(
+            f"Invalid JSON Schema{f' at {where}' if where else ''}: {exc.message}",
+            param=param,
+            code="invalid_value",
+        ) from None
+    except RecursionError:
+        raise InvalidRequest(
+            "The JSON Schema is nested too deeply.", param=param, code="invalid_value"
+        ) from None
+    return cast(dict[str, Any], schema)
+
+
+def _tools(raw: Any) -> tuple[dict[str, Any], ...]:
+    if raw is None:
+        return ()
+    tools = cast(list[dict[str, Any]], raw)  # shape already checked by the wire model
+    seen: set[str] = set()
+    for i, tool in enumerate(tools):
+        fn = tool.get("function") or {}
+        name = fn.get("name", "")
+        if not _TOOL_NAME.match(name):
+            raise InvalidRequest(
+                f"Invalid tool name {name!r}: use 1 to 64 letters, digits, '_' or '-'.",
+                param=f"tools.[{i}].function.name",
+                code="invalid_value",
+            )
+        if name in seen:
+            raise InvalidRequest(
+                f"Duplicate tool name {name!r}: tool names must be unique.",
+                param=f"tools.[{i}].function.name",
+                code="invalid_value",
+            )
+        seen.add(name)
+        if fn.get("parameters") is not None:
+            check_json_schema(fn["parameters"], f"tools.[{i}].function.parameters")
+    return tuple(tools)
+
+
+def _tool_choice(raw: Any, tools: Sequence[Mapping[str, Any]]) -> ToolChoice:
+    if raw is None:
+        return ToolChoice("auto")
+    names = {t["function"]["name"] for t in tools}
+    if isinstance(raw, str):
+        if raw not in ("none", "auto", "required"):
+            raise InvalidRequest(
+                f"Invalid tool_choice {raw!r}: use 'none', 'auto', 'required' or a function.",
+                param="tool_choice",
+                code="invalid_value",
+            )
+        if raw == "required" and not tools:
+            raise InvalidRequest(
+                "tool_choice 'required' needs at least one tool in 'tools'.",
+                param="tool_choice",
+                code="invalid_value",
+            )
+        return ToolChoice(cast(Any, raw))
+    fn = raw.get("function") if isinstance(raw, dict) else None
+    name = fn.get("name") if isinstance(fn, dict) else None
+    if not isinstance(raw, dict) or raw.get("type") != "function" or not isinstance(name, str):
+        raise InvalidRequest(
+            'tool_choice must be a string or {"type": "function", "function": {"name": ...}}.',
+            param="tool_choice",
+            code="invalid_value",
+        )
+    if name not in names:
+        raise InvalidRequest(
+            f"tool_choice names the function {name!r}, which is not in 'tools'.",
+            param="tool_choice",
+            code="invalid_value",
+        )
+    return ToolChoice("named", name)
+
+
+def _check_tool_results(messages: Sequence[ChatMessage]) -> None:
+    ids: set[str] = set()
+    for i, m in enumerate(messages):
+        ids.update(c.id for c in m.tool_calls)
+        if m.role != "tool":
+            continue
+        if m.tool_call_id is None:
+            raise InvalidRequest(
+                f"messages[{i}] has role 'tool' but no tool_call_id.",
+                param=f"messages.[{i}].tool_call_id",
+                code="invalid_value",
+            )
+        if m.tool_call_id not in ids:
+            raise InvalidRequest(
+                f"messages[{i}].tool_call_id {m.tool_call_id!r} matches no earlier tool call.",
+                param=f"messages.[{i}].tool_call_id",
+                code="invalid_value",
+            )
+
+
+def _json_constraint(raw: Any) -> OutputConstraint | None:
+    if raw is None:
+        return None
+    kind = raw.get("type") if isinstance(raw, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return OutputConstraint("json")
+    if kind == "json_schema":
+        spec = raw.get("json_schema")
+        if not isinstance(spec, dict) or "schema" not in spec:
+            raise InvalidRequest(
+                "response_format json_schema needs 'json_schema': {'name': ..., 'schema': {...}}.",
+                param="response_format.json_schema",
+                code="invalid_value",
+            )
+        schema = check_json_schema(spec["schema"], "response_format.json_schema.schema")
+        return OutputConstraint("json", schema=schema)
+    raise InvalidRequest(
+        f"Invalid response_format type {kind!r}: use 'text', 'json_object' or 'json_schema'.",
+        param="response_format.type",
+        code="invalid_value",
+    )
 
 
 def text_request(

@@ -44,6 +44,30 @@ class ChatMessage:
     name: str | None = None
 
 
+ToolChoiceMode = Literal["none", "auto", "required", "named"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolChoice:
+    mode: ToolChoiceMode = "auto"
+    name: str | None = None  # for mode "named"
+
+
+@dataclass(frozen=True, slots=True)
+class OutputConstraint:
+    """What the output must be; engines that can, enforce it while decoding.
+
+    ``kind="json"``: a JSON object, valid against ``schema`` when one is given.
+    ``kind="tool_calls"``: Qwen tool-call blocks calling one of ``tools`` (OpenAI function
+    dicts with ``name`` and ``parameters``); several only when ``parallel``.
+    """
+
+    kind: Literal["json", "tool_calls"]
+    schema: dict[str, Any] | None = None
+    tools: tuple[dict[str, Any], ...] = ()
+    parallel: bool = True
+
+
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
     """A chat turn to complete: messages are rendered with the model's chat template."""
@@ -52,8 +76,15 @@ class ChatRequest:
     messages: tuple[ChatMessage, ...]
     sampling: SamplingParams = field(default_factory=SamplingParams)
     n: int = 1
+    #: Tools as the client sent them (key order kept: the template renders them verbatim).
     tools: tuple[dict[str, Any], ...] = ()
+    tool_choice: ToolChoice = field(default_factory=ToolChoice)
+    constraint: OutputConstraint | None = None
     request_id: str = ""
+
+    @property
+    def tool_names(self) -> frozenset[str]:
+        return frozenset(str(t.get("function", {}).get("name", "")) for t in self.tools)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +127,18 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
-EngineEvent = TextDelta | ChoiceFinished | Usage
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """One complete tool call of choice ``index``; ``call_index`` counts calls in the choice."""
+
+    index: int
+    call_index: int
+    id: str
+    name: str
+    arguments: str  # a JSON object, serialised
+
+
+EngineEvent = TextDelta | ToolCallDelta | ChoiceFinished | Usage
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,13 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from qwen_gateway.core.types import EngineEvent, GenerationRequest, ModelInfo, SamplingParams
+from qwen_gateway.core.types import (
+    EngineEvent,
+    GenerationRequest,
+    ModelInfo,
+    OutputConstraint,
+    SamplingParams,
+)
 from qwen_gateway.qwen.template import ChatTemplate
 from qwen_gateway.qwen.tokenizer import QwenTokenizer
 
@@ -23,6 +29,8 @@ class EngineStats:
     aborted: int = 0
     #: Decode steps that ran between an abort request and the slot being freed (worst case).
     max_abort_delay_steps: int = 0
+    #: Tool-call blocks in model output that could not be parsed (returned as content).
+    malformed_tool_calls: int = 0
 
 
 @runtime_checkable
@@ -63,7 +71,10 @@ class TokenBackend(Protocol):
         sampling: SamplingParams,
         n: int,
         request_id: str,
-    ) -> AsyncGenerator[EngineEvent, None]: ...
+        constraint: OutputConstraint | None = None,
+    ) -> AsyncGenerator[EngineEvent, None]:
+        """Generate ``n`` choices; enforce ``constraint`` while decoding when one is given."""
+        ...
 
     async def start(self) -> None: ...
 

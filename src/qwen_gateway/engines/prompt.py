@@ -6,21 +6,27 @@ tokenizer (control-token text in messages stays text) and the context/output lim
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import replace
 
 from qwen_gateway.core.types import (
     ChatRequest,
+    ChoiceFinished,
     EngineEvent,
     GenerationRequest,
     ModelInfo,
+    TextDelta,
     TextRequest,
+    ToolCallDelta,
 )
 from qwen_gateway.engines.base import EngineStats, TokenBackend
 from qwen_gateway.errors import EngineUnavailable, InvalidRequest
 from qwen_gateway.qwen.limits import output_budget
 from qwen_gateway.qwen.template import ChatTemplate
 from qwen_gateway.qwen.tokenizer import ENDOFTEXT_ID, QwenTokenizer
+from qwen_gateway.qwen.toolparse import Content, ParseEvent, ToolCallParser
 
 
 class PromptEngine:
@@ -28,6 +34,7 @@ class PromptEngine:
 
     def __init__(self, backend: TokenBackend) -> None:
         self._backend = backend
+        self._malformed_calls = 0
 
     def _assets(self) -> tuple[QwenTokenizer, ChatTemplate]:
         tokenizer, template = self._backend.tokenizer, self._backend.template
@@ -63,7 +70,53 @@ class PromptEngine:
         sampling = replace(request.sampling, max_tokens=budget)
         if isinstance(request, TextRequest) and not ids:
             ids = [ENDOFTEXT_ID]
-        return self._backend.generate(ids, sampling, request.n, request.request_id)
+        if isinstance(request, TextRequest):
+            return self._backend.generate(ids, sampling, request.n, request.request_id)
+        events = self._backend.generate(
+            ids, sampling, request.n, request.request_id, request.constraint
+        )
+        if not request.tools:
+            return events
+        return self._with_tool_calls(events, request.tool_names)
+
+    async def _with_tool_calls(
+        self, events: AsyncGenerator[EngineEvent, None], names: frozenset[str]
+    ) -> AsyncGenerator[EngineEvent, None]:
+        """Turn ``<tool_call>`` blocks in the text into tool-call events, per choice."""
+        parsers: dict[int, ToolCallParser] = {}
+        calls: dict[int, int] = {}
+
+        def convert(index: int, parsed: list[ParseEvent]) -> list[EngineEvent]:
+            out: list[EngineEvent] = []
+            for item in parsed:
+                if isinstance(item, Content):
+                    if item.text:
+                        out.append(TextDelta(index, item.text))
+                else:
+                    n = calls.get(index, 0)
+                    calls[index] = n + 1
+                    call_id = f"call_{uuid.uuid4().hex[:24]}"
+                    out.append(ToolCallDelta(index, n, call_id, item.name, item.arguments))
+            return out
+
+        async with aclosing(events):
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    parser = parsers.setdefault(event.index, ToolCallParser(names))
+                    for converted in convert(event.index, parser.feed(event.text)):
+                        yield converted
+                elif isinstance(event, ChoiceFinished):
+                    finished = parsers.pop(event.index, None)
+                    if finished is not None:
+                        for converted in convert(event.index, finished.finish()):
+                            yield converted
+                        self._malformed_calls += finished.malformed
+                    reason = event.reason
+                    if calls.get(event.index) and reason in ("stop", "length"):
+                        reason = "tool_calls"
+                    yield ChoiceFinished(event.index, reason)
+                else:
+                    yield event
 
     async def start(self) -> None:
         await self._backend.start()
@@ -72,7 +125,7 @@ class PromptEngine:
         return await self._backend.ready()
 
     def stats(self) -> EngineStats:
-        return self._backend.stats()
+        return replace(self._backend.stats(), malformed_tool_calls=self._malformed_calls)
 
     async def aclose(self) -> None:
         await self._backend.aclose()

@@ -16,7 +16,10 @@ from qwen_gateway.errors import InvalidRequest
 
 EngineFactory = Callable[[Mapping[str, Any]], Engine]
 
-_BUILTIN = {"transformers": "qwen_gateway.engines.transformers.engine:create_engine"}
+_BUILTIN = {
+    "transformers": "qwen_gateway.engines.transformers.engine:create_engine",
+    "scripted": "qwen_gateway.engines.scripted:create_engine",
+}
 
 
 def _load(target: str) -> EngineFactory:

@@ -46,6 +46,11 @@ class _EngineCollector(Collector):
             "Most decode steps a generation ran after its client left",
             labels=["model"],
         )
+        malformed = CounterMetricFamily(
+            "qwen_gateway_engine_malformed_tool_calls",
+            "Tool-call blocks in model output that could not be parsed",
+            labels=["model"],
+        )
         for model, s in self._source():
             running.add_metric([model], s.get("running", 0))
             waiting.add_metric([model], s.get("waiting", 0))
@@ -54,7 +59,8 @@ class _EngineCollector(Collector):
             steps.add_metric([model], s.get("decode_steps", 0))
             aborted.add_metric([model], s.get("aborted", 0))
             delay.add_metric([model], s.get("max_abort_delay_steps", 0))
-        yield from (running, waiting, batch, peak, steps, aborted, delay)
+            malformed.add_metric([model], s.get("malformed_tool_calls", 0))
+        yield from (running, waiting, batch, peak, steps, aborted, delay, malformed)
 
 
 class Metrics:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import unicodedata
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -54,6 +55,8 @@ QWEN25_ADDED_TOKENS: tuple[str, ...] = (
     "<|file_sep|>",
 )
 FIRST_ADDED_ID = 151643
+_CACHE_MIN_CHARS = 2048  # system turns with tool definitions repeat across requests
+_CACHE_ENTRIES = 64
 ENDOFTEXT_ID = 151643
 IM_START_ID = 151644
 IM_END_ID = 151645
@@ -108,6 +111,7 @@ class QwenTokenizer:
             table[idx] = text.encode()
         self._bytes = table
         self.vocab_size = size
+        self._piece_cache: OrderedDict[str, list[int]] = OrderedDict()
 
     # ---- construction -----------------------------------------------------
 
@@ -149,12 +153,27 @@ class QwenTokenizer:
         )
 
     def encode_pieces(self, pieces: Iterable[Piece]) -> list[int]:
+        """Encode a rendered prompt; long text pieces (a tools block) are cached."""
         ids: list[int] = []
         for piece in pieces:
             if piece.special:
                 ids.append(self.added_tokens[piece.text])
-            else:
+            elif len(piece.text) < _CACHE_MIN_CHARS:
                 ids.extend(self.encode_text(piece.text))
+            else:
+                ids.extend(self._encode_cached(piece.text))
+        return ids
+
+    def _encode_cached(self, text: str) -> list[int]:
+        cache = self._piece_cache
+        hit = cache.get(text)
+        if hit is not None:
+            cache.move_to_end(text)
+            return hit
+        ids = self.encode_text(text)
+        cache[text] = ids
+        if len(cache) > _CACHE_ENTRIES:
+            cache.popitem(last=False)
         return ids
 
     def count_text(self, text: str) -> int:

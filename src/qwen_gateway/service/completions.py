@@ -14,7 +14,14 @@ from typing import Any
 
 from qwen_gateway.core.normalize import RequestLimits, chat_request, text_request
 from qwen_gateway.core.record import RequestRecord
-from qwen_gateway.core.types import ChoiceFinished, EngineEvent, ModelInfo, TextDelta, Usage
+from qwen_gateway.core.types import (
+    ChoiceFinished,
+    EngineEvent,
+    ModelInfo,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
 from qwen_gateway.engines.base import Engine
 from qwen_gateway.errors import InternalError, ModelNotFound
 from qwen_gateway.protocol.chat import (
@@ -22,7 +29,9 @@ from qwen_gateway.protocol.chat import (
     ChatCompletionChoice,
     ChatCompletionChunk,
     ChatCompletionChunkChoice,
+    ChatCompletionResponseMessage,
     ChoiceDelta,
+    ResponseToolCall,
 )
 from qwen_gateway.protocol.common import CompletionUsage
 from qwen_gateway.protocol.completions import Completion, CompletionChoice
@@ -86,11 +95,12 @@ class CompletionService:
             )
         texts = [""] * request.n
         reasons = ["stop"] * request.n
-        usage = await _collect(events, texts, reasons, record)
+        calls: list[list[ResponseToolCall]] = [[] for _ in range(request.n)]
+        usage = await _collect(events, texts, reasons, record, calls)
         choices: list[ChatCompletionChoice] = [
             {
                 "index": i,
-                "message": {"role": "assistant", "content": texts[i], "refusal": None},
+                "message": _message(texts[i], calls[i]),
                 "logprobs": None,
                 "finish_reason": reasons[i],
             }
@@ -141,6 +151,17 @@ class CompletionService:
                 if isinstance(event, TextDelta):
                     record.mark_first_token()
                     yield chunk([choice(event.index, {"content": event.text})])
+                elif isinstance(event, ToolCallDelta):
+                    record.mark_first_token()
+                    head = {
+                        "index": event.call_index,
+                        "id": event.id,
+                        "type": "function",
+                        "function": {"name": event.name, "arguments": ""},
+                    }
+                    yield chunk([choice(event.index, {"tool_calls": [head]})])
+                    args = {"index": event.call_index, "function": {"arguments": event.arguments}}
+                    yield chunk([choice(event.index, {"tool_calls": [args]})])
                 elif isinstance(event, ChoiceFinished):
                     record.finish_reason = event.reason
                     yield chunk([choice(event.index, {}, event.reason)])
@@ -236,17 +257,38 @@ class CompletionService:
         raise InternalError("The engine stream ended without usage.")
 
 
+def _message(text: str, calls: list[ResponseToolCall]) -> ChatCompletionResponseMessage:
+    message: ChatCompletionResponseMessage = {
+        "role": "assistant",
+        "content": text if text or not calls else None,
+        "refusal": None,
+    }
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
 async def _collect(
     events: AsyncGenerator[EngineEvent, None],
     texts: list[str],
     reasons: list[str],
     record: RequestRecord,
+    calls: list[list[ResponseToolCall]] | None = None,
 ) -> Usage:
     async with aclosing(events):
         async for event in events:
             if isinstance(event, TextDelta):
                 record.mark_first_token()
                 texts[event.index] += event.text
+            elif isinstance(event, ToolCallDelta) and calls is not None:
+                record.mark_first_token()
+                calls[event.index].append(
+                    {
+                        "id": event.id,
+                        "type": "function",
+                        "function": {"name": event.name, "arguments": event.arguments},
+                    }
+                )
             elif isinstance(event, ChoiceFinished):
                 reasons[event.index] = event.reason
                 record.finish_reason = event.reason

@@ -27,6 +27,7 @@ from qwen_gateway.core.types import (
     EngineEvent,
     FinishReason,
     ModelInfo,
+    OutputConstraint,
     SamplingParams,
     TextDelta,
     Usage,
@@ -73,6 +74,7 @@ class _Choice:
     sampler: Any
     decoder: IncrementalDecoder
     stop: StopMatcher
+    constraint: Any = None  # a constraint.Constraint when the output is grammar-bound
     slot: int = -1
     position: int = 0  # cache length, i.e. where the next token goes
     last_token: int = 0
@@ -87,6 +89,8 @@ class _Group:
     sampling: SamplingParams
     n: int
     sink: _Sink
+    grammar: Any = None  # a compiled grammar for OutputConstraint, or None
+    constraint_kind: str | None = None
     choices: list[_Choice] = field(default_factory=list)
     completion_tokens: int = 0
     open_choices: int = 0
@@ -121,6 +125,8 @@ class TransformersBackend:
         self._outbox: list[tuple[_Sink, EngineEvent | GatewayError]] = []
         self._eos: frozenset[int] = frozenset({IM_END_ID, ENDOFTEXT_ID})
         self._model: Any = None
+        self._grammars: Any = None  # constraint.GrammarCompiler, created with the model
+        self._compile_lock = asyncio.Lock()
         # Counters read by stats().
         self._steps = 0
         self._last_batch = 0
@@ -166,7 +172,12 @@ class TransformersBackend:
     # ---- request side (event loop) ---------------------------------------
 
     async def generate(
-        self, prompt: Sequence[int], sampling: SamplingParams, n: int, request_id: str
+        self,
+        prompt: Sequence[int],
+        sampling: SamplingParams,
+        n: int,
+        request_id: str,
+        constraint: OutputConstraint | None = None,
     ) -> AsyncGenerator[EngineEvent, None]:
         if not self._ready.is_set() or self._failed is not None:
             raise EngineUnavailable("The model is still loading.", headers={"Retry-After": "5"})
@@ -176,8 +187,13 @@ class TransformersBackend:
             )
         if n > self.config.max_batch_size:
             raise EngineOverloaded(f"n={n} exceeds the engine's batch size.")
+        grammar = None
+        if constraint is not None:
+            async with self._compile_lock:  # compiled grammars are cached: mostly instant
+                grammar = await asyncio.to_thread(self._compile, constraint)
         rid = f"{request_id or 'req'}-{next(self._ids)}"
-        group = _Group(rid, list(prompt), sampling, n, _Sink())
+        kind = constraint.kind if constraint is not None else None
+        group = _Group(rid, list(prompt), sampling, n, _Sink(), grammar, kind)
         self._submitted += 1
         self._inbox.put(("submit", group))
         finished = False
@@ -243,10 +259,18 @@ class TransformersBackend:
             max_output_tokens=min(cfg.max_output_tokens, window),
         )
         self._model = SlotModel(hf, CacheShape(slots=cfg.max_batch_size, max_len=window))
+        from qwen_gateway.engines.transformers.constraint import GrammarCompiler
+
+        self._grammars = GrammarCompiler(self.tokenizer, int(hf.config.vocab_size))
         self._free_slots = list(range(cfg.max_batch_size))
         eos = getattr(hf.generation_config, "eos_token_id", None)
         ids = eos if isinstance(eos, list) else [eos] if isinstance(eos, int) else []
         self._eos = frozenset({IM_END_ID, ENDOFTEXT_ID, *ids})
+
+    def _compile(self, constraint: OutputConstraint) -> Any:
+        if constraint.kind == "tool_calls":
+            return self._grammars.tool_calls(constraint.tools, parallel=constraint.parallel)
+        return self._grammars.json_schema(constraint.schema)
 
     def _schedule(self) -> None:
         while True:
@@ -293,6 +317,7 @@ class TransformersBackend:
         self._max_abort_delay = max(self._max_abort_delay, self._steps - requested_at_step)
 
     def _admit(self) -> None:
+        from qwen_gateway.engines.transformers.constraint import Constraint
         from qwen_gateway.engines.transformers.sampler import SequenceSampler
 
         model = self._model
@@ -322,6 +347,8 @@ class TransformersBackend:
                     slot=slot,
                     position=len(group.prompt),
                 )
+                if group.grammar is not None:
+                    choice.constraint = Constraint(group.grammar, group.sampling.max_tokens or 1)
                 group.choices.append(choice)
             self._sample_and_advance(group.choices, logits.unsqueeze(0).expand(group.n, -1).clone())
             self._running.extend(c for c in group.choices if not c.done)
@@ -347,11 +374,17 @@ class TransformersBackend:
     def _sample_and_advance(self, choices: list[_Choice], logits: Any) -> None:
         from qwen_gateway.engines.transformers.sampler import sample
 
+        for i, choice in enumerate(choices):
+            if choice.constraint is not None and not choice.done:
+                budget = (choice.group.sampling.max_tokens or 1) - choice.generated
+                choice.constraint.apply(logits[i], budget)
         tokens = sample(logits, [c.sampler for c in choices])
         vocab = logits.shape[-1]
         for choice, token in zip(choices, tokens, strict=True):
             if choice.done:
                 continue
+            if choice.constraint is not None and token not in self._eos:
+                choice.constraint.accept(token)
             choice.sampler.observe(token, vocab, self._model.device)
             self._advance(choice, token)
 
@@ -361,7 +394,8 @@ class TransformersBackend:
         choice.generated += 1
         group.completion_tokens += 1
         if token in self._eos:
-            self._finish(choice, "stop")
+            forced = choice.constraint is not None and choice.constraint.forced_close
+            self._finish(choice, "length" if forced and group.constraint_kind == "json" else "stop")
             return
         choice.last_token = token
         text, stopped = choice.stop.feed(choice.decoder.push(token))
