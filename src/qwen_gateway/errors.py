@@ -102,6 +102,12 @@ class UpstreamError(GatewayError):
     retryable = True
 
 
+class InvalidModelOutput(UpstreamError):
+    """The model's output broke a guarantee the request asked for (e.g. JSON schema)."""
+
+    default_code = "invalid_model_output"
+
+
 class GatewayTimeout(GatewayError):
     status_code = 504
     error_type = "server_error"

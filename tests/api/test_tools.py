@@ -246,3 +246,40 @@ async def test_deeply_nested_input_is_a_clean_400(tmp_path: Path) -> None:
             "/v1/chat/completions", content=nested, headers={"content-type": "application/json"}
         )
         assert resp.status_code == 400, resp.text
+
+
+SCHEMA_FMT = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "n",
+        "schema": {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]},
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("reply", "response_format", "ok"),
+    [
+        pytest.param('{"n": 1}', SCHEMA_FMT, True, id="valid"),
+        pytest.param('{"n": "one"}', SCHEMA_FMT, False, id="schema violation"),
+        pytest.param("not json at all", {"type": "json_object"}, False, id="not json"),
+        pytest.param("[1, 2]", {"type": "json_object"}, False, id="not an object"),
+    ],
+)
+async def test_json_from_an_engine_that_cannot_constrain_is_checked(
+    tmp_path: Path, reply: str, response_format: dict[str, Any], ok: bool
+) -> None:
+    async with scripted(reply, tmp_path) as (g, _):
+        body = {"model": NAME, "messages": ASK, "response_format": response_format}
+        resp = await g.http.post("/v1/chat/completions", json=body)
+        if ok:
+            assert resp.status_code == 200
+            assert json.loads(resp.json()["choices"][0]["message"]["content"]) == {"n": 1}
+            return
+        assert resp.status_code == 502
+        assert resp.json()["error"]["code"] == "invalid_model_output"
+        async with g.http.stream(
+            "POST", "/v1/chat/completions", json={**body, "stream": True}
+        ) as s:
+            frames = [f for f in (await s.aread()).decode().split("\n\n") if f]
+        assert '"code":"invalid_model_output"' in frames[-1]

@@ -151,3 +151,6 @@ class ModelInfo:
     owned_by: str = "qwen-gateway"
     created: int = 0
     supports_tools: bool = True
+    #: True when the engine enforces OutputConstraint while decoding; otherwise the output
+    #: is validated afterwards (engines.output) and a violation is an error.
+    enforces_constraints: bool = False

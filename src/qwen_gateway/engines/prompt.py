@@ -10,7 +10,9 @@ import uuid
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import replace
+from typing import Any
 
+from qwen_gateway.core.jsonoutput import check_json_output
 from qwen_gateway.core.types import (
     ChatRequest,
     ChoiceFinished,
@@ -75,9 +77,25 @@ class PromptEngine:
         events = self._backend.generate(
             ids, sampling, request.n, request.request_id, request.constraint
         )
+        constraint = request.constraint
+        if constraint is not None and constraint.kind == "json" and not info.enforces_constraints:
+            events = self._checked_json(events, constraint.schema)
         if not request.tools:
             return events
         return self._with_tool_calls(events, request.tool_names)
+
+    async def _checked_json(
+        self, events: AsyncGenerator[EngineEvent, None], schema: dict[str, Any] | None
+    ) -> AsyncGenerator[EngineEvent, None]:
+        """Validate each choice's JSON when it ends; a violation fails the request."""
+        texts: dict[int, str] = {}
+        async with aclosing(events):
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    texts[event.index] = texts.get(event.index, "") + event.text
+                elif isinstance(event, ChoiceFinished):
+                    check_json_output(texts.pop(event.index, ""), schema)
+                yield event
 
     async def _with_tool_calls(
         self, events: AsyncGenerator[EngineEvent, None], names: frozenset[str]

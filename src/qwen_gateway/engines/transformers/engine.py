@@ -108,6 +108,7 @@ class TransformersBackend:
             created=self._created,
             context_window=config.context_window or DEFAULT_CONTEXT_WINDOW,
             max_output_tokens=config.max_output_tokens,
+            enforces_constraints=True,
         )
         self.tokenizer: QwenTokenizer | None = None
         self.template: ChatTemplate | None = None
@@ -257,6 +258,7 @@ class TransformersBackend:
             created=self._created,
             context_window=window,
             max_output_tokens=min(cfg.max_output_tokens, window),
+            enforces_constraints=True,
         )
         self._model = SlotModel(hf, CacheShape(slots=cfg.max_batch_size, max_len=window))
         from qwen_gateway.engines.transformers.constraint import GrammarCompiler
