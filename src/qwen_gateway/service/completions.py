@@ -142,17 +142,16 @@ class CompletionService:
         ) -> ChatCompletionChunkChoice:
             return {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
 
-        async with aclosing(events):
+        recorded = _recorded(events, record)
+        async with aclosing(recorded):
             started = False
-            async for event in events:
+            async for event in recorded:
                 if not started:
                     started = True
                     yield chunk([choice(i, {"role": "assistant", "content": ""}) for i in range(n)])
                 if isinstance(event, TextDelta):
-                    record.mark_first_token()
                     yield chunk([choice(event.index, {"content": event.text})])
                 elif isinstance(event, ToolCallDelta):
-                    record.mark_first_token()
                     head = {
                         "index": event.call_index,
                         "id": event.id,
@@ -163,17 +162,11 @@ class CompletionService:
                     args = {"index": event.call_index, "function": {"arguments": event.arguments}}
                     yield chunk([choice(event.index, {"tool_calls": [args]})])
                 elif isinstance(event, ChoiceFinished):
-                    record.finish_reason = event.reason
                     yield chunk([choice(event.index, {}, event.reason)])
-                elif isinstance(event, Usage):
-                    record.prompt_tokens = event.prompt_tokens
-                    record.completion_tokens = event.completion_tokens
-                    if include_usage:
-                        last = chunk([])
-                        last["usage"] = _usage(event)
-                        yield last
-                    return
-        raise InternalError("The engine stream ended without usage.")
+                elif include_usage:
+                    last = chunk([])
+                    last["usage"] = _usage(event)
+                    yield last
 
     # ---- legacy completions -------------------------------------------------
 
@@ -234,27 +227,21 @@ class CompletionService:
         def choice(index: int, text: str, reason: str | None = None) -> CompletionChoice:
             return {"index": index, "text": text, "logprobs": None, "finish_reason": reason}
 
-        async with aclosing(events):
+        recorded = _recorded(events, record)
+        async with aclosing(recorded):
             started = False
-            async for event in events:
+            async for event in recorded:
                 if not started and echo:
                     yield chunk([choice(i, echo) for i in range(n)])
                 started = True
                 if isinstance(event, TextDelta):
-                    record.mark_first_token()
                     yield chunk([choice(event.index, event.text)])
                 elif isinstance(event, ChoiceFinished):
-                    record.finish_reason = event.reason
                     yield chunk([choice(event.index, "", event.reason)])
-                elif isinstance(event, Usage):
-                    record.prompt_tokens = event.prompt_tokens
-                    record.completion_tokens = event.completion_tokens
-                    if include_usage:
-                        last = chunk([])
-                        last["usage"] = _usage(event)
-                        yield last
-                    return
-        raise InternalError("The engine stream ended without usage.")
+                elif isinstance(event, Usage) and include_usage:
+                    last = chunk([])
+                    last["usage"] = _usage(event)
+                    yield last
 
 
 def _message(text: str, calls: list[ResponseToolCall]) -> ChatCompletionResponseMessage:
@@ -268,6 +255,28 @@ def _message(text: str, calls: list[ResponseToolCall]) -> ChatCompletionResponse
     return message
 
 
+async def _recorded(
+    events: AsyncGenerator[EngineEvent, None], record: RequestRecord
+) -> AsyncGenerator[EngineEvent, None]:
+    """Pass events through, noting first token, finish reason and usage in ``record``.
+
+    Ends right after the :class:`Usage` event, which every engine stream sends last.
+    """
+    async with aclosing(events):
+        async for event in events:
+            if isinstance(event, TextDelta | ToolCallDelta):
+                record.mark_first_token()
+            elif isinstance(event, ChoiceFinished):
+                record.finish_reason = event.reason
+            elif isinstance(event, Usage):
+                record.prompt_tokens = event.prompt_tokens
+                record.completion_tokens = event.completion_tokens
+                yield event
+                return
+            yield event
+    raise InternalError("The engine stream ended without usage.")
+
+
 async def _collect(
     events: AsyncGenerator[EngineEvent, None],
     texts: list[str],
@@ -275,13 +284,12 @@ async def _collect(
     record: RequestRecord,
     calls: list[list[ResponseToolCall]] | None = None,
 ) -> Usage:
-    async with aclosing(events):
-        async for event in events:
+    recorded = _recorded(events, record)
+    async with aclosing(recorded):
+        async for event in recorded:
             if isinstance(event, TextDelta):
-                record.mark_first_token()
                 texts[event.index] += event.text
             elif isinstance(event, ToolCallDelta) and calls is not None:
-                record.mark_first_token()
                 calls[event.index].append(
                     {
                         "id": event.id,
@@ -291,9 +299,6 @@ async def _collect(
                 )
             elif isinstance(event, ChoiceFinished):
                 reasons[event.index] = event.reason
-                record.finish_reason = event.reason
             elif isinstance(event, Usage):
-                record.prompt_tokens = event.prompt_tokens
-                record.completion_tokens = event.completion_tokens
                 return event
     raise InternalError("The engine stream ended without usage.")
