@@ -39,6 +39,19 @@ class ServerSettings(Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class UpstreamSettings(Section):
+    """For ``engine: openai``: an OpenAI-compatible server (vLLM, SGLang, llama.cpp, Ollama)."""
+
+    base_url: str = "http://127.0.0.1:8001/v1"
+    model: str | None = None  # the upstream's name for the model; default: served_name
+    api_key: SecretStr | None = None
+    connect_timeout: float = Field(default=5.0, gt=0)
+    first_token_timeout: float = Field(default=120.0, gt=0)
+    idle_timeout: float = Field(default=60.0, gt=0)
+    total_timeout: float = Field(default=1800.0, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=10)
+
+
 class ModelSettings(Section):
     #: Local directory or Hugging Face id; empty means the embedded tiny model.
     model: str | None = None
@@ -52,6 +65,7 @@ class ModelSettings(Section):
     context_window: int | None = Field(default=None, ge=16)
     max_output_tokens: int = Field(default=8192, ge=1)
     max_n: int = Field(default=8, ge=1, le=128)
+    upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
 
 
 class Settings(Section):
@@ -66,7 +80,7 @@ class Settings(Section):
 
     @property
     def embedded_model(self) -> bool:
-        return not self.model.model
+        return not self.model.model and self.model.engine == "transformers"
 
     @property
     def model_path(self) -> str:
@@ -154,4 +168,6 @@ def redacted(settings: Settings) -> dict[str, Any]:
     data = settings.model_dump(mode="json")
     if settings.server.api_key is not None:
         data["server"]["api_key"] = "**********"
+    if settings.model.upstream.api_key is not None:
+        data["model"]["upstream"]["api_key"] = "**********"
     return data

@@ -48,6 +48,10 @@ class PayloadTooLarge(InvalidRequest):
     default_code = "request_too_large"
 
 
+class UnprocessableEntity(InvalidRequest):
+    status_code = 422
+
+
 class AuthenticationFailed(GatewayError):
     status_code = 401
     error_type = "authentication_error"

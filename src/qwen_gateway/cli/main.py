@@ -91,6 +91,14 @@ def serve(
     served_name: Annotated[
         str | None, typer.Option("--served-name", help="Model name clients use.")
     ] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option(help="transformers (in-process, default) or openai (an upstream server)."),
+    ] = None,
+    upstream_url: Annotated[
+        str | None,
+        typer.Option(help="For --engine openai: the upstream's base URL, e.g. http://host:8001/v1"),
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = None,
     dtype: Annotated[str | None, typer.Option(help="auto, float32, bfloat16, float16.")] = None,
     max_batch_size: Annotated[int | None, typer.Option(help="Sequences per decode step.")] = None,
@@ -111,6 +119,8 @@ def serve(
         "model": {
             "model": model,
             "served_name": served_name,
+            "engine": engine,
+            "upstream": {"base_url": upstream_url},
             "device": device,
             "dtype": dtype,
             "max_batch_size": max_batch_size,

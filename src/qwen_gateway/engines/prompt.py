@@ -6,29 +6,22 @@ tokenizer (control-token text in messages stays text) and the context/output lim
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncGenerator
-from contextlib import aclosing
 from dataclasses import replace
-from typing import Any
 
-from qwen_gateway.core.jsonoutput import check_json_output
 from qwen_gateway.core.types import (
     ChatRequest,
-    ChoiceFinished,
     EngineEvent,
     GenerationRequest,
     ModelInfo,
-    TextDelta,
     TextRequest,
-    ToolCallDelta,
 )
 from qwen_gateway.engines.base import EngineStats, TokenBackend
+from qwen_gateway.engines.output import checked_json, with_tool_calls
 from qwen_gateway.errors import EngineUnavailable, InvalidRequest
 from qwen_gateway.qwen.limits import output_budget
 from qwen_gateway.qwen.template import ChatTemplate
 from qwen_gateway.qwen.tokenizer import ENDOFTEXT_ID, QwenTokenizer
-from qwen_gateway.qwen.toolparse import Content, ParseEvent, ToolCallParser
 
 
 class PromptEngine:
@@ -79,62 +72,13 @@ class PromptEngine:
         )
         constraint = request.constraint
         if constraint is not None and constraint.kind == "json" and not info.enforces_constraints:
-            events = self._checked_json(events, constraint.schema)
+            events = checked_json(events, constraint.schema)
         if not request.tools:
             return events
-        return self._with_tool_calls(events, request.tool_names)
+        return with_tool_calls(events, request.tool_names, self._count_malformed)
 
-    async def _checked_json(
-        self, events: AsyncGenerator[EngineEvent, None], schema: dict[str, Any] | None
-    ) -> AsyncGenerator[EngineEvent, None]:
-        """Validate each choice's JSON when it ends; a violation fails the request."""
-        texts: dict[int, str] = {}
-        async with aclosing(events):
-            async for event in events:
-                if isinstance(event, TextDelta):
-                    texts[event.index] = texts.get(event.index, "") + event.text
-                elif isinstance(event, ChoiceFinished):
-                    check_json_output(texts.pop(event.index, ""), schema)
-                yield event
-
-    async def _with_tool_calls(
-        self, events: AsyncGenerator[EngineEvent, None], names: frozenset[str]
-    ) -> AsyncGenerator[EngineEvent, None]:
-        """Turn ``<tool_call>`` blocks in the text into tool-call events, per choice."""
-        parsers: dict[int, ToolCallParser] = {}
-        calls: dict[int, int] = {}
-
-        def convert(index: int, parsed: list[ParseEvent]) -> list[EngineEvent]:
-            out: list[EngineEvent] = []
-            for item in parsed:
-                if isinstance(item, Content):
-                    if item.text:
-                        out.append(TextDelta(index, item.text))
-                else:
-                    n = calls.get(index, 0)
-                    calls[index] = n + 1
-                    call_id = f"call_{uuid.uuid4().hex[:24]}"
-                    out.append(ToolCallDelta(index, n, call_id, item.name, item.arguments))
-            return out
-
-        async with aclosing(events):
-            async for event in events:
-                if isinstance(event, TextDelta):
-                    parser = parsers.setdefault(event.index, ToolCallParser(names))
-                    for converted in convert(event.index, parser.feed(event.text)):
-                        yield converted
-                elif isinstance(event, ChoiceFinished):
-                    finished = parsers.pop(event.index, None)
-                    if finished is not None:
-                        for converted in convert(event.index, finished.finish()):
-                            yield converted
-                        self._malformed_calls += finished.malformed
-                    reason = event.reason
-                    if calls.get(event.index) and reason in ("stop", "length"):
-                        reason = "tool_calls"
-                    yield ChoiceFinished(event.index, reason)
-                else:
-                    yield event
+    def _count_malformed(self, n: int) -> None:
+        self._malformed_calls += n
 
     async def start(self) -> None:
         await self._backend.start()

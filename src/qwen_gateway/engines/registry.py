@@ -19,6 +19,7 @@ EngineFactory = Callable[[Mapping[str, Any]], Engine]
 _BUILTIN = {
     "transformers": "qwen_gateway.engines.transformers.engine:create_engine",
     "scripted": "qwen_gateway.engines.scripted:create_engine",
+    "openai": "qwen_gateway.engines.openai_upstream:create_engine",
 }
 
 

@@ -1,0 +1,79 @@
+"""Output post-processing shared by every engine: tool-call parsing and JSON checking.
+
+Prompt-level engines run model text through these; chat-level upstreams run the ``content``
+they relay through them too, so raw ``<tool_call>`` text from an upstream without a tool
+parser comes out as proper tool calls.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
+from typing import Any
+
+from qwen_gateway.core.jsonoutput import check_json_output
+from qwen_gateway.core.types import ChoiceFinished, EngineEvent, TextDelta, ToolCallDelta
+from qwen_gateway.qwen.toolparse import Content, ParseEvent, ToolCallParser
+
+
+def new_call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+async def checked_json(
+    events: AsyncGenerator[EngineEvent, None], schema: dict[str, Any] | None
+) -> AsyncGenerator[EngineEvent, None]:
+    """Validate each choice's JSON when it ends; a violation fails the request."""
+    texts: dict[int, str] = {}
+    async with aclosing(events):
+        async for event in events:
+            if isinstance(event, TextDelta):
+                texts[event.index] = texts.get(event.index, "") + event.text
+            elif isinstance(event, ChoiceFinished):
+                check_json_output(texts.pop(event.index, ""), schema)
+            yield event
+
+
+async def with_tool_calls(
+    events: AsyncGenerator[EngineEvent, None],
+    names: frozenset[str],
+    count_malformed: Callable[[int], None] = lambda n: None,
+) -> AsyncGenerator[EngineEvent, None]:
+    """Turn ``<tool_call>`` blocks in the text into tool-call events, per choice."""
+    parsers: dict[int, ToolCallParser] = {}
+    calls: dict[int, int] = {}
+
+    def convert(index: int, parsed: list[ParseEvent]) -> list[EngineEvent]:
+        out: list[EngineEvent] = []
+        for item in parsed:
+            if isinstance(item, Content):
+                if item.text:
+                    out.append(TextDelta(index, item.text))
+            else:
+                n = calls.get(index, 0)
+                calls[index] = n + 1
+                out.append(ToolCallDelta(index, n, new_call_id(), item.name, item.arguments))
+        return out
+
+    async with aclosing(events):
+        async for event in events:
+            if isinstance(event, TextDelta):
+                parser = parsers.setdefault(event.index, ToolCallParser(names))
+                for converted in convert(event.index, parser.feed(event.text)):
+                    yield converted
+            elif isinstance(event, ToolCallDelta):
+                calls[event.index] = max(calls.get(event.index, 0), event.call_index + 1)
+                yield event
+            elif isinstance(event, ChoiceFinished):
+                finished = parsers.pop(event.index, None)
+                if finished is not None:
+                    for converted in convert(event.index, finished.finish()):
+                        yield converted
+                    count_malformed(finished.malformed)
+                reason = event.reason
+                if calls.get(event.index) and reason in ("stop", "length"):
+                    reason = "tool_calls"
+                yield ChoiceFinished(event.index, reason)
+            else:
+                yield event
