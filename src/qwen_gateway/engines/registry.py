@@ -20,6 +20,7 @@ _BUILTIN = {
     "transformers": "qwen_gateway.engines.transformers.engine:create_engine",
     "scripted": "qwen_gateway.engines.scripted:create_engine",
     "openai": "qwen_gateway.engines.openai_upstream:create_engine",
+    "vllm": "qwen_gateway.engines.vllm:create_engine",
 }
 
 

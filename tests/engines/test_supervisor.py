@@ -1,0 +1,92 @@
+"""A managed engine process (the vLLM engine's supervisor) with a real OpenAI-compatible child.
+
+The child here is this project's own server on the tiny model, started through the same
+supervisor code path that starts ``vllm.entrypoints.openai.api_server``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from qwen_gateway.config import load_settings
+from qwen_gateway.container import Container
+from qwen_gateway.engines.vllm import VLLMConfig, VLLMEngine, vllm_command
+from support.fixtures import open_in_process
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+async def test_managed_child_serves_restarts_after_a_crash_and_leaves_no_orphans(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    command = (
+        sys.executable, "-m", "qwen_gateway.cli.main", "serve", "--model", str(tiny_model_dir),
+        "--served-name", "managed", "--port", "{port}", "--max-batch-size", "4",
+    )  # fmt: skip
+    engine = VLLMEngine(
+        VLLMConfig(
+            model=str(tiny_model_dir), served_name="managed", command=command,
+            log_path=str(tmp_path / "engine.log"), startup_timeout=180,
+        )
+    )  # fmt: skip
+    supervisor = engine.supervisor
+    assert supervisor is not None
+    settings = load_settings({"data_dir": str(tmp_path)}, env={})
+    async with open_in_process(Container(settings, engines={"managed": engine})) as g:
+        ask = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+        first = await g.client.chat.completions.create(model="managed", **ask)  # type: ignore[call-overload]
+        assert first.usage.completion_tokens == 3
+        crashed = supervisor.pid
+        assert crashed is not None
+        os.kill(crashed, signal.SIGKILL)
+        async with asyncio.timeout(180):  # the supervisor notices, backs off, restarts
+            while supervisor.pid == crashed or not supervisor.healthy():  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        assert supervisor.restarts == 1
+        again = await g.client.chat.completions.create(model="managed", **ask)  # type: ignore[call-overload]
+        assert again.usage.completion_tokens == 3
+        child = supervisor.pid
+        assert child is not None
+    assert _gone(child), "the engine process outlived the gateway"
+    assert "qwen-gateway is ready" in (tmp_path / "engine.log").read_text()  # child's log kept
+
+
+def test_vllm_command_has_the_qwen_flags() -> None:
+    cfg = VLLMConfig(
+        model="Qwen/Qwen2.5-7B-Instruct", served_name="qwen", max_model_len=32768,
+        gpu_memory_utilization=0.9, tensor_parallel_size=2, quantization="awq",
+        python="/opt/vllm/bin/python",
+    )  # fmt: skip
+    cmd = vllm_command(cfg, 8001)
+    assert cmd[:3] == ["/opt/vllm/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
+    joined = " ".join(cmd)
+    for flag in (
+        "--enable-auto-tool-choice", "--tool-call-parser hermes", "--enable-prefix-caching",
+        "--max-model-len 32768", "--gpu-memory-utilization 0.9", "--tensor-parallel-size 2",
+        "--quantization awq", "--served-model-name qwen", "--port 8001",
+    ):  # fmt: skip
+        assert flag in joined
+
+
+async def test_a_child_that_dies_at_start_up_is_a_clear_error(tmp_path: Path) -> None:
+    engine = VLLMEngine(
+        VLLMConfig(
+            model="x", served_name="x", command=(sys.executable, "-c", "raise SystemExit(3)"),
+            log_path=str(tmp_path / "e.log"),
+        )
+    )  # fmt: skip
+    with pytest.raises(Exception, match="exited during start-up"):
+        await engine.start()
+    await engine.aclose()
