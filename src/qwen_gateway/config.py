@@ -52,6 +52,21 @@ class UpstreamSettings(Section):
     max_retries: int = Field(default=2, ge=0, le=10)
 
 
+class VLLMSettings(Section):
+    """For ``engine: vllm``: a remote vLLM, or a managed ``vllm.entrypoints.openai.api_server``."""
+
+    remote_url: str | None = None  # set: relay to this vLLM, start nothing
+    python: str | None = None  # interpreter of the environment vLLM is installed in
+    max_model_len: int | None = Field(default=None, ge=16)
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    tensor_parallel_size: int | None = Field(default=None, ge=1)
+    quantization: Literal["awq", "gptq"] | None = None
+    enable_prefix_caching: bool = True
+    extra_args: list[str] = Field(default_factory=list)
+    startup_timeout: float = Field(default=900.0, gt=0)
+    env: dict[str, str] = Field(default_factory=dict)
+
+
 class ModelSettings(Section):
     #: Local directory or Hugging Face id; empty means the embedded tiny model.
     model: str | None = None
@@ -66,6 +81,7 @@ class ModelSettings(Section):
     max_output_tokens: int = Field(default=8192, ge=1)
     max_n: int = Field(default=8, ge=1, le=128)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
+    vllm: VLLMSettings = Field(default_factory=VLLMSettings)
 
 
 class Settings(Section):

@@ -93,7 +93,16 @@ def serve(
     ] = None,
     engine: Annotated[
         str | None,
-        typer.Option(help="transformers (in-process, default) or openai (an upstream server)."),
+        typer.Option(
+            help="transformers (in-process, default), openai (an upstream server) or vllm "
+            "(a managed vLLM child process, or --vllm-url)."
+        ),
+    ] = None,
+    vllm_python: Annotated[
+        str | None, typer.Option(help="For --engine vllm: the Python that has vLLM installed.")
+    ] = None,
+    vllm_url: Annotated[
+        str | None, typer.Option(help="For --engine vllm: use this running vLLM instead.")
     ] = None,
     upstream_url: Annotated[
         str | None,
@@ -121,6 +130,7 @@ def serve(
             "served_name": served_name,
             "engine": engine,
             "upstream": {"base_url": upstream_url},
+            "vllm": {"python": vllm_python, "remote_url": vllm_url},
             "device": device,
             "dtype": dtype,
             "max_batch_size": max_batch_size,
@@ -135,8 +145,8 @@ def serve(
     from qwen_gateway.observability.logging import configure_logging
 
     configure_logging(settings.server.log_level)
-    if settings.embedded_model:
-        ensure_tiny_model(settings)
+    if not settings.model.model and settings.model.engine != "openai":
+        ensure_tiny_model(settings)  # the embedded default, also for a managed vLLM
     container = Container(settings)
     application = create_app(container, on_ready=lambda: _banner(settings))
     err.print(f"Loading {settings.served_model_name} ...")
