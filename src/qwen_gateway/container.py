@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from qwen_gateway.config import Settings
 from qwen_gateway.core.normalize import RequestLimits
@@ -17,21 +18,59 @@ from qwen_gateway.service.completions import CompletionService
 log = logging.getLogger(__name__)
 
 
-def build_engine(settings: Settings) -> Engine:
+def _engine_options(settings: Settings) -> dict[str, Any]:
+    """The options the configured engine kind's factory takes."""
     m = settings.model
-    factory = engine_factory(m.engine)
-    return factory(
-        {
-            "model": settings.model_path,
+    if m.engine == "openai":
+        up = m.upstream
+        return {
+            "base_url": up.base_url,
             "served_name": settings.served_model_name,
-            "device": m.device,
-            "dtype": m.dtype,
-            "max_batch_size": m.max_batch_size,
-            "max_waiting": m.max_waiting,
-            "context_window": m.context_window,
+            "model": up.model or m.model,
+            "api_key": up.api_key.get_secret_value() if up.api_key else None,
+            "connect_timeout": up.connect_timeout,
+            "first_token_timeout": up.first_token_timeout,
+            "idle_timeout": up.idle_timeout,
+            "total_timeout": up.total_timeout,
+            "max_retries": up.max_retries,
+            "context_window": m.context_window or 131072,
             "max_output_tokens": m.max_output_tokens,
         }
-    )
+    if m.engine == "vllm":
+        v = m.vllm
+        options: dict[str, Any] = {
+            "model": settings.model_path,
+            "served_name": settings.served_model_name,
+            "remote_url": v.remote_url,
+            "port": v.port,
+            "max_model_len": v.max_model_len or m.context_window,
+            "gpu_memory_utilization": v.gpu_memory_utilization,
+            "tensor_parallel_size": v.tensor_parallel_size,
+            "quantization": v.quantization,
+            "enable_prefix_caching": v.enable_prefix_caching,
+            "extra_args": tuple(v.extra_args),
+            "env": dict(v.env),
+            "log_path": str(settings.data_dir / "vllm.log"),
+            "startup_timeout": v.startup_timeout,
+            "upstream": {"max_output_tokens": m.max_output_tokens},
+        }
+        if v.python:
+            options["python"] = v.python
+        return options
+    return {
+        "model": settings.model_path,
+        "served_name": settings.served_model_name,
+        "device": m.device,
+        "dtype": m.dtype,
+        "max_batch_size": m.max_batch_size,
+        "max_waiting": m.max_waiting,
+        "context_window": m.context_window,
+        "max_output_tokens": m.max_output_tokens,
+    }
+
+
+def build_engine(settings: Settings) -> Engine:
+    return engine_factory(settings.model.engine)(_engine_options(settings))
 
 
 class Container:
