@@ -19,9 +19,9 @@ import jsonschema
 import pytest
 import torch
 
-from qwen_gateway.engines.transformers.constraint import (
+from qwen_gateway.engines.transformers.constraint import Constraint
+from qwen_gateway.engines.transformers.grammar import (
     CompiledGrammar,
-    Constraint,
     GrammarCompiler,
     _length_patterns,
 )

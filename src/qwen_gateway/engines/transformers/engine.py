@@ -261,7 +261,7 @@ class TransformersBackend:
             enforces_constraints=True,
         )
         self._model = SlotModel(hf, CacheShape(slots=cfg.max_batch_size, max_len=window))
-        from qwen_gateway.engines.transformers.constraint import GrammarCompiler
+        from qwen_gateway.engines.transformers.grammar import GrammarCompiler
 
         self._grammars = GrammarCompiler(self.tokenizer, int(hf.config.vocab_size))
         self._free_slots = list(range(cfg.max_batch_size))
