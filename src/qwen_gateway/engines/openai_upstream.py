@@ -93,8 +93,7 @@ class _Call:
 
 @dataclass
 class _Choice:
-    text: int = 0  # characters of content, for usage counted here when the upstream gives none
-    parts: list[str] = field(default_factory=list)
+    parts: list[str] = field(default_factory=list)  # content, to count usage if none is sent
     calls: dict[int, _Call] = field(default_factory=dict)
 
 
