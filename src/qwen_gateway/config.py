@@ -36,6 +36,8 @@ class ServerSettings(Section):
     api_key: SecretStr | None = None
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     keepalive_seconds: float = Field(default=15.0, gt=0)
+    # on SIGTERM: how long requests in flight may finish before they are cut off
+    shutdown_grace_seconds: int = Field(default=10, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
@@ -50,6 +52,7 @@ class UpstreamSettings(Section):
     idle_timeout: float = Field(default=60.0, gt=0)
     total_timeout: float = Field(default=1800.0, gt=0)
     max_retries: int = Field(default=2, ge=0, le=10)
+    max_response_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
 
 
 class VLLMSettings(Section):
@@ -85,6 +88,60 @@ class ModelSettings(Section):
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
 
 
+class LimitSettings(Section):
+    """Limits for a key tier, a JWT tier or a model (all models together for that model)."""
+
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    max_concurrency: int | None = Field(default=None, ge=1)
+    daily_tokens: int | None = Field(default=None, ge=1)
+    monthly_tokens: int | None = Field(default=None, ge=1)
+
+
+class JWTSettings(Section):
+    """Bearer JWTs: set ``secret`` (HS256) or ``public_key`` (PEM text or a file path)."""
+
+    secret: SecretStr | None = None
+    public_key: str | None = None
+    algorithms: list[str] = Field(default_factory=lambda: ["HS256", "RS256", "ES256"])
+    issuer: str | None = None
+    audience: str | None = None
+    leeway_seconds: float = Field(default=10.0, ge=0)
+    models_claim: str = "models"
+    tier_claim: str = "tier"
+    admin_claim: str = "admin"
+    default_tier: str | None = None
+
+
+class AuthSettings(Section):
+    enabled: bool = True  # false: no authentication at all (local development only)
+    jwt: JWTSettings = Field(default_factory=JWTSettings)
+    tiers: dict[str, LimitSettings] = Field(default_factory=dict)  # for JWT tier claims
+    failure_limit: int = Field(default=20, ge=1)  # failed attempts per address and minute
+    key_cache_seconds: float = Field(default=1.0, gt=0, le=1.0)
+
+
+class LimitsSettings(Section):
+    backend: Literal["auto", "local", "redis"] = "auto"  # auto: redis when redis.url is set
+    models: dict[str, LimitSettings] = Field(default_factory=dict)
+    lease_seconds: float = Field(default=600.0, gt=0)
+    redis_prefix: str = Field(default="qwen-gateway", min_length=1)  # to share one Redis
+
+
+class DatabaseSettings(Section):
+    url: SecretStr | None = None  # default: sqlite in the data directory
+
+
+class RedisSettings(Section):
+    url: SecretStr | None = None  # e.g. redis://127.0.0.1:6379/0; needed for several replicas
+
+
+class UsageSettings(Section):
+    queue_size: int = Field(default=10_000, ge=10)
+    batch_size: int = Field(default=500, ge=1)
+    flush_seconds: float = Field(default=0.5, gt=0)
+
+
 class Settings(Section):
     data_dir: Path = Field(
         default_factory=lambda: (
@@ -94,6 +151,17 @@ class Settings(Section):
     )
     server: ServerSettings = Field(default_factory=ServerSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    usage: UsageSettings = Field(default_factory=UsageSettings)
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url is not None:
+            return self.database.url.get_secret_value()
+        return "sqlite+aiosqlite:///" + str(self.data_dir / "gateway.db")
 
     @property
     def embedded_model(self) -> bool:
@@ -187,4 +255,19 @@ def redacted(settings: Settings) -> dict[str, Any]:
         data["server"]["api_key"] = "**********"
     if settings.model.upstream.api_key is not None:
         data["model"]["upstream"]["api_key"] = "**********"
+    for section in ("database", "redis"):
+        if data[section]["url"] is not None:
+            data[section]["url"] = _mask_url(getattr(settings, section).url.get_secret_value())
+    if settings.auth.jwt.secret is not None:
+        data["auth"]["jwt"]["secret"] = "**********"
     return data
+
+
+def _mask_url(url: str) -> str:
+    """The URL with its password masked."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at or ":" not in creds:
+        return url
+    user = creds.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:****@{host}"

@@ -5,15 +5,31 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Iterable, Mapping
+from contextlib import suppress
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from qwen_gateway.config import Settings
 from qwen_gateway.core.normalize import RequestLimits
+from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.engines.base import Engine
 from qwen_gateway.engines.registry import engine_factory
 from qwen_gateway.observability.metrics import Metrics
+from qwen_gateway.policy.auth import Authenticator, FailureThrottle
+from qwen_gateway.policy.gate import Gate
+from qwen_gateway.policy.jwt import JWTConfig, JWTVerifier
+from qwen_gateway.policy.keys import InvalidationBus, KeyManager, LocalBus, RedisBus
+from qwen_gateway.policy.principal import Limits, Principal
+from qwen_gateway.policy.ratelimit import Limiter, LocalLimiter, RedisLimiter
 from qwen_gateway.service.completions import CompletionService
+from qwen_gateway.store.audit import AuditRepository
+from qwen_gateway.store.db import Database
+from qwen_gateway.store.keys import KeyRepository
+from qwen_gateway.store.usage import UsageEntry, UsageRepository
+from qwen_gateway.store.writer import BatchWriter
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +49,7 @@ def _engine_options(settings: Settings) -> dict[str, Any]:
             "idle_timeout": up.idle_timeout,
             "total_timeout": up.total_timeout,
             "max_retries": up.max_retries,
+            "max_response_bytes": up.max_response_bytes,
             "context_window": m.context_window or 131072,
             "max_output_tokens": m.max_output_tokens,
         }
@@ -69,6 +86,68 @@ def _engine_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _limits(s: Any) -> Limits:
+    return Limits(s.rpm, s.tpm, s.max_concurrency, s.daily_tokens, s.monthly_tokens)
+
+
+def _jwt(settings: Settings) -> JWTVerifier | None:
+    j = settings.auth.jwt
+    if j.secret is None and j.public_key is None:
+        return None
+    public_key = j.public_key
+    if public_key is not None and not public_key.lstrip().startswith("-----BEGIN"):
+        public_key = Path(public_key).expanduser().read_text(encoding="utf-8")
+    return JWTVerifier(
+        JWTConfig(
+            secret=j.secret.get_secret_value() if j.secret else None,
+            public_key=public_key,
+            algorithms=tuple(j.algorithms),
+            issuer=j.issuer,
+            audience=j.audience,
+            leeway=j.leeway_seconds,
+            models_claim=j.models_claim,
+            tier_claim=j.tier_claim,
+            admin_claim=j.admin_claim,
+            tiers={name: _limits(t) for name, t in settings.auth.tiers.items()},
+            default_tier=j.default_tier,
+        )
+    )
+
+
+class Tenancy:
+    """The store and key management: what the server and the admin CLI commands share."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.db = Database(settings.database_url)
+        self.usage = UsageRepository(self.db)
+        self.audit = AuditRepository(self.db)
+        u = settings.usage
+        self.writer = BatchWriter(
+            self.usage, self.audit, u.queue_size, u.batch_size, u.flush_seconds
+        )
+        self.redis: Any = None  # Redis only swaps implementations, here and in Container
+        if settings.redis.url is not None:
+            import redis.asyncio
+
+            self.redis = redis.asyncio.from_url(settings.redis.url.get_secret_value())
+        bus: InvalidationBus = RedisBus(self.redis) if self.redis is not None else LocalBus()
+        self.keys = KeyManager(
+            KeyRepository(self.db), self.writer.put, bus, settings.auth.key_cache_seconds
+        )
+
+    async def start(self) -> None:
+        await self.db.migrate()
+        self.writer.start()
+        await self.keys.start()
+
+    async def aclose(self) -> None:
+        await self.writer.aclose()
+        await self.keys.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.db.aclose()
+
+
 def build_engine(settings: Settings) -> Engine:
     return engine_factory(settings.model.engine)(_engine_options(settings))
 
@@ -82,23 +161,102 @@ class Container:
         if engines is None:
             engines = {settings.served_model_name: build_engine(settings)}
         self.engines = dict(engines)
+        self.tenancy = Tenancy(settings)
+        self.db, self.usage, self.audit = self.tenancy.db, self.tenancy.usage, self.tenancy.audit
+        self.writer, self.redis, self.keys = (
+            self.tenancy.writer,
+            self.tenancy.redis,
+            self.tenancy.keys,
+        )
+        static = settings.server.api_key
+        self.auth = Authenticator(
+            enabled=settings.auth.enabled,
+            keys=self.keys,
+            jwt=_jwt(settings),
+            static_key=static.get_secret_value() if static is not None else None,
+            audit=self.writer.put,
+            throttle=FailureThrottle(settings.auth.failure_limit),
+        )
+        backend = settings.limits.backend
+        if backend == "redis" and self.redis is None:
+            raise ValueError("limits.backend is 'redis' but redis.url is not set")
+        limiter: Limiter = (
+            RedisLimiter(self.redis, settings.limits.lease_seconds, settings.limits.redis_prefix)
+            if self.redis is not None and backend != "local"
+            else LocalLimiter(settings.limits.lease_seconds)
+        )
+        self.gate = Gate(limiter, {m: _limits(v) for m, v in settings.limits.models.items()})
+        self.bootstrap_key: str | None = None  # the first admin key, to show once
         self.service = CompletionService(
             self.engines,
             RequestLimits(
                 max_output_tokens=settings.model.max_output_tokens, max_n=settings.model.max_n
             ),
+            gate=self.gate,
         )
         self.metrics.watch_engines(self._engine_stats)
         self._loading: asyncio.Task[None] | None = None
         self.load_error: BaseException | None = None
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def _engine_stats(self) -> Iterable[tuple[str, Mapping[str, float]]]:
         for name, engine in self.engines.items():
             yield name, {k: float(v) for k, v in dataclasses.asdict(engine.stats()).items()}
 
     async def start(self) -> None:
-        """Begin loading the engines; /ready answers 503 until they are loaded."""
+        """Open the store (migrations), then begin loading the engines; /ready answers 503
+        until they are loaded."""
+        await self.tenancy.start()
+        await self.gate.start()
+        if self.settings.auth.enabled and await self.keys.count() == 0:
+            self.bootstrap_key, _ = await self.keys.create(
+                "admin (created at first start)", role="admin", actor="bootstrap"
+            )
         self._loading = asyncio.create_task(self._load())
+
+    def request_started(self) -> None:
+        self._in_flight += 1
+        self._idle.clear()
+
+    async def finish(self, record: RequestRecord, path: str, method: str, status: int) -> None:
+        """When a request has ended, however it ended: record usage, settle its limits."""
+        try:
+            await self._account(record, path, method, status)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight <= 0:
+                self._idle.set()
+
+    async def _account(self, record: RequestRecord, path: str, method: str, status: int) -> None:
+        if method == "POST" and path.startswith("/v1/"):
+            principal = record.principal if isinstance(record.principal, Principal) else None
+            ttft = record.ttft
+            self.writer.put(
+                UsageEntry(
+                    ts=datetime.now(UTC),
+                    request_id=record.request_id,
+                    principal=principal.id if principal is not None else "anonymous",
+                    key_id=principal.key_id if principal is not None else None,
+                    model=record.model,
+                    deployment=record.model,
+                    path=path[:200],
+                    status=status,
+                    prompt_tokens=record.prompt_tokens,
+                    completion_tokens=record.completion_tokens,
+                    latency_ms=round((time.perf_counter() - record.started) * 1000, 3),
+                    ttft_ms=None if ttft is None else round(ttft * 1000, 3),
+                    cancelled=record.cancelled,
+                    stream=record.stream,
+                )
+            )
+        permit, record.permit = record.permit, None
+        if permit is not None:
+            try:
+                await self.gate.settle(permit, record.completion_tokens)
+            except Exception:
+                log.exception("settling rate limits failed")
 
     async def _load(self) -> None:
         try:
@@ -120,4 +278,10 @@ class Container:
     async def aclose(self) -> None:
         if self._loading is not None and not self._loading.done():
             self._loading.cancel()
+        # requests cut off by the shutdown are still running their clean-up: let them account
+        with suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                await self._idle.wait()
         await asyncio.gather(*(e.aclose() for e in self.engines.values()), return_exceptions=True)
+        await self.gate.aclose()
+        await self.tenancy.aclose()  # writes what is queued: usage of the last requests

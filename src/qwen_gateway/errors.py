@@ -85,6 +85,14 @@ class RateLimited(GatewayError):
     retryable = True
 
 
+class QuotaExceeded(GatewayError):
+    """A daily or monthly token budget is used up (OpenAI's ``insufficient_quota``)."""
+
+    status_code = 429
+    error_type = "insufficient_quota"
+    default_code = "insufficient_quota"
+
+
 class EngineOverloaded(GatewayError):
     status_code = 503
     error_type = "server_error"

@@ -3,33 +3,66 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from typing import Any
 
-from qwen_gateway.api.sse import DONE, KEEPALIVE, _frames
+from qwen_gateway.api.sse import DONE, KEEPALIVE, EventStreamResponse
+from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.errors import EngineUnavailable
+
+
+async def run(response: EventStreamResponse, on_body: Any = None) -> list[bytes]:
+    """Drive the ASGI response with a client that stays; return the body parts sent."""
+    bodies: list[bytes] = []
+    stay = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await stay.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            bodies.append(message["body"])
+            if on_body is not None:
+                on_body(message["body"])
+
+    await response({"type": "http"}, receive, send)
+    return bodies
 
 
 async def test_keepalive_comment_is_sent_while_the_next_chunk_is_late() -> None:
     release = asyncio.Event()
 
-    async def slow() -> AsyncIterator[dict[str, int]]:
+    async def slow() -> AsyncGenerator[dict[str, int], None]:
         await release.wait()
         yield {"n": 2}
 
-    frames = _frames({"n": 1}, slow(), keepalive=0.01)
-    assert await anext(frames) == b'data: {"n":1}\n\n'
-    assert await anext(frames) == KEEPALIVE
-    release.set()
-    rest = [f async for f in frames]
-    assert rest[-2:] == [b'data: {"n":2}\n\n', DONE]
+    def on_body(body: bytes) -> None:
+        if body == KEEPALIVE:
+            release.set()  # the comment came while the chunk was late: now let it come
+
+    response = EventStreamResponse({"n": 1}, slow(), RequestRecord("r"), keepalive=0.01)
+    bodies = await run(response, on_body)
+    assert bodies[0] == b'data: {"n":1}\n\n'
+    assert KEEPALIVE in bodies[1:-2]
+    assert bodies[-2:] == [b'data: {"n":2}\n\n', DONE]
+
+
+async def test_relayed_bytes_are_framed_as_they_are() -> None:
+    async def chunks() -> AsyncGenerator[bytes, None]:
+        yield b'{"id":"up","choices":[]}'
+
+    response = EventStreamResponse({"n": 1}, chunks(), RequestRecord("r"), keepalive=5)
+    assert (await run(response))[1] == b'data: {"id":"up","choices":[]}\n\n'
 
 
 async def test_error_after_the_first_chunk_becomes_an_error_frame() -> None:
-    async def failing() -> AsyncIterator[dict[str, int]]:
+    async def failing() -> AsyncGenerator[dict[str, int], None]:
         yield {"n": 2}
         raise EngineUnavailable("engine went away")
 
-    frames = [f async for f in _frames({"n": 1}, failing(), keepalive=5)]
+    response = EventStreamResponse({"n": 1}, failing(), RequestRecord("r"), keepalive=5)
+    frames = await run(response)
     assert frames[1] == b'data: {"n":2}\n\n'
     assert frames[-1].startswith(b'data: {"error":{"message":"engine went away"')
     assert DONE not in frames

@@ -51,7 +51,7 @@ ASK = [{"role": "user", "content": "Weather in Paris?"}]
 @asynccontextmanager
 async def scripted(reply: str, tmp_path: Path) -> AsyncIterator[tuple[InProcess, ScriptedBackend]]:
     backend = ScriptedBackend(NAME, [reply])
-    settings = load_settings({"data_dir": str(tmp_path)}, env={})
+    settings = load_settings({"data_dir": str(tmp_path), "auth": {"enabled": False}}, env={})
     container = Container(settings, engines={NAME: PromptEngine(backend)})
     async with open_in_process(container) as g:
         yield g, backend

@@ -33,7 +33,8 @@ async def test_managed_child_serves_restarts_after_a_crash_and_leaves_no_orphans
 ) -> None:
     command = (
         sys.executable, "-m", "qwen_gateway.cli.main", "serve", "--model", str(tiny_model_dir),
-        "--served-name", "managed", "--port", "{port}", "--max-batch-size", "4",
+        "--served-name", "managed", "--port", "{port}", "--max-batch-size", "4", "--no-auth",
+        "--data-dir", str(tmp_path / "child-data"),
     )  # fmt: skip
     engine = VLLMEngine(
         VLLMConfig(
@@ -43,7 +44,7 @@ async def test_managed_child_serves_restarts_after_a_crash_and_leaves_no_orphans
     )  # fmt: skip
     supervisor = engine.supervisor
     assert supervisor is not None
-    settings = load_settings({"data_dir": str(tmp_path)}, env={})
+    settings = load_settings({"data_dir": str(tmp_path), "auth": {"enabled": False}}, env={})
     async with open_in_process(Container(settings, engines={"managed": engine})) as g:
         ask = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
         first = await g.client.chat.completions.create(model="managed", **ask)  # type: ignore[call-overload]

@@ -1,4 +1,5 @@
-"""The OpenAI-upstream engine: against our own real server, and against FaultyUpstream."""
+"""The OpenAI-upstream engine: against our own real server, and the fault-injection suite
+against FaultyUpstream (a deliberately misbehaving server)."""
 
 from __future__ import annotations
 
@@ -14,25 +15,31 @@ import pytest
 
 from qwen_gateway.config import load_settings
 from qwen_gateway.container import Container
+from qwen_gateway.core.types import ChatMessage, ChatRequest, RelayedChunk
 from qwen_gateway.engines.openai_upstream import OpenAIUpstreamEngine, UpstreamConfig
-from support.faulty_upstream import FaultyUpstream
+from support.faulty_upstream import BEHAVIOURS, FaultyUpstream
 from support.fixtures import MODEL, InProcess, open_in_process
+from support.metrics import sample
 from support.server import Server
 
 ASK = [{"role": "user", "content": "Hello"}]
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]  # fmt: skip
+LIMITS = {"backoff": 0.01, "first_token_timeout": 0.5, "idle_timeout": 0.5, "total_timeout": 3,
+          "max_response_bytes": 1024 * 1024}  # fmt: skip
 
 
 @asynccontextmanager
 async def relay(base_url: str, tmp_path: Path, **cfg: Any) -> AsyncIterator[InProcess]:
     names = cfg.pop("names", ["relayed"])
+    model = cfg.pop("model", None)
     engines = {
         name: OpenAIUpstreamEngine(
-            UpstreamConfig(base_url=base_url, served_name=name, model=cfg.get("model", name),
-                           **{k: v for k, v in cfg.items() if k != "model"})
+            UpstreamConfig(base_url=base_url, served_name=name, model=model or name, **cfg)
         )
         for name in names
-    }  # fmt: skip
-    settings = load_settings({"data_dir": str(tmp_path)}, env={})
+    }
+    settings = load_settings({"data_dir": str(tmp_path), "auth": {"enabled": False}}, env={})
     async with open_in_process(Container(settings, engines=engines)) as g:  # type: ignore[arg-type]
         yield g
 
@@ -41,6 +48,22 @@ async def relay(base_url: str, tmp_path: Path, **cfg: Any) -> AsyncIterator[InPr
 def faulty() -> Iterator[FaultyUpstream]:
     with FaultyUpstream().running() as upstream:
         yield upstream
+
+
+def established_to(port: int) -> int:
+    """Open (ESTABLISHED) client sockets of this machine to 127.0.0.1:``port``."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        remote, state = fields[2], fields[3]
+        if state == "01" and remote == f"0100007F:{port:04X}":
+            count += 1
+    return count
+
+
+async def tokens(g: InProcess, model: str, kind: str) -> float:
+    text = (await g.http.get("/metrics")).text
+    return sample(text, "qwen_gateway_tokens_total", model=model, kind=kind)
 
 
 async def test_relaying_a_real_gateway_gives_the_same_answers(
@@ -58,9 +81,16 @@ async def test_relaying_a_real_gateway_gives_the_same_answers(
         assert got.usage is not None and expected.usage is not None
         assert got.usage.prompt_tokens == expected.usage.prompt_tokens
         assert got.usage.completion_tokens == expected.usage.completion_tokens
-        stream = await g.client.chat.completions.create(model="relayed", stream=True, **args)
-        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        stream = await g.client.chat.completions.create(
+            model="relayed", stream=True, stream_options={"include_usage": True}, **args
+        )
+        chunks = [c async for c in stream]
+        assert {c.model for c in chunks} == {"relayed"}  # relayed chunks carry our name
+        assert len({c.id for c in chunks}) == 1
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert text == expected.choices[0].message.content
+        assert chunks[-1].usage is not None
+        assert chunks[-1].usage.completion_tokens == expected.usage.completion_tokens
         forced = await g.client.chat.completions.create(
             model="relayed", messages=ASK, max_tokens=80, tool_choice="required",
             tools=[{"type": "function", "function": {"name": "ping", "parameters": {
@@ -79,74 +109,138 @@ async def test_relaying_a_real_gateway_gives_the_same_answers(
         assert (await g.http.get("/ready")).status_code == 200
 
 
-CASES = ["ok", "no-usage", "429-then-ok", "raw-tool-call", "native-tool-call"]
+CASES = ["ok", "no-usage", "429-then-ok", "502-then-ok", "raw-tool-call", "native-tool-call"]
 
 
+@pytest.mark.parametrize("stream", [False, True])
 async def test_well_behaved_and_recoverable_upstreams(
-    faulty: FaultyUpstream, tmp_path: Path
+    faulty: FaultyUpstream, tmp_path: Path, stream: bool
 ) -> None:
+    async def ask(model: str, **extra: Any) -> tuple[str, list[Any], str, Any]:
+        """(content, tool calls, finish reason, usage) however the answer came."""
+        if not stream:
+            c = await g.client.chat.completions.create(model=model, messages=ASK, **extra)
+            msg = c.choices[0].message
+            return msg.content or "", msg.tool_calls or [], str(c.choices[0].finish_reason), c.usage
+        text, calls, reason, usage = "", [], "", None
+        s = await g.client.chat.completions.create(
+            model=model, messages=ASK, stream=True, stream_options={"include_usage": True}, **extra
+        )
+        async for chunk in s:
+            usage = chunk.usage or usage
+            for choice in chunk.choices:
+                text += choice.delta.content or ""
+                calls += choice.delta.tool_calls or []
+                reason = choice.finish_reason or reason
+        return text, calls, reason, usage
+
+    before = dict(faulty.attempts)
     async with relay(faulty.base_url, tmp_path, names=CASES, backoff=0.01) as g:
-        ok = await g.client.chat.completions.create(model="ok", messages=ASK)
-        assert ok.choices[0].message.content == "Hello world"
-        assert ok.usage is not None and ok.usage.completion_tokens == 3
-        counted = await g.client.chat.completions.create(model="no-usage", messages=ASK)
-        assert counted.usage is not None
-        assert counted.usage.completion_tokens == 2  # "Hello world", counted here
-        assert counted.usage.prompt_tokens > 0
-        retried = await g.client.chat.completions.create(model="429-then-ok", messages=ASK)
-        assert retried.choices[0].message.content == "Hello world"
-        assert faulty.attempts["429-then-ok"] == 2
-        tools = [{"type": "function", "function": {"name": "get_weather"}}]
+        text, _, reason, usage = await ask("ok")
+        assert (text, reason, usage.completion_tokens) == ("Hello world", "stop", 3)
+        text, _, _, counted = await ask("no-usage")
+        assert text == "Hello world"
+        assert counted.completion_tokens == 2  # "Hello world", counted here
+        assert counted.prompt_tokens > 0
+        for model in ("429-then-ok", "502-then-ok"):
+            text, *_ = await ask(model)
+            assert text == "Hello world"
+            assert faulty.attempts[model] - before.get(model, 0) == 2, model
         for model, city in (("raw-tool-call", "Paris"), ("native-tool-call", "Oslo")):
-            c = await g.client.chat.completions.create(model=model, messages=ASK, tools=tools)  # type: ignore[arg-type]
-            assert c.choices[0].finish_reason == "tool_calls", model
-            assert c.choices[0].message.content in (None, "")
-            call = (c.choices[0].message.tool_calls or [])[0]
-            assert (call.function.name, json.loads(call.function.arguments)) == (
-                "get_weather", {"city": city},
-            )  # fmt: skip
+            text, calls, reason, _ = await ask(model, tools=TOOLS)
+            assert reason == "tool_calls", model
+            assert text == ""
+            named = [c for c in calls if c.function and c.function.name]
+            args = "".join(c.function.arguments or "" for c in calls if c.function)
+            assert [c.function.name for c in named] == ["get_weather"]
+            assert json.loads(args) == {"city": city}
+            assert named[0].id.startswith("call_")
 
 
-FAILURES = [
-    ("503-always", 503, openai.InternalServerError),
-    ("400-context", 400, openai.BadRequestError),
-    ("404", 404, openai.NotFoundError),
-    ("slow-first", 504, openai.InternalServerError),
+# model, status for the client, SDK exception, upstream attempts per request
+BEFORE_FIRST_BYTE = [
+    ("503-always", 503, openai.InternalServerError, 3),
+    ("429-always", 429, openai.RateLimitError, 3),
+    ("503-retry-later", 503, openai.InternalServerError, 1),  # Retry-After too long to wait
+    ("500", 502, openai.InternalServerError, 1),  # a plain 500 is not retried
+    ("400-context", 400, openai.BadRequestError, 1),
+    ("404", 404, openai.NotFoundError, 1),
+    ("slow-first", 504, openai.InternalServerError, 1),
+    ("garbage", 502, openai.InternalServerError, 1),
 ]
 
 
-@pytest.mark.parametrize(("model", "status", "sdk_error"), FAILURES)
+@pytest.mark.parametrize(("model", "status", "sdk_error", "tries"), BEFORE_FIRST_BYTE)
 async def test_failures_before_the_first_byte_keep_their_status(
-    faulty: FaultyUpstream, tmp_path: Path, model: str, status: int, sdk_error: type[Exception]
+    faulty: FaultyUpstream,
+    tmp_path: Path,
+    model: str,
+    status: int,
+    sdk_error: type[Exception],
+    tries: int,
 ) -> None:
-    async with relay(
-        faulty.base_url, tmp_path, names=[model], backoff=0.01, first_token_timeout=0.5
-    ) as g:
+    before = faulty.attempts[model]
+    async with relay(faulty.base_url, tmp_path, names=[model], **LIMITS) as g:
         resp = await g.http.post("/v1/chat/completions", json={"model": model, "messages": ASK})
         assert resp.status_code == status, resp.text
         assert set(resp.json()["error"]) == {"message", "type", "param", "code"}
+        if model == "503-retry-later":
+            assert resp.headers["retry-after"] == "120"
         with pytest.raises(sdk_error):
             await g.client.chat.completions.create(model=model, messages=ASK, stream=True)
-    if model == "503-always":
-        assert faulty.attempts[model] == 6  # 1 + 2 retries, twice
+    assert faulty.attempts[model] - before == 2 * tries
 
 
-@pytest.mark.parametrize("model", ["stall", "reset", "garbage"])
-async def test_failures_after_the_first_byte_end_with_an_error_event(
+@pytest.mark.parametrize("model", ["huge", "reset", "truncated"])
+async def test_broken_whole_answers_are_clean_502s(
     faulty: FaultyUpstream, tmp_path: Path, model: str
 ) -> None:
-    async with relay(faulty.base_url, tmp_path, names=[model], idle_timeout=0.5) as g:
+    async with relay(faulty.base_url, tmp_path, names=[model], **LIMITS) as g:
+        resp = await g.http.post("/v1/chat/completions", json={"model": model, "messages": ASK})
+        assert resp.status_code == 502, resp.text
+        assert resp.json()["error"]["code"] == "upstream_error"
+
+
+MID_STREAM = ["stall", "reset", "truncated", "bad-json-mid", "huge"]
+
+
+@pytest.mark.parametrize("model", MID_STREAM)
+async def test_failures_after_the_first_byte_end_with_an_error_event_and_are_accounted(
+    faulty: FaultyUpstream, tmp_path: Path, model: str
+) -> None:
+    async with relay(faulty.base_url, tmp_path, names=[model], **LIMITS) as g:
         body = {"model": model, "messages": ASK, "stream": True}
         async with g.http.stream("POST", "/v1/chat/completions", json=body) as resp:
             frames = [f for f in (await resp.aread()).decode().split("\n\n") if f]
-        if model == "garbage":  # nothing valid came: a proper error status instead
-            assert resp.status_code == 502
-            return
         assert resp.status_code == 200
-        error = json.loads(frames[-1][6:])["error"]
+        error = json.loads(frames[-1].removeprefix("data: "))["error"]
         assert error["type"] == "server_error"
         assert error["code"] == ("timeout" if model == "stall" else "upstream_error")
         assert "data: [DONE]" not in frames
+        # what was generated before the failure is accounted: the prompt, and "Hello" where
+        # the gateway got it (a reset can arrive with the data still unread: it is lost then)
+        assert await tokens(g, model, "prompt") >= 1
+        if model != "reset":
+            assert await tokens(g, model, "completion") >= 1
+        with pytest.raises(openai.APIError):  # the SDK raises on the in-stream error
+            async for _ in await g.client.chat.completions.create(
+                model=model, messages=ASK, stream=True
+            ):
+                pass
+
+
+async def test_forced_tool_calls_cut_short_are_invalid_output(
+    faulty: FaultyUpstream, tmp_path: Path
+) -> None:
+    async with relay(faulty.base_url, tmp_path, names=["cut-tool-call"], **LIMITS) as g:
+        body = {"model": "cut-tool-call", "messages": ASK, "tools": TOOLS,
+                "tool_choice": "required"}  # fmt: skip
+        resp = await g.http.post("/v1/chat/completions", json=body)
+        assert resp.status_code == 502
+        assert resp.json()["error"]["code"] == "invalid_model_output"
+        auto = await g.http.post("/v1/chat/completions", json={**body, "tool_choice": "auto"})
+        assert auto.status_code == 200  # not forced: the call is passed on, as OpenAI would
+        assert auto.json()["choices"][0]["finish_reason"] == "tool_calls"
 
 
 async def test_client_disconnect_closes_the_upstream_connection(
@@ -154,19 +248,42 @@ async def test_client_disconnect_closes_the_upstream_connection(
 ) -> None:
     async with relay(faulty.base_url, tmp_path, names=["endless"]) as g:
         engine = g.container.engines["endless"]
-        stream = engine.stream(
-            __import__("qwen_gateway.core.types", fromlist=["ChatRequest"]).ChatRequest(
-                "endless",
-                (
-                    __import__("qwen_gateway.core.types", fromlist=["ChatMessage"]).ChatMessage(
-                        "user", "x"
-                    ),
-                ),
-            )
-        )
-        first = await anext(stream)
-        assert first is not None
+        request = ChatRequest("endless", (ChatMessage("user", "x"),), stream=True)
+        stream = engine.stream(request)
+        async for event in stream:  # up to the first text ("Hello")
+            if isinstance(event, RelayedChunk) and event.events:
+                break
         await stream.aclose()  # what the SSE response does when the client leaves
         assert await asyncio.to_thread(faulty.disconnected.wait, 10)
         assert engine.stats().running == 0
         assert engine.stats().aborted == 1
+        assert request.meter.completion_tokens >= 1  # accounted although cut off
+
+
+async def test_the_fault_suite_leaves_no_tasks_or_connections(
+    faulty: FaultyUpstream, tmp_path: Path
+) -> None:
+    """Every behaviour, streamed and not, twice; then nothing is left open."""
+    names = [b for b in BEHAVIOURS if b not in ("endless", "slow-first", "stall")]
+    tasks_before = len(asyncio.all_tasks())
+    quiet = {**LIMITS, "health_interval": 3600.0}  # no probe overlaps a request here
+    async with relay(faulty.base_url, tmp_path, names=names, **quiet) as g:
+        baseline = len(asyncio.all_tasks())
+        pooled: list[int] = []
+        for _ in range(2):
+            for model in names:
+                for stream in (False, True):
+                    body = {"model": model, "messages": ASK, "stream": stream}
+                    resp = await g.http.post("/v1/chat/completions", json=body)
+                    assert resp.status_code in (200, 400, 404, 429, 502, 503), (model, resp.text)
+            # each engine has its own pool and requests run one at a time: at most one
+            # connection per engine stays pooled, and a second round opens no more than the
+            # first: failed connections were closed, not leaked
+            pooled.append(established_to(faulty.port))
+            assert pooled[-1] <= len(names)
+            for engine in g.container.engines.values():
+                assert engine.stats().running == 0
+        assert pooled[1] <= pooled[0]
+        assert len(asyncio.all_tasks()) == baseline
+    assert established_to(faulty.port) == 0
+    assert len(asyncio.all_tasks()) == tasks_before

@@ -33,6 +33,7 @@ def make_container(model_dir: Path, data_dir: Path, **model: object) -> Containe
     settings = load_settings(
         {
             "data_dir": str(data_dir),
+            "auth": {"enabled": False},
             "model": {"model": str(model_dir), "served_name": MODEL, **model},
         },
         env={},

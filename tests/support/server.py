@@ -55,10 +55,18 @@ def running_command(
     *,
     env: dict[str, str] | None = None,
     startup_timeout: float = 180.0,
+    auth: bool = False,
 ) -> Iterator[Server]:
-    """Run ``qwen-gateway serve *serve_args`` until /ready answers 200, stop it afterwards."""
+    """Run ``qwen-gateway serve *serve_args`` until /ready answers 200, stop it afterwards.
+
+    Without ``auth`` the server runs with ``--no-auth``; its data directory (database) is
+    next to the log unless the environment names one.
+    """
     cmd = [sys.executable, "-m", "qwen_gateway.cli.main", "serve", *serve_args]
+    if not auth:
+        cmd.append("--no-auth")
     full_env = {**os.environ, **(env or {})}
+    full_env.setdefault("QWEN_GATEWAY_DATA_DIR", str(log_path.with_suffix(".data")))
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)
     server = Server(f"http://127.0.0.1:{port}", log_path, proc)

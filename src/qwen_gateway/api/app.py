@@ -43,6 +43,8 @@ def create_app(container: Container, on_ready: Callable[[], None] | None = None)
         GatewayMiddleware,
         metrics=container.metrics,
         max_body_bytes=container.settings.server.max_body_bytes,
+        on_start=container.request_started,
+        on_finish=container.finish,
     )
     return app
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import secrets
 import time
-import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -29,10 +31,20 @@ class BodyTooLarge(Exception):
 
 
 class GatewayMiddleware:
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        max_body_bytes: int,
+        on_start: Callable[[], None] | None = None,
+        on_finish: Callable[[RequestRecord, str, str, int], Awaitable[None]] | None = None,
+    ) -> None:
+        self.on_start = on_start
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.on_finish = on_finish
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -40,7 +52,7 @@ class GatewayMiddleware:
             return
         headers = dict(scope.get("headers") or [])
         given = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = given if _REQUEST_ID.match(given) else f"req_{uuid.uuid4().hex}"
+        request_id = given if _REQUEST_ID.match(given) else f"req_{secrets.token_hex(16)}"
         record = RequestRecord(request_id)
         scope.setdefault("state", {})["record"] = record
         status = 500
@@ -71,13 +83,20 @@ class GatewayMiddleware:
             return message
 
         self.metrics.in_flight.inc()
+        if self.on_start is not None:
+            self.on_start()
         try:
             await self.app(scope, receive_wrapper, send_wrapper)
         except BodyTooLarge:
             await self._too_large(send_wrapper)
+        except asyncio.CancelledError:  # cut off (server shutting down): it did not complete
+            record.cancelled = True
+            raise
         finally:
             self.metrics.in_flight.dec()
             self._finish(scope, record, status)
+            if self.on_finish is not None:
+                await self.on_finish(record, scope.get("path", ""), scope.get("method", ""), status)
 
     async def _too_large(self, send: Send) -> None:
         body = _json_bytes(

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 from collections.abc import AsyncGenerator, Awaitable
 from contextlib import suppress
 from typing import Any, TypeVar
 
+import orjson
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from qwen_gateway.api.admin import admin_router
 from qwen_gateway.api.sse import EventStreamResponse
 from qwen_gateway.container import Container
 from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.core.types import ModelInfo
-from qwen_gateway.errors import AuthenticationFailed, InvalidRequest
+from qwen_gateway.errors import InvalidRequest
 from qwen_gateway.observability.metrics import CONTENT_TYPE
+from qwen_gateway.policy.auth import require_admin
 from qwen_gateway.protocol.chat import ChatCompletionRequest
 from qwen_gateway.protocol.common import Model
 from qwen_gateway.protocol.completions import CompletionRequest
@@ -33,20 +35,21 @@ def record_of(request: Request) -> RequestRecord:
     return record
 
 
-def api_key_check(container: Container) -> Any:
-    """A dependency that checks ``Authorization: Bearer`` against the static key, if any."""
-    secret = container.settings.server.api_key
+def authenticated(container: Container, *, admin: bool = False) -> Any:
+    """A dependency: who is calling (key, JWT or static key), noted on the request record."""
+    auth = container.auth
 
     async def check(request: Request) -> None:
-        if secret is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        expected = secret.get_secret_value().encode()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
-            raise AuthenticationFailed(
-                "Incorrect API key provided. Send it as 'Authorization: Bearer <key>'."
-            )
+        client = request.client.host if request.client is not None else "unknown"
+        principal = await auth.authenticate(
+            request.headers.get("authorization"),
+            set(request.query_params.keys()),
+            client,
+            request.url.path,
+        )
+        if admin:
+            require_admin(principal)
+        record_of(request).principal = principal
 
     return check
 
@@ -92,16 +95,17 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
 
 async def respond(request: Request, result: Any, keepalive: float) -> Response:
     """JSON for complete results; SSE (after the first chunk is in hand) for streams."""
-    if isinstance(result, dict):
-        return JSONResponse(result)
-    stream: AsyncGenerator[Any, None] = result
     record = record_of(request)
+    headers = getattr(record.permit, "headers", None)  # x-ratelimit-* for the caller
+    if isinstance(result, dict):
+        return Response(orjson.dumps(result), media_type="application/json", headers=headers)
+    stream: AsyncGenerator[Any, None] = result
     try:
         first = await until_disconnect(request, anext(stream))
     except BaseException:
         await stream.aclose()
         raise
-    return EventStreamResponse(first, stream, record, keepalive)
+    return EventStreamResponse(first, stream, record, keepalive, headers)
 
 
 def _model_card(info: ModelInfo) -> Model:
@@ -127,7 +131,7 @@ def _body_schema(model: type[Any]) -> dict[str, Any]:
 def include_routes(app: FastAPI, container: Container) -> None:
     service = container.service
     keepalive = container.settings.server.keepalive_seconds
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(api_key_check(container))])
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authenticated(container))])
 
     @v1.post("/chat/completions", openapi_extra=_body_schema(ChatCompletionRequest))
     async def chat_completions(request: Request) -> Response:
@@ -181,3 +185,4 @@ def include_routes(app: FastAPI, container: Container) -> None:
 
     app.include_router(v1)
     app.include_router(ops)
+    app.include_router(admin_router(container, authenticated(container, admin=True)))

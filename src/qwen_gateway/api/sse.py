@@ -9,12 +9,12 @@ at once, which aborts the generation.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from contextlib import suppress
 from typing import Any
 
+import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -27,8 +27,10 @@ DONE = b"data: [DONE]\n\n"
 KEEPALIVE = b": keep-alive\n\n"
 
 
-def frame(obj: Mapping[str, Any]) -> bytes:
-    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+def frame(obj: Mapping[str, Any] | bytes) -> bytes:
+    """One SSE event; ``bytes`` are a chunk's JSON already (relayed unchanged)."""
+    data = obj if isinstance(obj, bytes) else orjson.dumps(obj)
+    return b"data: " + data + b"\n\n"
 
 
 def error_frame(exc: GatewayError) -> bytes:
@@ -44,60 +46,58 @@ def error_frame(exc: GatewayError) -> bytes:
     )
 
 
-async def _frames(
-    first: Mapping[str, Any],
-    chunks: AsyncIterator[Any],
-    keepalive: float,
-) -> AsyncGenerator[bytes, None]:
-    yield frame(first)
-    pending: asyncio.Future[Any] | None = None
-    try:
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(chunks))
-            done, _ = await asyncio.wait({pending}, timeout=keepalive)
-            if not done:
-                yield KEEPALIVE
-                continue
-            future, pending = pending, None
-            try:
-                chunk = future.result()
-            except StopAsyncIteration:
-                break
-            except GatewayError as exc:
-                yield error_frame(exc)
-                return
-            yield frame(chunk)
-        yield DONE
-    finally:
-        if pending is not None:
-            pending.cancel()
-            with suppress(BaseException):
-                await pending
-
-
 class EventStreamResponse(Response):
-    """An ASGI response streaming SSE frames; the first chunk is already in hand."""
+    """An ASGI response streaming SSE frames; the first chunk is already in hand.
+
+    Three concerns, two tasks: ``pump`` sends frames as chunks come; ``watch`` waits for the
+    client to leave; a keep-alive comment is sent from a timer only when nothing else was sent
+    for ``keepalive`` seconds, so the per-chunk path carries no timer at all.
+    """
 
     media_type = "text/event-stream; charset=utf-8"
 
     def __init__(
         self,
-        first: Mapping[str, Any],
+        first: Mapping[str, Any] | bytes,
         chunks: AsyncGenerator[Any, None],
         record: RequestRecord,
         keepalive: float = 15.0,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(status_code=200, media_type=self.media_type)
+        self._extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
         self._first = first
         self._chunks = chunks
         self._record = record
         self._keepalive = keepalive
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        frames = _frames(self._first, self._chunks, self._keepalive)
+        loop = asyncio.get_running_loop()
+        chunks = self._chunks
+        last_sent = loop.time()
+        finishing = False
+        ticker: asyncio.TimerHandle | None = None
+
+        async def send_body(data: bytes) -> None:
+            nonlocal last_sent
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+            last_sent = loop.time()
+
+        def tick() -> None:
+            nonlocal ticker
+            idle = loop.time() - last_sent
+            if finishing:
+                return
+            if idle >= self._keepalive:
+                keepalive_tasks.add(task := loop.create_task(send_body(KEEPALIVE)))
+                task.add_done_callback(keepalive_tasks.discard)
+                idle = 0.0
+            ticker = loop.call_later(self._keepalive - idle, tick)
+
+        keepalive_tasks: set[asyncio.Task[None]] = set()
 
         async def pump() -> None:
+            nonlocal finishing, ticker
             await send(
                 {
                     "type": "http.response.start",
@@ -106,12 +106,24 @@ class EventStreamResponse(Response):
                         (b"content-type", self.media_type.encode()),
                         (b"cache-control", b"no-cache"),
                         (b"x-accel-buffering", b"no"),
+                        *self._extra,
                     ],
                 }
             )
-            async for data in frames:
-                await send({"type": "http.response.body", "body": data, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await send_body(frame(self._first))
+            ticker = loop.call_later(self._keepalive, tick)
+            try:
+                async for chunk in chunks:
+                    await send_body(frame(chunk))
+                tail = DONE
+            except GatewayError as exc:
+                tail = error_frame(exc)
+            finishing = True
+            ticker.cancel()
+            for task in keepalive_tasks:
+                with suppress(BaseException):
+                    await task
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
 
         async def watch() -> None:
             while (await receive())["type"] != "http.disconnect":
@@ -120,7 +132,11 @@ class EventStreamResponse(Response):
         pump_task = asyncio.ensure_future(pump())
         watch_task = asyncio.ensure_future(watch())
         try:
-            await asyncio.wait({pump_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                await asyncio.wait({pump_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:  # cut off from outside (the server shutting down)
+                self._record.cancelled = True
+                raise
             if not pump_task.done():
                 self._record.cancelled = True  # the client left mid-stream
                 pump_task.cancel()
@@ -134,7 +150,11 @@ class EventStreamResponse(Response):
             except OSError:  # the connection broke while sending
                 self._record.cancelled = True
         finally:
-            for task in (pump_task, watch_task):
+            finishing = True
+            if ticker is not None:
+                ticker.cancel()
+            tasks = (pump_task, watch_task, *keepalive_tasks)
+            for task in tasks:
                 task.cancel()
-            await frames.aclose()
-            await self._chunks.aclose()
+            await asyncio.gather(*tasks, return_exceptions=True)  # none is inside chunks now
+            await chunks.aclose()

@@ -1,8 +1,9 @@
-"""``qwen-gateway``: serve, init-tiny-model, config show."""
+"""``qwen-gateway``: serve, keys, usage, init-tiny-model, config show."""
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,6 +12,7 @@ import typer
 import yaml
 from rich.console import Console
 
+from qwen_gateway.cli.admin import keys_app, usage
 from qwen_gateway.config import ConfigError, Settings, load_settings, redacted
 
 app = typer.Typer(
@@ -21,6 +23,8 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect the configuration.")
 app.add_typer(config_app, name="config")
+app.add_typer(keys_app, name="keys")
+app.command("usage")(usage)
 err = Console(stderr=True)
 
 ConfigOpt = Annotated[
@@ -60,13 +64,20 @@ def ensure_tiny_model(settings: Settings) -> None:
     err.print(f"Tiny model ready in {target}")
 
 
-def _banner(settings: Settings) -> None:
+def _banner(settings: Settings, bootstrap_key: str | None) -> None:
     host = settings.server.host
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     base = f"http://{shown}:{settings.server.port}"
     model = settings.served_model_name
-    key = "$QWEN_GATEWAY_API_KEY" if settings.server.api_key else "none"
-    auth = ' -H "Authorization: Bearer $QWEN_GATEWAY_API_KEY"' if settings.server.api_key else ""
+    secured = settings.auth.enabled or settings.server.api_key is not None
+    key = "$QWEN_GATEWAY_KEY" if secured else "none"
+    auth = ' -H "Authorization: Bearer $QWEN_GATEWAY_KEY"' if secured else ""
+    if bootstrap_key is not None:
+        sys.stderr.write(
+            "\nFirst start: an admin key was created. It is shown this once and stored only as "
+            f"a hash:\n\n    export QWEN_GATEWAY_KEY={bootstrap_key}\n\n"
+            "Create inference keys with `qwen-gateway keys create --name NAME` or POST /admin/keys.\n"
+        )
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}]})
     lines = [
         f"\nqwen-gateway is ready at {base}  (model: {model})",
@@ -114,6 +125,9 @@ def serve(
     context_window: Annotated[
         int | None, typer.Option(help="Context window in tokens (default: the model's).")
     ] = None,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="Serve without authentication (development only).")
+    ] = False,
     api_key: Annotated[
         str | None, typer.Option(help="Require this Bearer key (also QWEN_GATEWAY_API_KEY).")
     ] = None,
@@ -125,6 +139,7 @@ def serve(
     cli = {
         "data_dir": data_dir,
         "server": {"host": host, "port": port, "api_key": api_key, "log_level": log_level},
+        "auth": {"enabled": False if no_auth else None},
         "model": {
             "model": model,
             "served_name": served_name,
@@ -148,16 +163,32 @@ def serve(
     if not settings.model.model and settings.model.engine != "openai":
         ensure_tiny_model(settings)  # the embedded default, also for a managed vLLM
     container = Container(settings)
-    application = create_app(container, on_ready=lambda: _banner(settings))
+    if not settings.auth.enabled:
+        err.print(
+            "[bold red]WARNING: --no-auth: anyone who can reach this port can use the API and "
+            "the admin endpoints. For local development only.[/bold red]"
+        )
+    application = create_app(container, on_ready=lambda: _banner(settings, container.bootstrap_key))
     err.print(f"Loading {settings.served_model_name} ...")
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again with the
+    # handlers found at start: these write the queued log lines and exit 0
+    signal.signal(signal.SIGTERM, _exit_after_shutdown)
+    signal.signal(signal.SIGINT, _exit_after_shutdown)
     uvicorn.run(
         application,
         host=settings.server.host,
         port=settings.server.port,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=settings.server.shutdown_grace_seconds,
     )
+
+
+def _exit_after_shutdown(signum: int, _: object) -> None:
+    from qwen_gateway.observability.logging import flush_logs
+
+    flush_logs()
+    raise SystemExit(0)
 
 
 @app.command("init-tiny-model")

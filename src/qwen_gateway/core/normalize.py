@@ -222,6 +222,7 @@ def chat_request(
         tool_choice=choice,
         constraint=constraint,
         request_id=request_id,
+        stream=bool(wire.stream),
     )
     return wire, request
 
@@ -376,4 +377,6 @@ def text_request(
     core_prompt: str | tuple[int, ...] = (
         prompt if isinstance(prompt, str) else tuple(int(t) for t in cast(list[int], prompt))
     )
-    return wire, TextRequest(wire.model, core_prompt, sampling, wire.n, request_id)
+    return wire, TextRequest(
+        wire.model, core_prompt, sampling, wire.n, request_id, stream=bool(wire.stream)
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -17,6 +18,8 @@ class RequestRecord:
     first_token_at: float | None = None
     finish_reason: str | None = None
     cancelled: bool = False
+    principal: Any = None  # policy.Principal, once authenticated
+    permit: Any = None  # policy.ratelimit.Permit while the request holds one
 
     def mark_first_token(self) -> None:
         if self.first_token_at is None:

@@ -68,6 +68,19 @@ class OutputConstraint:
     parallel: bool = True
 
 
+@dataclass(slots=True)
+class UsageMeter:
+    """Tokens counted so far for one request, updated by the engine as it goes.
+
+    It outlives a stream that was cut off (client gone, upstream failure), so the tokens
+    generated before the cut are still accounted; the :class:`Usage` event, when it comes,
+    is the final word.
+    """
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
     """A chat turn to complete: messages are rendered with the model's chat template."""
@@ -81,6 +94,9 @@ class ChatRequest:
     tool_choice: ToolChoice = field(default_factory=ToolChoice)
     constraint: OutputConstraint | None = None
     request_id: str = ""
+    #: The client reads the output as it comes (engines may pick a single-shot call if not).
+    stream: bool = False
+    meter: UsageMeter = field(default_factory=UsageMeter, compare=False, repr=False)
 
     @property
     def tool_names(self) -> frozenset[str]:
@@ -96,6 +112,9 @@ class TextRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     n: int = 1
     request_id: str = ""
+    #: The client reads the output as it comes (engines may pick a single-shot call if not).
+    stream: bool = False
+    meter: UsageMeter = field(default_factory=UsageMeter, compare=False, repr=False)
 
 
 GenerationRequest = ChatRequest | TextRequest
@@ -138,7 +157,22 @@ class ToolCallDelta:
     arguments: str  # a JSON object, serialised
 
 
-EngineEvent = TextDelta | ToolCallDelta | ChoiceFinished | Usage
+@dataclass(frozen=True, slots=True)
+class RelayedChunk:
+    """An upstream's streamed chat chunk that the client can have as it is (a fast path).
+
+    ``data`` is the chunk's JSON, already in the client's shape; ``events`` and ``usage`` say
+    what it carries, for accounting. Relaying engines send these only for streamed chat
+    requests without tools or output constraints, and still end with a :class:`Usage` event.
+    """
+
+    data: bytes
+    events: tuple[TextDelta | ToolCallDelta | ChoiceFinished, ...]
+    usage: Usage | None = None
+    chunk_id: str = ""  # the upstream's completion id, for any chunk the gateway adds
+
+
+EngineEvent = TextDelta | ToolCallDelta | ChoiceFinished | Usage | RelayedChunk
 
 
 @dataclass(frozen=True, slots=True)

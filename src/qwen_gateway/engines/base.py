@@ -12,6 +12,7 @@ from qwen_gateway.core.types import (
     ModelInfo,
     OutputConstraint,
     SamplingParams,
+    UsageMeter,
 )
 from qwen_gateway.qwen.template import ChatTemplate
 from qwen_gateway.qwen.tokenizer import QwenTokenizer
@@ -72,6 +73,7 @@ class TokenBackend(Protocol):
         n: int,
         request_id: str,
         constraint: OutputConstraint | None = None,
+        meter: UsageMeter | None = None,
     ) -> AsyncGenerator[EngineEvent, None]:
         """Generate ``n`` choices; enforce ``constraint`` while decoding when one is given."""
         ...

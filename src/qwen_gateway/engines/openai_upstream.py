@@ -14,11 +14,13 @@ import email.utils
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
+import orjson
 
 from qwen_gateway.core.types import (
     ChatMessage,
@@ -28,6 +30,7 @@ from qwen_gateway.core.types import (
     FinishReason,
     GenerationRequest,
     ModelInfo,
+    RelayedChunk,
     SamplingParams,
     TextDelta,
     TextRequest,
@@ -35,7 +38,12 @@ from qwen_gateway.core.types import (
     Usage,
 )
 from qwen_gateway.engines.base import EngineStats
-from qwen_gateway.engines.output import checked_json, new_call_id, with_tool_calls
+from qwen_gateway.engines.output import (
+    checked_json,
+    checked_tool_calls,
+    new_call_id,
+    with_tool_calls,
+)
 from qwen_gateway.errors import (
     AuthenticationFailed,
     ContextLengthExceeded,
@@ -55,6 +63,7 @@ from qwen_gateway.qwen.tokenizer import QwenTokenizer
 
 log = logging.getLogger(__name__)
 
+_Plain = TextDelta | ToolCallDelta | ChoiceFinished
 RETRYABLE_STATUS = frozenset({429, 502, 503})
 MAX_RETRY_AFTER = 30.0
 _FINISH: dict[str, FinishReason] = {
@@ -82,6 +91,7 @@ class UpstreamConfig:
     context_window: int = 131072
     max_output_tokens: int = 8192
     health_interval: float = 5.0
+    max_response_bytes: int = 32 * 1024 * 1024
 
 
 @dataclass
@@ -95,6 +105,7 @@ class _Call:
 class _Choice:
     parts: list[str] = field(default_factory=list)  # content, to count usage if none is sent
     calls: dict[int, _Call] = field(default_factory=dict)
+    sent_calls: list[str] = field(default_factory=list)  # name + arguments of calls sent on
 
 
 class OpenAIUpstreamEngine:
@@ -109,7 +120,18 @@ class OpenAIUpstreamEngine:
             created=int(time.time()),
             owned_by="upstream",
         )
-        self._client: httpx.AsyncClient | None = None
+        base = config.base_url.rstrip("/")
+        self._urls = {
+            "/chat/completions": base + "/chat/completions",
+            "/completions": base + "/completions",
+        }
+        self._health_urls = (base.removesuffix("/v1") + "/health", base + "/models")
+        upstream_name = config.model or config.served_name
+        self._model_bytes = (
+            b'"model":' + orjson.dumps(upstream_name),
+            b'"model":' + orjson.dumps(config.served_name),
+        )
+        self._session: aiohttp.ClientSession | None = None
         self._tokenizer: QwenTokenizer | None = None
         self._template: ChatTemplate | None = None
         self._healthy = False
@@ -126,14 +148,15 @@ class OpenAIUpstreamEngine:
 
     async def start(self) -> None:
         cfg = self.config
-        headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
-        self._client = httpx.AsyncClient(
-            base_url=cfg.base_url.rstrip("/"),
+        headers = {"Content-Type": "application/json"}
+        if cfg.api_key:
+            headers["Authorization"] = f"Bearer {cfg.api_key}"
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=cfg.max_connections, ttl_dns_cache=300),
             headers=headers,
-            timeout=httpx.Timeout(None, connect=cfg.connect_timeout),
-            limits=httpx.Limits(
-                max_connections=cfg.max_connections, max_keepalive_connections=cfg.max_connections
-            ),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=cfg.connect_timeout),
+            read_bufsize=2**20,  # SSE lines up to 2 MiB (aiohttp allows twice the buffer)
+            auto_decompress=True,
         )
         self._tokenizer = await asyncio.to_thread(QwenTokenizer.builtin)
         self._template = ChatTemplate(packaged_template_source())
@@ -151,20 +174,23 @@ class OpenAIUpstreamEngine:
     async def aclose(self) -> None:
         if self._probe is not None:
             self._probe.cancel()
-        if self._client is not None:
-            await self._client.aclose()
+            with suppress(asyncio.CancelledError):
+                await self._probe
+        if self._session is not None:
+            await self._session.close()
 
     async def _check_health(self) -> None:
-        assert self._client is not None
-        root = self.config.base_url.rstrip("/").removesuffix("/v1")
-        for url in (root + "/health", "/models"):
+        assert self._session is not None
+        timeout = aiohttp.ClientTimeout(total=self.config.connect_timeout)
+        for url in self._health_urls:
             try:
-                resp = await self._client.get(url, timeout=self.config.connect_timeout)
-            except httpx.HTTPError:
+                async with self._session.get(url, timeout=timeout) as resp:
+                    await resp.read()
+                    if resp.status == 200:
+                        self._healthy = True
+                        return
+            except (aiohttp.ClientError, TimeoutError):
                 continue
-            if resp.status_code == 200:
-                self._healthy = True
-                return
         self._healthy = False
 
     async def _probe_loop(self) -> None:
@@ -182,6 +208,8 @@ class OpenAIUpstreamEngine:
                 events = checked_json(events, constraint.schema)
             if request.tools:
                 events = with_tool_calls(events, request.tool_names, self._count_malformed)
+            if constraint is not None and constraint.kind == "tool_calls":
+                events = checked_tool_calls(events, constraint.tools)
         return events
 
     def _count_malformed(self, n: int) -> None:
@@ -190,11 +218,12 @@ class OpenAIUpstreamEngine:
     def _body(self, request: GenerationRequest) -> tuple[str, dict[str, Any]]:
         body: dict[str, Any] = {
             "model": self.config.model or self.config.served_name,
-            "stream": True,
-            "stream_options": {"include_usage": True},
+            "stream": request.stream,
             "n": request.n,
             **_sampling(request.sampling),
         }
+        if request.stream:
+            body["stream_options"] = {"include_usage": True}
         if isinstance(request, TextRequest):
             prompt = request.prompt
             body["prompt"] = prompt if isinstance(prompt, str) else list(prompt)
@@ -218,67 +247,162 @@ class OpenAIUpstreamEngine:
                 }
         return "/chat/completions", body
 
+    def _passthrough(self, request: GenerationRequest) -> bool:
+        """Whether the upstream's chunks can go to the client as they are (no tools, no JSON)."""
+        return (
+            isinstance(request, ChatRequest)
+            and request.stream
+            and not request.tools
+            and request.constraint is None
+        )
+
     async def _relay(self, request: GenerationRequest) -> AsyncGenerator[EngineEvent, None]:
-        client = self._client
-        if client is None:
+        session = self._session
+        if session is None:
             raise EngineUnavailable("The upstream engine is not started.")
         path, body = self._body(request)
         cfg = self.config
-        deadline = time.monotonic() + cfg.total_timeout
         choices: dict[int, _Choice] = {}
         usage: Usage | None = None
         self._active += 1
         finished = False
         try:
-            async with self._open(client, path, body) as lines:
-                first = True
-                while True:
-                    limit = cfg.first_token_timeout if first else cfg.idle_timeout
-                    limit = min(limit, deadline - time.monotonic())
-                    try:
-                        async with asyncio.timeout(limit):
-                            line = await anext(lines)
-                    except StopAsyncIteration:
-                        raise UpstreamError("The upstream closed the stream early.") from None
-                    except TimeoutError:
-                        what = "first token" if first else "next token"
-                        raise GatewayTimeout(
-                            f"The upstream timed out waiting for the {what}."
-                        ) from None
-                    except httpx.HTTPError as exc:
-                        raise UpstreamError(
-                            f"The upstream stream failed: {type(exc).__name__}."
-                        ) from None
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        break
-                    try:
-                        chunk = json.loads(data)
-                    except json.JSONDecodeError:
-                        raise UpstreamError("The upstream sent an invalid stream chunk.") from None
-                    if not isinstance(chunk, dict):
-                        raise UpstreamError("The upstream sent an invalid stream chunk.")
-                    if "error" in chunk:
-                        raise _error_from_body(502, chunk)
-                    first = False
-                    for event in _events(chunk, choices):
+            # Before the first byte a non-streaming call waits for the whole answer.
+            wait = cfg.first_token_timeout if request.stream else cfg.total_timeout
+            response = await _post(session, self._urls[path], orjson.dumps(body), cfg, wait)
+            try:
+                if request.stream:
+                    raw = self._passthrough(request)
+                    async for event in self._read_stream(response, choices, raw):
+                        if isinstance(event, Usage):
+                            usage = event  # sent last, after tool calls still pending
+                            continue
+                        if isinstance(event, RelayedChunk) and event.usage is not None:
+                            usage = event.usage
                         yield event
-                    if isinstance(chunk.get("usage"), dict):
-                        u = chunk["usage"]
-                        usage = Usage(
-                            int(u.get("prompt_tokens", 0)), int(u.get("completion_tokens", 0))
-                        )
+                else:
+                    for event in await self._read_whole(response, choices):
+                        if isinstance(event, Usage):
+                            usage = event
+                        else:
+                            yield event
+            finally:
+                response.close()
             for index, state in choices.items():
                 for event in _flush_calls(index, state):
                     yield event
+            usage = usage or self._count_usage(request, choices)
+            request.meter.prompt_tokens = usage.prompt_tokens
+            request.meter.completion_tokens = usage.completion_tokens
             finished = True
-            yield usage or self._count_usage(request, choices)
+            yield usage
         finally:
             self._active -= 1
             if not finished:
                 self._aborted += 1
+                if usage is None:  # cut off: account for what was generated so far
+                    counted = self._count_usage(request, choices)
+                    request.meter.prompt_tokens = counted.prompt_tokens
+                    request.meter.completion_tokens = counted.completion_tokens
+
+    async def _read_stream(
+        self, response: aiohttp.ClientResponse, choices: dict[int, _Choice], raw: bool
+    ) -> AsyncGenerator[EngineEvent | RelayedChunk, None]:
+        cfg = self.config
+        watchdog = _Watchdog(cfg.first_token_timeout, cfg.idle_timeout, cfg.total_timeout)
+        received = 0
+        done = False
+        content = response.content
+        try:
+            while True:
+                watchdog.arm()
+                try:
+                    line = await content.readline()
+                except asyncio.CancelledError:
+                    watchdog.raise_if_expired()
+                    raise
+                except ValueError:  # one line longer than the read limit
+                    raise UpstreamError("The upstream sent an oversized stream chunk.") from None
+                except (aiohttp.ClientError, OSError) as exc:
+                    raise UpstreamError(
+                        f"The upstream stream failed: {type(exc).__name__}."
+                    ) from None
+                finally:
+                    watchdog.disarm()
+                if not line:
+                    break
+                received += len(line)
+                if received > cfg.max_response_bytes:
+                    raise UpstreamError("The upstream's response exceeds the size limit.")
+                if done or not line.startswith(b"data:"):
+                    continue
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    done = True  # read on to the end, so the connection can be reused
+                    continue
+                try:
+                    chunk = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    raise UpstreamError("The upstream sent an invalid stream chunk.") from None
+                if not isinstance(chunk, dict):
+                    raise UpstreamError("The upstream sent an invalid stream chunk.")
+                if "error" in chunk:
+                    raise _error_from_body(502, chunk)
+                watchdog.first = False
+                events = _events(chunk, choices)
+                usage = _usage(chunk.get("usage"))
+                if raw:
+                    yield RelayedChunk(
+                        self._client_bytes(data, chunk), tuple(events), usage,
+                        str(chunk.get("id") or ""),
+                    )  # fmt: skip
+                    continue
+                for event in events:
+                    yield event
+                if usage is not None:
+                    yield usage
+        finally:
+            watchdog.stop()
+        if not done:
+            raise UpstreamError("The upstream closed the stream early.")
+
+    def _client_bytes(self, data: bytes, chunk: dict[str, Any]) -> bytes:
+        """The chunk's JSON for the client: the upstream's, with our model name."""
+        upstream, ours = self._model_bytes
+        if upstream == ours:
+            return data
+        if data.count(upstream) == 1:
+            return data.replace(upstream, ours)
+        chunk["model"] = self.config.served_name
+        return orjson.dumps(chunk)
+
+    async def _read_whole(
+        self, response: aiohttp.ClientResponse, choices: dict[int, _Choice]
+    ) -> list[EngineEvent]:
+        cap = self.config.max_response_bytes
+        try:
+            data = await response.content.read(cap + 1)
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamError(f"The upstream response failed: {type(exc).__name__}.") from None
+        if len(data) > cap:
+            raise UpstreamError("The upstream's response exceeds the size limit.")
+        try:
+            body = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise UpstreamError("The upstream sent an invalid response body.") from None
+        if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
+            raise UpstreamError("The upstream sent an invalid response body.")
+        for item in body["choices"]:  # a whole message reads like one big delta
+            if isinstance(item, dict) and isinstance(item.get("message"), dict):
+                message = item["delta"] = item.pop("message")
+                for n, call in enumerate(message.get("tool_calls") or ()):
+                    if isinstance(call, dict):
+                        call.setdefault("index", n)  # messages list calls without an index
+        events: list[EngineEvent] = list(_events(body, choices))
+        usage = _usage(body.get("usage"))
+        if usage is not None:
+            events.append(usage)
+        return events
 
     def _count_usage(self, request: GenerationRequest, choices: Mapping[int, _Choice]) -> Usage:
         """Usage counted with the Qwen tokenizer, for upstreams that report none."""
@@ -295,64 +419,111 @@ class OpenAIUpstreamEngine:
             + sum(
                 len(tokenizer.encode_text(call.name + call.arguments)) for call in c.calls.values()
             )
+            + sum(len(tokenizer.encode_text(text)) for text in c.sent_calls)
             for c in choices.values()
         )
         return Usage(prompt, completion)
 
-    def _open(self, client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> _UpstreamStream:
-        return _UpstreamStream(client, path, body, self.config)
+
+class _Watchdog:
+    """Time limits for reading a stream with one timer per request, not one per chunk.
+
+    ``arm``/``disarm`` bracket each wait on the upstream and only note the time; the timer
+    re-arms itself lazily and cancels the waiting task once a limit has really passed.
+    """
+
+    __slots__ = (
+        "_deadline",
+        "_first",
+        "_handle",
+        "_idle",
+        "_loop",
+        "_since",
+        "_task",
+        "expired",
+        "first",
+    )  # fmt: skip
+
+    def __init__(self, first_token: float, idle: float, total: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        now = self._loop.time()
+        self._first = first_token
+        self._idle = idle
+        self._deadline = now + total
+        self._task: asyncio.Task[Any] | None = None
+        self._since = now
+        self.expired = False
+        self.first = True
+        self._handle = self._loop.call_at(min(now + first_token, self._deadline), self._check)
+
+    def arm(self) -> None:
+        self._task = asyncio.current_task()
+        self._since = self._loop.time()
+
+    def disarm(self) -> None:
+        self._task = None
+
+    def _due(self) -> float:
+        return min(self._since + (self._first if self.first else self._idle), self._deadline)
+
+    def _check(self) -> None:
+        due = self._due()
+        if self._task is None:  # not waiting on the upstream right now
+            due = max(due, self._loop.time() + min(self._idle, self._first))
+        elif self._loop.time() >= due:
+            self.expired = True
+            self._task.cancel()
+            return
+        self._handle = self._loop.call_at(due, self._check)
+
+    def raise_if_expired(self) -> None:
+        task = asyncio.current_task()
+        if self.expired and task is not None and task.uncancel() == 0:
+            what = "first token" if self.first else "next token"
+            raise GatewayTimeout(f"The upstream timed out waiting for the {what}.") from None
+
+    def stop(self) -> None:
+        self._handle.cancel()
 
 
-class _UpstreamStream:
-    """``async with``: POST with retries before the first byte; yields the SSE lines."""
-
-    def __init__(
-        self, client: httpx.AsyncClient, path: str, body: dict[str, Any], cfg: UpstreamConfig
-    ) -> None:
-        self._client = client
-        self._path = path
-        self._body = body
-        self._cfg = cfg
-        self._response: httpx.Response | None = None
-
-    async def __aenter__(self) -> AsyncIterator[str]:
-        cfg = self._cfg
-        attempt = 0
-        while True:
-            request = self._client.build_request("POST", self._path, json=self._body)
-            try:
-                async with asyncio.timeout(cfg.first_token_timeout):
-                    response = await self._client.send(request, stream=True)
-            except TimeoutError:
-                raise GatewayTimeout("The upstream did not answer in time.") from None
-            except httpx.ConnectTimeout:
-                error: GatewayError = GatewayTimeout(
-                    "The upstream did not accept the connection in time."
-                )
-                retry_after = None
-            except httpx.TransportError as exc:
-                error = UpstreamError(f"Could not reach the upstream: {type(exc).__name__}.")
-                retry_after = None
-            else:
-                if response.status_code < 400:
-                    self._response = response
-                    return response.aiter_lines()
-                raw = await _read_capped(response)
-                await response.aclose()
-                error = _error_from_body(response.status_code, raw, response.headers)
-                if response.status_code not in RETRYABLE_STATUS:
-                    raise error
-                retry_after = _retry_after(response.headers)
-            if attempt >= cfg.max_retries or (retry_after or 0) > MAX_RETRY_AFTER:
-                raise error
-            attempt += 1
-            await asyncio.sleep(
-                retry_after if retry_after is not None else cfg.backoff * 2 ** (attempt - 1)
+async def _post(
+    session: aiohttp.ClientSession, url: str, body: bytes, cfg: UpstreamConfig, wait: float
+) -> aiohttp.ClientResponse:
+    """POST ``body``; retry with backoff before the first byte on connect errors, 429/502/503."""
+    attempt = 0
+    while True:
+        retry_after: float | None = None
+        try:
+            async with asyncio.timeout(wait):
+                response = await session.post(url, data=body)
+        except TimeoutError:
+            raise GatewayTimeout("The upstream did not answer in time.") from None
+        except aiohttp.ConnectionTimeoutError:
+            error: GatewayError = GatewayTimeout(
+                "The upstream did not accept the connection in time."
             )
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._response is not None:
-            await self._response.aclose()
+        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
+            # cannot connect, or a pooled connection the upstream had already closed
+            error = UpstreamError(f"Could not reach the upstream: {type(exc).__name__}.")
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamError(f"The upstream request failed: {type(exc).__name__}.") from None
+        else:
+            if response.status < 400:
+                return response
+            try:
+                raw = await _read_capped(response)
+            finally:
+                response.release()
+            error = _error_from_body(response.status, raw, response.headers)
+            if response.status not in RETRYABLE_STATUS:
+                raise error
+            retry_after = _retry_after(response.headers)
+        if attempt >= cfg.max_retries or (retry_after or 0) > MAX_RETRY_AFTER:
+            raise error
+        attempt += 1
+        await asyncio.sleep(
+            retry_after if retry_after is not None else cfg.backoff * 2 ** (attempt - 1)
+        )
 
 
 def _sampling(p: SamplingParams) -> dict[str, Any]:
@@ -397,8 +568,8 @@ def _wire_message(m: ChatMessage) -> dict[str, Any]:
     return out
 
 
-def _events(chunk: Mapping[str, Any], choices: dict[int, _Choice]) -> list[EngineEvent]:
-    out: list[EngineEvent] = []
+def _events(chunk: Mapping[str, Any], choices: dict[int, _Choice]) -> list[_Plain]:
+    out: list[_Plain] = []
     for item in chunk.get("choices") or ():
         if not isinstance(item, dict):
             continue
@@ -424,28 +595,33 @@ def _events(chunk: Mapping[str, Any], choices: dict[int, _Choice]) -> list[Engin
     return out
 
 
-def _flush_calls(index: int, state: _Choice) -> list[EngineEvent]:
-    out: list[EngineEvent] = []
+def _usage(raw: Any) -> Usage | None:
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return Usage(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0))
+    except (TypeError, ValueError):
+        return None
+
+
+def _flush_calls(index: int, state: _Choice) -> list[_Plain]:
+    out: list[_Plain] = []
     for n, call in sorted(state.calls.items()):
         arguments = call.arguments or "{}"
         out.append(ToolCallDelta(index, n, call.id or new_call_id(), call.name, arguments))
+        state.sent_calls.append(call.name + call.arguments)
     state.calls.clear()
     return out
 
 
-async def _read_capped(response: httpx.Response, cap: int = 64 * 1024) -> Any:
-    data = b""
-    async for piece in response.aiter_bytes():
-        data += piece
-        if len(data) > cap:
-            break
+async def _read_capped(response: aiohttp.ClientResponse, cap: int = 64 * 1024) -> Any:
     try:
-        return json.loads(data[:cap])
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        return orjson.loads(await response.content.read(cap))
+    except (orjson.JSONDecodeError, aiohttp.ClientError, OSError):
         return {}
 
 
-def _retry_after(headers: httpx.Headers) -> float | None:
+def _retry_after(headers: Mapping[str, str]) -> float | None:
     value = headers.get("retry-after")
     if not value:
         return None
@@ -456,7 +632,9 @@ def _retry_after(headers: httpx.Headers) -> float | None:
         return max(0.0, parsed.timestamp() - time.time()) if parsed else None
 
 
-def _error_from_body(status: int, raw: Any, headers: httpx.Headers | None = None) -> GatewayError:
+def _error_from_body(
+    status: int, raw: Any, headers: Mapping[str, str] | None = None
+) -> GatewayError:
     """Map an upstream error to ours by status and error type/code, never by message text."""
     err = raw.get("error") if isinstance(raw, dict) else None
     if not isinstance(err, dict):

@@ -14,6 +14,7 @@ from typing import Any
 
 from qwen_gateway.core.jsonoutput import check_json_output
 from qwen_gateway.core.types import ChoiceFinished, EngineEvent, TextDelta, ToolCallDelta
+from qwen_gateway.errors import InvalidModelOutput
 from qwen_gateway.qwen.toolparse import Content, ParseEvent, ToolCallParser
 
 
@@ -32,6 +33,39 @@ async def checked_json(
                 texts[event.index] = texts.get(event.index, "") + event.text
             elif isinstance(event, ChoiceFinished):
                 check_json_output(texts.pop(event.index, ""), schema)
+            yield event
+
+
+async def checked_tool_calls(
+    events: AsyncGenerator[EngineEvent, None], tools: tuple[dict[str, Any], ...]
+) -> AsyncGenerator[EngineEvent, None]:
+    """For forced tool calls (tool_choice required or named) from engines that cannot enforce
+    them: every choice must call one of ``tools`` with arguments valid for its parameters.
+
+    A call cut short by max_tokens, or a choice that answered in text, fails the request.
+    """
+    schemas = {str(t.get("name", "")): t.get("parameters") for t in tools}
+    called: set[int] = set()
+    async with aclosing(events):
+        async for event in events:
+            if isinstance(event, ToolCallDelta):
+                if event.name not in schemas:
+                    raise InvalidModelOutput(
+                        f"The model called '{event.name}', which tool_choice does not allow."
+                    )
+                schema = schemas[event.name]
+                check_json_output(
+                    event.arguments,
+                    schema if isinstance(schema, dict) else None,
+                    what=f"The arguments of the call to '{event.name}'",
+                    asked="tool_choice asked for a call",
+                )
+                called.add(event.index)
+            elif isinstance(event, ChoiceFinished) and event.index not in called:
+                raise InvalidModelOutput(
+                    "The model answered without calling a tool, although tool_choice asked "
+                    "for a call."
+                )
             yield event
 
 

@@ -65,10 +65,13 @@ class PromptEngine:
         sampling = replace(request.sampling, max_tokens=budget)
         if isinstance(request, TextRequest) and not ids:
             ids = [ENDOFTEXT_ID]
+        request.meter.prompt_tokens = len(ids)
         if isinstance(request, TextRequest):
-            return self._backend.generate(ids, sampling, request.n, request.request_id)
+            return self._backend.generate(
+                ids, sampling, request.n, request.request_id, meter=request.meter
+            )
         events = self._backend.generate(
-            ids, sampling, request.n, request.request_id, request.constraint
+            ids, sampling, request.n, request.request_id, request.constraint, request.meter
         )
         constraint = request.constraint
         if constraint is not None and constraint.kind == "json" and not info.enforces_constraints:

@@ -20,6 +20,7 @@ from qwen_gateway.core.types import (
     SamplingParams,
     TextDelta,
     Usage,
+    UsageMeter,
 )
 from qwen_gateway.engines.base import EngineStats
 from qwen_gateway.engines.prompt import PromptEngine
@@ -61,6 +62,7 @@ class ScriptedBackend:
         n: int,
         request_id: str,
         constraint: OutputConstraint | None = None,
+        meter: UsageMeter | None = None,
     ) -> AsyncGenerator[EngineEvent, None]:
         assert self.tokenizer is not None
         self.requests.append(list(prompt))
@@ -72,6 +74,8 @@ class ScriptedBackend:
             decoder = self.tokenizer.decoder()
             for token in ids[:budget]:
                 completion += 1
+                if meter is not None:
+                    meter.completion_tokens += 1
                 text = decoder.push(token)
                 if text:
                     yield TextDelta(index, text)

@@ -6,8 +6,8 @@ them. Closing an iterator closes the engine stream, which aborts the generation.
 
 from __future__ import annotations
 
+import secrets
 import time
-import uuid
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
 from typing import Any
@@ -17,13 +17,19 @@ from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.core.types import (
     ChoiceFinished,
     EngineEvent,
+    GenerationRequest,
     ModelInfo,
+    RelayedChunk,
     TextDelta,
     ToolCallDelta,
     Usage,
+    UsageMeter,
 )
 from qwen_gateway.engines.base import Engine
 from qwen_gateway.errors import InternalError, ModelNotFound
+from qwen_gateway.policy.auth import check_model
+from qwen_gateway.policy.gate import Gate
+from qwen_gateway.policy.principal import ANONYMOUS, Principal
 from qwen_gateway.protocol.chat import (
     ChatCompletion,
     ChatCompletionChoice,
@@ -51,10 +57,12 @@ class CompletionService:
         engines: Mapping[str, Engine],
         limits: RequestLimits,
         clock: Callable[[], float] = time.time,
+        gate: Gate | None = None,
     ) -> None:
         self._engines = dict(engines)
         self._limits = limits
         self._clock = clock
+        self._gate = gate
 
     # ---- models -------------------------------------------------------------
 
@@ -76,27 +84,36 @@ class CompletionService:
     def engines(self) -> list[Engine]:
         return list(self._engines.values())
 
+    async def _admit(self, record: RequestRecord, request: GenerationRequest) -> None:
+        """Model allowlist and limits for the caller; the permit is settled when it ends."""
+        principal = record.principal if isinstance(record.principal, Principal) else ANONYMOUS
+        check_model(principal, request.model)
+        if self._gate is not None:
+            record.permit = await self._gate.admit(principal, request)
+
     # ---- chat -------------------------------------------------------------
 
     async def chat(
         self, raw: Mapping[str, Any], record: RequestRecord
-    ) -> ChatCompletion | AsyncGenerator[ChatCompletionChunk, None]:
+    ) -> ChatCompletion | AsyncGenerator[ChatCompletionChunk | bytes, None]:
         wire, request = chat_request(raw, self._limits, record.request_id)
         engine = self.engine(request.model)
         record.model = request.model
         record.stream = wire.stream
+        await self._admit(record, request)
         events = engine.stream(request)
-        ident = f"chatcmpl-{uuid.uuid4().hex}"
+        ident = f"chatcmpl-{secrets.token_hex(16)}"
         created = int(self._clock())
         if wire.stream:
             include_usage = bool(wire.stream_options and wire.stream_options.include_usage)
             return self._chat_chunks(
-                events, ident, created, request.model, request.n, include_usage, record
-            )
+                events, ident, created, request.model, request.n, include_usage, record,
+                request.meter,
+            )  # fmt: skip
         texts = [""] * request.n
         reasons = ["stop"] * request.n
         calls: list[list[ResponseToolCall]] = [[] for _ in range(request.n)]
-        usage = await _collect(events, texts, reasons, record, calls)
+        usage = await _collect(events, texts, reasons, record, request.meter, calls)
         choices: list[ChatCompletionChoice] = [
             {
                 "index": i,
@@ -124,10 +141,15 @@ class CompletionService:
         n: int,
         include_usage: bool,
         record: RequestRecord,
-    ) -> AsyncGenerator[ChatCompletionChunk, None]:
+        meter: UsageMeter,
+    ) -> AsyncGenerator[ChatCompletionChunk | bytes, None]:
+        """Chunks as dicts, or as JSON bytes when an upstream's chunk is relayed unchanged."""
+
+        relayed: RelayedChunk | None = None  # the last chunk relayed as it came, if any
+
         def chunk(choices: list[ChatCompletionChunkChoice]) -> ChatCompletionChunk:
             c: ChatCompletionChunk = {
-                "id": ident,
+                "id": relayed.chunk_id or ident if relayed is not None else ident,
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": model,
@@ -142,10 +164,16 @@ class CompletionService:
         ) -> ChatCompletionChunkChoice:
             return {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
 
-        recorded = _recorded(events, record)
+        recorded = _recorded(events, record, meter)
         async with aclosing(recorded):
             started = False
             async for event in recorded:
+                if isinstance(event, RelayedChunk):  # the upstream's chunk, as it is
+                    started = True
+                    relayed = event
+                    if event.usage is None or include_usage:
+                        yield event.data
+                    continue
                 if not started:
                     started = True
                     yield chunk([choice(i, {"role": "assistant", "content": ""}) for i in range(n)])
@@ -163,7 +191,9 @@ class CompletionService:
                     yield chunk([choice(event.index, {"tool_calls": [args]})])
                 elif isinstance(event, ChoiceFinished):
                     yield chunk([choice(event.index, {}, event.reason)])
-                elif include_usage:
+                elif isinstance(event, Usage) and include_usage:
+                    if relayed is not None and relayed.usage is not None:
+                        continue  # the upstream's usage chunk went out already
                     last = chunk([])
                     last["usage"] = _usage(event)
                     yield last
@@ -177,18 +207,20 @@ class CompletionService:
         engine = self.engine(request.model)
         record.model = request.model
         record.stream = wire.stream
+        await self._admit(record, request)
         events = engine.stream(request)
-        ident = f"cmpl-{uuid.uuid4().hex}"
+        ident = f"cmpl-{secrets.token_hex(16)}"
         created = int(self._clock())
         echo = request.prompt if wire.echo and isinstance(request.prompt, str) else ""
         if wire.stream:
             include_usage = bool(wire.stream_options and wire.stream_options.include_usage)
             return self._completion_chunks(
-                events, ident, created, request.model, request.n, echo, include_usage, record
-            )
+                events, ident, created, request.model, request.n, echo, include_usage, record,
+                request.meter,
+            )  # fmt: skip
         texts = [echo] * request.n
         reasons = ["stop"] * request.n
-        usage = await _collect(events, texts, reasons, record)
+        usage = await _collect(events, texts, reasons, record, request.meter)
         return {
             "id": ident,
             "object": "text_completion",
@@ -211,6 +243,7 @@ class CompletionService:
         echo: str,
         include_usage: bool,
         record: RequestRecord,
+        meter: UsageMeter,
     ) -> AsyncGenerator[Completion, None]:
         def chunk(choices: list[CompletionChoice]) -> Completion:
             c: Completion = {
@@ -227,7 +260,7 @@ class CompletionService:
         def choice(index: int, text: str, reason: str | None = None) -> CompletionChoice:
             return {"index": index, "text": text, "logprobs": None, "finish_reason": reason}
 
-        recorded = _recorded(events, record)
+        recorded = _recorded(events, record, meter)
         async with aclosing(recorded):
             started = False
             async for event in recorded:
@@ -256,25 +289,39 @@ def _message(text: str, calls: list[ResponseToolCall]) -> ChatCompletionResponse
 
 
 async def _recorded(
-    events: AsyncGenerator[EngineEvent, None], record: RequestRecord
+    events: AsyncGenerator[EngineEvent, None], record: RequestRecord, meter: UsageMeter
 ) -> AsyncGenerator[EngineEvent, None]:
     """Pass events through, noting first token, finish reason and usage in ``record``.
 
-    Ends right after the :class:`Usage` event, which every engine stream sends last.
+    Ends right after the :class:`Usage` event, which every engine stream sends last. A stream
+    cut off before it (client gone, engine failure) is accounted from the engine's meter.
     """
-    async with aclosing(events):
-        async for event in events:
-            if isinstance(event, TextDelta | ToolCallDelta):
-                record.mark_first_token()
-            elif isinstance(event, ChoiceFinished):
-                record.finish_reason = event.reason
-            elif isinstance(event, Usage):
-                record.prompt_tokens = event.prompt_tokens
-                record.completion_tokens = event.completion_tokens
+    try:
+        async with aclosing(events):
+            async for event in events:
+                if isinstance(event, RelayedChunk):
+                    for inner in event.events:
+                        _note(inner, record)
+                elif isinstance(event, Usage):
+                    record.prompt_tokens = event.prompt_tokens
+                    record.completion_tokens = event.completion_tokens
+                    yield event
+                    return
+                else:
+                    _note(event, record)
                 yield event
-                return
-            yield event
+    finally:
+        if record.prompt_tokens == record.completion_tokens == 0:
+            record.prompt_tokens = meter.prompt_tokens
+            record.completion_tokens = meter.completion_tokens
     raise InternalError("The engine stream ended without usage.")
+
+
+def _note(event: EngineEvent, record: RequestRecord) -> None:
+    if isinstance(event, TextDelta | ToolCallDelta):
+        record.mark_first_token()
+    elif isinstance(event, ChoiceFinished):
+        record.finish_reason = event.reason
 
 
 async def _collect(
@@ -282,9 +329,10 @@ async def _collect(
     texts: list[str],
     reasons: list[str],
     record: RequestRecord,
+    meter: UsageMeter,
     calls: list[list[ResponseToolCall]] | None = None,
 ) -> Usage:
-    recorded = _recorded(events, record)
+    recorded = _recorded(events, record, meter)
     async with aclosing(recorded):
         async for event in recorded:
             if isinstance(event, TextDelta):

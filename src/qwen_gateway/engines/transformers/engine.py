@@ -31,6 +31,7 @@ from qwen_gateway.core.types import (
     SamplingParams,
     TextDelta,
     Usage,
+    UsageMeter,
 )
 from qwen_gateway.engines.base import EngineStats
 from qwen_gateway.engines.prompt import PromptEngine
@@ -95,6 +96,7 @@ class _Group:
     completion_tokens: int = 0
     open_choices: int = 0
     abort_requested_at: int | None = None
+    meter: UsageMeter | None = None  # updated as tokens come, read if the stream is cut
 
 
 class TransformersBackend:
@@ -179,6 +181,7 @@ class TransformersBackend:
         n: int,
         request_id: str,
         constraint: OutputConstraint | None = None,
+        meter: UsageMeter | None = None,
     ) -> AsyncGenerator[EngineEvent, None]:
         if not self._ready.is_set() or self._failed is not None:
             raise EngineUnavailable("The model is still loading.", headers={"Retry-After": "5"})
@@ -194,7 +197,7 @@ class TransformersBackend:
                 grammar = await asyncio.to_thread(self._compile, constraint)
         rid = f"{request_id or 'req'}-{next(self._ids)}"
         kind = constraint.kind if constraint is not None else None
-        group = _Group(rid, list(prompt), sampling, n, _Sink(), grammar, kind)
+        group = _Group(rid, list(prompt), sampling, n, _Sink(), grammar, kind, meter=meter)
         self._submitted += 1
         self._inbox.put(("submit", group))
         finished = False
@@ -395,6 +398,8 @@ class TransformersBackend:
         sink = group.sink
         choice.generated += 1
         group.completion_tokens += 1
+        if group.meter is not None:
+            group.meter.completion_tokens = group.completion_tokens
         if token in self._eos:
             forced = choice.constraint is not None and choice.constraint.forced_close
             self._finish(choice, "length" if forced and group.constraint_kind == "json" else "stop")

@@ -1,0 +1,281 @@
+"""API keys: creation (shown once), SHA-256 at rest, constant-time checks, quick revocation.
+
+Lookups are cached for at most ``cache_ttl`` (1 s by default), and a revocation or rotation is
+also announced on the invalidation bus (Redis pub/sub across replicas), so it takes effect on
+every replica within a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from qwen_gateway.errors import InvalidRequest, NotFound
+from qwen_gateway.policy.principal import Limits, Principal
+from qwen_gateway.store.audit import AuditEntry
+from qwen_gateway.store.keys import KeyLimits, KeyRecord, KeyRepository
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "sk-qg-"
+VISIBLE = len(KEY_PREFIX) + 6  # "sk-qg-AbCdEf": enough to tell keys apart, useless to attack
+MAX_NAME = 200
+
+
+def new_secret() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def looks_like_key(token: str) -> bool:
+    return token.startswith(KEY_PREFIX)
+
+
+class InvalidationBus(Protocol):
+    async def publish(self, key_hash: str) -> None: ...
+
+    async def start(self, on_message: Callable[[str], None]) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class LocalBus:
+    """One process: invalidation is immediate."""
+
+    def __init__(self) -> None:
+        self._listener: Callable[[str], None] | None = None
+
+    async def publish(self, key_hash: str) -> None:
+        if self._listener is not None:
+            self._listener(key_hash)
+
+    async def start(self, on_message: Callable[[str], None]) -> None:
+        self._listener = on_message
+
+    async def aclose(self) -> None:
+        self._listener = None
+
+
+class RedisBus:
+    """Several replicas: revocations go out on a Redis pub/sub channel."""
+
+    CHANNEL = "qwen-gateway:key-invalidations"
+
+    def __init__(self, redis: Any) -> None:
+        self._redis = redis
+        self._task: asyncio.Task[None] | None = None
+
+    async def publish(self, key_hash: str) -> None:
+        await self._redis.publish(self.CHANNEL, key_hash)
+
+    async def start(self, on_message: Callable[[str], None]) -> None:
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(self.CHANNEL)
+
+        async def listen() -> None:
+            try:
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and message["type"] == "message":
+                        data = message["data"]
+                        on_message(data.decode() if isinstance(data, bytes) else str(data))
+            finally:
+                await pubsub.aclose()
+
+        self._task = asyncio.create_task(listen())
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with __import__("contextlib").suppress(asyncio.CancelledError):
+                await self._task
+
+
+def principal_of(record: KeyRecord) -> Principal:
+    lim = record.limits
+    return Principal(
+        id=f"key:{record.id}",
+        role="admin" if record.role == "admin" else "inference",
+        models=frozenset(record.models) if record.models is not None else None,
+        limits=Limits(lim.rpm, lim.tpm, lim.max_concurrency, lim.daily_tokens, lim.monthly_tokens),
+        key_id=record.id,
+    )
+
+
+def key_view(record: KeyRecord) -> dict[str, Any]:
+    """A key as the admin API and CLI show it: never the secret or its hash."""
+    lim = record.limits
+    return {
+        "id": record.id,
+        "name": record.name,
+        "prefix": record.prefix + "…",
+        "role": record.role,
+        "models": list(record.models) if record.models is not None else None,
+        "rpm": lim.rpm,
+        "tpm": lim.tpm,
+        "max_concurrency": lim.max_concurrency,
+        "daily_tokens": lim.daily_tokens,
+        "monthly_tokens": lim.monthly_tokens,
+        "expires_at": record.expires_at.isoformat() if record.expires_at else None,
+        "created_at": record.created_at.isoformat(),
+        "revoked_at": record.revoked_at.isoformat() if record.revoked_at else None,
+        "status": status_of(record, datetime.now(UTC)),
+    }
+
+
+def status_of(record: KeyRecord, now: datetime) -> str:
+    if record.revoked_at is not None:
+        return "revoked"
+    if record.expires_at is not None and record.expires_at <= now:
+        return "expired"
+    return "active"
+
+
+class KeyManager:
+    def __init__(
+        self,
+        repo: KeyRepository,
+        audit: Callable[[AuditEntry], None],
+        bus: InvalidationBus,
+        cache_ttl: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._repo = repo
+        self._audit = audit
+        self._bus = bus
+        self._ttl = cache_ttl
+        self._clock = clock
+        self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
+
+    async def start(self) -> None:
+        await self._bus.start(self._forget)
+
+    async def aclose(self) -> None:
+        await self._bus.aclose()
+
+    def _forget(self, key_hash: str) -> None:
+        self._cache.pop(key_hash, None)
+
+    # ---- lifecycle ----------------------------------------------------------
+
+    async def create(
+        self,
+        name: str,
+        *,
+        role: str = "inference",
+        models: tuple[str, ...] | None = None,
+        limits: KeyLimits | None = None,
+        expires_at: datetime | None = None,
+        actor: str = "cli",
+        client: str | None = None,
+    ) -> tuple[str, KeyRecord]:
+        """A new key: the secret is returned here once and never stored."""
+        name = _clean_name(name)
+        limits = limits or KeyLimits()
+        if role not in ("inference", "admin"):
+            raise InvalidRequest("role must be 'inference' or 'admin'.", param="role")
+        for field_name in ("rpm", "tpm", "max_concurrency", "daily_tokens", "monthly_tokens"):
+            value = getattr(limits, field_name)
+            if value is not None and value < 1:
+                raise InvalidRequest(f"{field_name} must be at least 1.", param=field_name)
+        if expires_at is not None and expires_at.tzinfo is None:
+            expires_at = expires_at.replace(tzinfo=UTC)
+        secret = new_secret()
+        record = await self._repo.add(
+            name=name, prefix=secret[:VISIBLE], key_hash=hash_key(secret), role=role,
+            models=models, limits=limits, expires_at=expires_at, created_at=datetime.now(UTC),
+        )  # fmt: skip
+        self._log("key.create", actor, record, client, {"role": role})
+        return secret, record
+
+    async def list(self) -> list[KeyRecord]:
+        return await self._repo.list()
+
+    async def get(self, key_id: int) -> KeyRecord:
+        record = await self._repo.get(key_id)
+        if record is None:
+            raise NotFound(f"No key with id {key_id}.", param="id")
+        return record
+
+    async def revoke(self, key_id: int, actor: str = "cli", client: str | None = None) -> KeyRecord:
+        record = await self.get(key_id)
+        revoked = await self._repo.revoke(key_id, datetime.now(UTC))
+        assert revoked is not None
+        self._forget(record.key_hash)
+        await self._bus.publish(record.key_hash)
+        self._log("key.revoke", actor, revoked, client)
+        return revoked
+
+    async def rotate(
+        self, key_id: int, actor: str = "cli", client: str | None = None
+    ) -> tuple[str, KeyRecord]:
+        """A new secret for the same key (id, limits, usage history); the old one stops working."""
+        record = await self.get(key_id)
+        if record.revoked_at is not None:
+            raise InvalidRequest("A revoked key cannot be rotated.", param="id")
+        secret = new_secret()
+        rotated = await self._repo.replace_secret(key_id, secret[:VISIBLE], hash_key(secret))
+        assert rotated is not None
+        self._forget(record.key_hash)
+        await self._bus.publish(record.key_hash)
+        self._log("key.rotate", actor, rotated, client)
+        return secret, rotated
+
+    async def count(self) -> int:
+        return await self._repo.count()
+
+    # ---- checks -------------------------------------------------------------
+
+    async def lookup(self, secret: str) -> KeyRecord | None:
+        """The active key for ``secret``, or None (unknown, revoked or expired)."""
+        digest = hash_key(secret)
+        now = self._clock()
+        cached = self._cache.get(digest)
+        if cached is not None and now - cached[0] < self._ttl:
+            record = cached[1]
+        else:
+            record = await self._repo.by_hash(digest)
+            if len(self._cache) > 100_000:
+                self._cache.clear()
+            self._cache[digest] = (now, record)
+        if record is None or not hmac.compare_digest(record.key_hash, digest):
+            return None
+        if status_of(record, datetime.now(UTC)) != "active":
+            return None
+        return record
+
+    def _log(
+        self,
+        action: str,
+        actor: str,
+        record: KeyRecord,
+        client: str | None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        self._audit(
+            AuditEntry(
+                datetime.now(UTC), action, actor, f"key:{record.id}", client,
+                {"name": record.name, "prefix": record.prefix, **(details or {})},
+            )
+        )  # fmt: skip
+
+
+def _clean_name(name: str) -> str:
+    name = name.strip()
+    if not name:
+        raise InvalidRequest("A key needs a name.", param="name")
+    if len(name) > MAX_NAME:
+        raise InvalidRequest(f"A key name has at most {MAX_NAME} characters.", param="name")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise InvalidRequest("A key name cannot hold control characters.", param="name")
+    return name

@@ -1,0 +1,45 @@
+"""The authenticated caller and the limits that apply to it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrency: int | None = None
+    daily_tokens: int | None = None
+    monthly_tokens: int | None = None
+
+    @property
+    def any(self) -> bool:
+        return any(
+            v is not None
+            for v in (self.rpm, self.tpm, self.max_concurrency, self.daily_tokens,
+                      self.monthly_tokens)
+        )  # fmt: skip
+
+    @property
+    def counts_tokens(self) -> bool:
+        return any(v is not None for v in (self.tpm, self.daily_tokens, self.monthly_tokens))
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """``id`` names the caller in limits, usage and audit: ``key:<id>``, ``jwt:<subject>``,
+    ``static`` (the configured static key) or ``anonymous`` (auth disabled)."""
+
+    id: str
+    role: Literal["inference", "admin"] = "inference"
+    models: frozenset[str] | None = None  # None: every model
+    limits: Limits = field(default_factory=Limits)
+    key_id: int | None = None
+
+    def allows(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+
+ANONYMOUS = Principal("anonymous", role="admin")

@@ -1,0 +1,65 @@
+"""Table definitions. Metadata only: no prompt or completion text is ever stored here."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Index, Integer, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ApiKeyRow(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(32))  # shown to identify the key, not a secret
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # SHA-256, hex
+    role: Mapped[str] = mapped_column(String(16), default="inference")  # or "admin"
+    models: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)  # None: all
+    rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_concurrency: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    daily_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    monthly_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class UsageRow(Base):
+    __tablename__ = "usage_records"
+    __table_args__ = (Index("ix_usage_ts", "ts"), Index("ix_usage_principal", "principal"))
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    request_id: Mapped[str] = mapped_column(String(128))
+    principal: Mapped[str] = mapped_column(String(300))  # "key:<id>", "jwt:<sub>", "anonymous"
+    key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    model: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    deployment: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    path: Mapped[str] = mapped_column(String(200))
+    status: Mapped[int] = mapped_column(Integer)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    latency_ms: Mapped[float] = mapped_column()
+    ttft_ms: Mapped[float | None] = mapped_column(nullable=True)
+    cancelled: Mapped[bool] = mapped_column(Boolean, default=False)
+    stream: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class AuditRow(Base):
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_ts", "ts"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    action: Mapped[str] = mapped_column(String(64))  # key.create, key.revoke, auth.failure, ...
+    actor: Mapped[str] = mapped_column(String(300))
+    target: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    client: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    details: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)

@@ -1,0 +1,178 @@
+"""Keys, JWT, the admin API and attacks, through the HTTP API and the openai SDK, on SQLite and
+on PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import jwt
+import openai
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from tenancy.helpers import ASK, admin_key, client, new_key, secured
+
+SECRET = "a-test-signing-secret-of-32-bytes!!"
+
+
+async def test_keys_through_the_sdk(tmp_path: Path, database_url: str) -> None:
+    async with secured(tmp_path, database_url) as g:
+        missing = await g.http.post(
+            "/v1/chat/completions", json={"model": "scripted", "messages": ASK}
+        )
+        assert missing.status_code == 401
+        assert missing.json()["error"]["code"] == "missing_api_key"
+        with pytest.raises(openai.AuthenticationError):
+            await client(g, "sk-qg-not-a-real-key").models.list()
+        key = await new_key(g, models=["scripted"])
+        sdk = client(g, key)
+        reply = await sdk.chat.completions.create(model="scripted", messages=ASK)  # type: ignore[arg-type]
+        assert reply.choices[0].message.content
+        with pytest.raises(openai.PermissionDeniedError):  # not on the key's allowlist
+            await sdk.chat.completions.create(model="other", messages=ASK)  # type: ignore[arg-type]
+        resp = await g.http.get("/admin/keys", headers={"Authorization": f"Bearer {key}"})
+        assert resp.status_code == 403
+        assert resp.json()["error"]["type"] == "permission_error"
+
+
+async def test_key_lifecycle_and_storage(tmp_path: Path, database_url: str) -> None:
+    async with secured(tmp_path, database_url) as g:
+        admin = {"Authorization": f"Bearer {await admin_key(g)}"}
+        created = (await g.http.post("/admin/keys", json={"name": "svc"}, headers=admin)).json()
+        key, key_id = created["key"], created["id"]
+        assert key.startswith("sk-qg-") and created["prefix"] == key[:12] + "…"
+        assert "key_hash" not in created
+        stored = await g.container.keys.get(key_id)
+        assert key not in repr(stored) and stored.key_hash != key  # only the SHA-256 is kept
+        sdk = client(g, key)
+        await sdk.models.list()
+        rotated = (await g.http.post(f"/admin/keys/{key_id}/rotate", headers=admin)).json()
+        with pytest.raises(openai.AuthenticationError):
+            await sdk.models.list()  # the old secret stopped working at once
+        await client(g, rotated["key"]).models.list()
+        revoked = await g.http.post(f"/admin/keys/{key_id}/revoke", headers=admin)
+        assert revoked.json()["status"] == "revoked"
+        with pytest.raises(openai.AuthenticationError):
+            await client(g, rotated["key"]).models.list()
+        expired = await new_key(g, expires_at="2000-01-01T00:00:00Z")
+        with pytest.raises(openai.AuthenticationError):
+            await client(g, expired).models.list()
+        assert (await g.http.get("/admin/keys/999999", headers=admin)).status_code == 404
+        actions = [
+            e["action"] for e in (await g.http.get("/admin/audit", headers=admin)).json()["data"]
+        ]
+        for action in ("key.create", "key.rotate", "key.revoke"):
+            assert action in actions
+
+
+HOSTILE = [
+    "'; DROP TABLE api_keys; --",
+    'Robert"); DELETE FROM usage_records;--',
+    "密钥 🔑 <script>alert(1)</script>",
+    '=HYPERLINK("http://evil")',
+    "x" * 200,
+]
+
+
+async def test_hostile_names_are_stored_and_shown_safely(tmp_path: Path, database_url: str) -> None:
+    async with secured(tmp_path, database_url) as g:
+        admin = {"Authorization": f"Bearer {await admin_key(g)}"}
+        ids = {}
+        for name in HOSTILE:
+            resp = await g.http.post("/admin/keys", json={"name": name}, headers=admin)
+            assert resp.status_code == 201, resp.text
+            ids[resp.json()["id"]] = name
+        listed = {
+            k["id"]: k["name"]
+            for k in (await g.http.get("/admin/keys", headers=admin)).json()["data"]
+        }
+        for key_id, name in ids.items():
+            assert listed[key_id] == name
+        for bad in ("", "x" * 201, "tab\there", None):
+            resp = await g.http.post("/admin/keys", json={"name": bad}, headers=admin)
+            assert resp.status_code == 400, bad
+        resp = await g.http.post("/admin/keys", json={"name": "n", "rpm": 0}, headers=admin)
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == "rpm"
+
+
+async def test_bad_credentials_and_attacks(tmp_path: Path) -> None:
+    async with secured(tmp_path, auth={"failure_limit": 5}) as g:
+        key = await new_key(g)
+        in_query = await g.http.get(f"/v1/models?api_key={key}")
+        assert in_query.status_code == 401
+        assert in_query.json()["error"]["code"] == "credentials_in_query"
+        for header in ("Basic abc", "Bearer", "Bearer " + "x" * 10000, "Bearer sk-qg-wrong"):
+            resp = await g.http.get("/v1/models", headers={"Authorization": header})
+            assert resp.status_code in (401, 429), header
+        # five failures from this address within the minute: now it is slowed down, even with
+        # a good key
+        resp = await g.http.get("/v1/models", headers={"Authorization": f"Bearer {key}"})
+        assert resp.status_code == 429
+        assert int(resp.headers["retry-after"]) >= 1
+        await g.container.writer.flush()
+        failures = await g.container.audit.recent(100, "auth.failure")
+        assert failures and all(f["client"] == "127.0.0.1" for f in failures)
+        assert all(key not in str(f) for f in failures)  # no credential in the trail
+
+
+def _token(claims: dict[str, Any], key: Any = SECRET, alg: str = "HS256") -> str:
+    base = {"sub": "alice", "exp": int(time.time()) + 300, "aud": "qwen", "iss": "https://idp"}
+    return jwt.encode({**base, **claims}, key, algorithm=alg)
+
+
+async def test_jwt_principals(tmp_path: Path) -> None:
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    pem = (
+        rsa_key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    jwt_cfg = {"secret": SECRET, "issuer": "https://idp", "audience": "qwen"}
+    tiers = {"small": {"rpm": 1}}
+    async with secured(tmp_path, auth={"jwt": jwt_cfg, "tiers": tiers}) as g:
+        ok = client(g, _token({"models": ["scripted"]}))
+        assert (await ok.chat.completions.create(model="scripted", messages=ASK)).choices  # type: ignore[arg-type]
+        with pytest.raises(openai.PermissionDeniedError):
+            await ok.chat.completions.create(model="other", messages=ASK)  # type: ignore[arg-type]
+        small = client(g, _token({"sub": "bob", "tier": "small"}))
+        await small.chat.completions.create(model="scripted", messages=ASK)  # type: ignore[arg-type]
+        with pytest.raises(openai.RateLimitError):
+            await small.chat.completions.create(model="scripted", messages=ASK)  # type: ignore[arg-type]
+        now = int(time.time())
+        bad = {
+            "expired": _token({"exp": now - 3600}),
+            "not yet valid": _token({"nbf": now + 3600}),
+            "wrong audience": _token({"aud": "someone-else"}),
+            "wrong issuer": _token({"iss": "https://evil"}),
+            "forged": _token({}, key="another-secret-of-32-bytes-length!!"),
+            "alg none": jwt.encode({"sub": "x", "exp": now + 60}, None, algorithm="none"),  # type: ignore[arg-type]
+            "malformed": "eyJhbGciOi.bad.token",
+            "unknown tier": _token({"tier": "platinum"}),
+            "no subject": _token({"sub": ""}),
+        }
+        for what, token in bad.items():
+            resp = await g.http.get("/v1/models", headers={"Authorization": f"Bearer {token}"})
+            assert resp.status_code == 401, what
+    jwt_cfg = {"public_key": pem, "audience": "qwen", "algorithms": ["RS256"]}
+    async with secured(tmp_path / "rs", auth={"jwt": jwt_cfg}) as g:
+        assert (await client(g, _token({}, rsa_key, "RS256")).models.list()).data
+        with pytest.raises(openai.AuthenticationError):  # right claims, wrong key type
+            await client(g, _token({}, ec_key, "ES256")).models.list()
+
+
+async def test_first_start_creates_an_admin_key_and_no_auth_serves_all(tmp_path: Path) -> None:
+    async with secured(tmp_path) as g:
+        key = g.container.bootstrap_key
+        assert key is not None and key.startswith("sk-qg-")
+        assert (
+            await g.http.get("/admin/keys", headers={"Authorization": f"Bearer {key}"})
+        ).status_code == 200
+    async with secured(tmp_path) as g:  # the same database: no second admin key
+        assert g.container.bootstrap_key is None
+    async with secured(tmp_path / "open", auth={"enabled": False}) as g:
+        assert g.container.bootstrap_key is None
+        assert (await g.http.get("/v1/models")).status_code == 200

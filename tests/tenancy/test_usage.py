@@ -1,0 +1,101 @@
+"""Usage records and reports: one record per request, grouped by key, model and day, as JSON,
+CSV and through the CLI; on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tenancy.helpers import ASK, admin_key, new_key, secured
+
+
+async def test_usage_is_recorded_and_reported(tmp_path: Path, database_url: str) -> None:
+    async with secured(tmp_path, database_url) as g:
+        admin = {"Authorization": f"Bearer {await admin_key(g)}"}
+        a, b = await new_key(g), await new_key(g)
+        ids = {}
+        for key, model, stream in ((a, "scripted", False), (a, "scripted", True),
+                                   (a, "other", False), (b, "scripted", False)):  # fmt: skip
+            resp = await g.http.post(
+                "/v1/chat/completions",
+                json={"model": model, "messages": ASK, "stream": stream},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            assert resp.status_code == 200
+            ids[resp.headers["x-request-id"]] = (key, model)
+        bad = await g.http.post("/v1/chat/completions", json={"model": "scripted"},
+                                headers={"Authorization": f"Bearer {b}"})  # fmt: skip
+        assert bad.status_code == 400
+        await g.container.writer.flush()
+        assert set(ids) | {bad.headers["x-request-id"]} <= await g.container.usage.request_ids()
+
+        keys = {k["id"]: k for k in (await g.http.get("/admin/keys", headers=admin)).json()["data"]}
+        key_a = next(f"key:{i}" for i, k in keys.items() if k["prefix"] == a[:12] + "…")
+        report = await g.http.get("/admin/usage?group_by=key,model", headers=admin)
+        rows = {(r["key"], r["model"]): r for r in report.json()["data"]}
+        assert rows[(key_a, "scripted")]["requests"] == 2
+        assert rows[(key_a, "other")]["requests"] == 1
+        assert rows[(key_a, "scripted")]["completion_tokens"] > 0
+        assert rows[(key_a, "scripted")]["prompt_tokens"] > 0
+        by_day = (await g.http.get("/admin/usage?group_by=day", headers=admin)).json()["data"]
+        today = datetime.now(UTC).date().isoformat()
+        assert [r["day"] for r in by_day] == [today]
+        assert by_day[0]["requests"] >= 5 and by_day[0]["errors"] >= 1
+        as_csv = await g.http.get("/admin/usage?group_by=key,model&format=csv", headers=admin)
+        assert as_csv.headers["content-type"].startswith("text/csv")
+        parsed = list(csv.DictReader(io.StringIO(as_csv.text)))
+        assert {(r["key"], r["model"] or None) for r in parsed} == set(rows)
+        assert (await g.http.get("/admin/usage?group_by=prompt", headers=admin)).status_code == 400
+        actions = [
+            e["action"] for e in (await g.http.get("/admin/audit", headers=admin)).json()["data"]
+        ]
+        assert "usage.export" in actions
+
+
+def run_cli(data: Path, *args: str) -> str:
+    env = {**os.environ, "QWEN_GATEWAY_DATA_DIR": str(data)}
+    out = subprocess.run(
+        [sys.executable, "-m", "qwen_gateway.cli.main", *args],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_keys_and_usage_cli(tmp_path: Path) -> None:
+    import json
+
+    data = tmp_path / "data"
+    created = json.loads(run_cli(
+        data, "keys", "create", "--name", "svc ünïcode", "--models", "a,b", "--rpm", "5",
+        "--tpm", "100", "--max-concurrency", "2", "--daily-tokens", "1000",
+        "--monthly-tokens", "9000", "--expires", "30d", "--json",
+    ))  # fmt: skip
+    assert created["key"].startswith("sk-qg-")
+    assert (created["models"], created["rpm"], created["max_concurrency"]) == (["a", "b"], 5, 2)
+    listed = json.loads(run_cli(data, "keys", "list", "--json"))
+    assert [k["name"] for k in listed] == ["svc ünïcode"]
+    assert created["key"] not in json.dumps(listed)
+    table = run_cli(data, "keys", "list")
+    assert "svc ünïcode" in table and created["key"] not in table
+    shown = json.loads(run_cli(data, "keys", "show", str(created["id"]), "--json"))
+    assert shown[0]["status"] == "active"
+    rotated = run_cli(data, "keys", "rotate", str(created["id"])).strip()
+    assert rotated.startswith("sk-qg-") and rotated != created["key"]
+    run_cli(data, "keys", "revoke", str(created["id"]))
+    assert (
+        json.loads(run_cli(data, "keys", "show", str(created["id"]), "--json"))[0]["status"]
+        == "revoked"
+    )
+    header = run_cli(data, "usage", "--group-by", "key,model", "--csv").splitlines()[0]
+    assert header == "key,model,requests,prompt_tokens,completion_tokens,cancelled,errors"
+    missing = subprocess.run(
+        [sys.executable, "-m", "qwen_gateway.cli.main", "keys", "show", "999"],
+        env={**os.environ, "QWEN_GATEWAY_DATA_DIR": str(data)}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert missing.returncode == 1 and "No key with id 999" in missing.stderr
