@@ -266,6 +266,7 @@ def main() -> None:
                     str(bin_dir / "qwen-gateway"), "serve", "--engine", "openai",
                     "--upstream-url", f"http://127.0.0.1:{up_port}/v1",
                     "--served-name", "fake", "--port", str(gw_port), "--data-dir", data,
+                    "--no-auth",  # relay overhead only: see auth_overhead.py for auth + limits
                 ],
                 env=env,
             )  # fmt: skip

@@ -287,3 +287,12 @@ async def test_the_fault_suite_leaves_no_tasks_or_connections(
         assert len(asyncio.all_tasks()) == baseline
     assert established_to(faulty.port) == 0
     assert len(asyncio.all_tasks()) == tasks_before
+
+
+async def test_connections_are_reused(faulty: FaultyUpstream, tmp_path: Path) -> None:
+    """Answers read to the end give their connection back to the pool: one serves them all."""
+    async with relay(faulty.base_url, tmp_path, names=["ok"], health_interval=3600.0) as g:
+        for stream in (False, True, False, True, False):
+            body = {"model": "ok", "messages": ASK, "stream": stream}
+            assert (await g.http.post("/v1/chat/completions", json=body)).status_code == 200
+        assert established_to(faulty.port) == 1  # not 0 (closed each time), not 5 (leaked)

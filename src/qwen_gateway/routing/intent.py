@@ -1,0 +1,315 @@
+"""Offline intent classification (code / math / general) for Chinese, English and mixed text.
+
+Two classifiers behind one small interface:
+
+- ``RuleClassifier``: configurable keywords and regexes per category, in both languages;
+- ``LearnedClassifier``: character n-gram TF-IDF (which needs no word segmentation, so Chinese,
+  English and code-switched text are alike to it) plus word n-grams, into a logistic regression
+  (scikit-learn). It trains in about a second from the labelled prompts shipped with the package
+  (``routing/data``, see PROVENANCE.md) or from an operator's own file; nothing is downloaded.
+  Below a confidence threshold it answers the fallback category (general).
+
+The text classified is the last user turn, with the turn before it when the last one reads like a
+follow-up ("now in Go", "再证明一下").
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from qwen_gateway.core.types import ChatMessage
+
+DATA = Path(__file__).resolve().parent / "data"
+FALLBACK = "general"
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    category: str
+    confidence: float
+    classifier: str
+
+
+class IntentClassifier(Protocol):
+    name: str
+
+    def classify(self, text: str) -> Intent: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    text: str
+    label: str
+    lang: str = "en"
+    hard: bool = False
+
+
+def load_examples(path: Path) -> list[Example]:
+    """Labelled prompts, one JSON object a line: text, label, optional lang and hard."""
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            out.append(Example(str(row["text"]), str(row["label"]), str(row.get("lang", "en")),
+                               bool(row.get("hard", False))))  # fmt: skip
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}:{n}: not a labelled example ({exc})") from None
+    return out
+
+
+# ---- what to classify ----------------------------------------------------------
+
+_FOLLOW_UP = re.compile(
+    r"^\s*(now|then|and|also|again|same|but|what about|how about|do it|in \w+\b|"
+    r"再|那|然后|换成|改成|用\w{1,8}(写|实现)|继续|同样|还有)",
+    re.IGNORECASE,
+)
+
+
+def conversation_text(messages: Sequence[ChatMessage], max_chars: int = 2000) -> str:
+    """The last user turn, preceded by the one before when the last is a short follow-up."""
+    users = [m.content for m in messages if m.role == "user" and isinstance(m.content, str)]
+    if not users:
+        return ""
+    last = users[-1]
+    if len(users) > 1 and (len(last) < 40 or _FOLLOW_UP.match(last)):
+        last = users[-2][-max_chars // 2 :] + "\n" + last
+    return last[-max_chars:]
+
+
+# ---- rules ----------------------------------------------------------------------
+
+DEFAULT_RULES: dict[str, list[str]] = {
+    "code": [
+        r"代码",
+        r"编程",
+        r"程序",
+        r"函数",
+        r"报错",
+        r"调试",
+        r"脚本",
+        r"正则",
+        r"数据库",
+        r"\bpython\b",
+        r"\bjava(script)?\b",
+        r"\bgo(lang)?\b",
+        r"\brust\b",
+        r"\bc\+\+",
+        r"\bsql\b",
+        r"\bfunction\b",
+        r"\bclass\b",
+        r"\bbug\b",
+        r"\berror\b",
+        r"\bexception\b",
+        r"\bregex\b",
+        r"\bapi\b",
+        r"\bcompile",
+        r"\bdebug",
+        r"\bscript\b",
+        r"\bcode\b",
+        r"\bimplement",
+        r"\bdocker",
+        r"\bgit\b",
+        r"\bcron\b",
+        r"\bjson\b",
+        r"\byaml\b",
+        r"\blatex\b",
+        r"def \w+\(",
+        r"\w+\(.*\)\s*[{;:]",
+        r"```",
+        r"=\w+\(",
+    ],
+    "math": [
+        r"求解",
+        r"方程",
+        r"积分",
+        r"微分",
+        r"导数",
+        r"证明",
+        r"概率",
+        r"极限",
+        r"矩阵",
+        r"几何",
+        r"\bsolve\b",
+        r"\bequation",
+        r"\bintegra",
+        r"\bderivative",
+        r"\bprove\b",
+        r"\bproof\b",
+        r"\bprobability\b",
+        r"\blimit\b",
+        r"\bmatrix\b",
+        r"\btheorem\b",
+        r"\bcalculate\b",
+        r"\d+\s*[-+*/^×÷]\s*\d+",
+        r"[=<>≤≥]\s*\d",
+        r"\bx\s*[\^²]",
+    ],
+}
+
+
+class RuleClassifier:
+    """Counts keyword and regex hits per category; the most hits wins, none means general."""
+
+    name = "rules"
+
+    def __init__(self, rules: Mapping[str, Iterable[str]] | None = None) -> None:
+        self._rules = {
+            category: [re.compile(p, re.IGNORECASE) for p in patterns]
+            for category, patterns in (rules if rules is not None else DEFAULT_RULES).items()
+        }
+
+    def classify(self, text: str) -> Intent:
+        hits = {c: sum(1 for p in ps if p.search(text)) for c, ps in self._rules.items()}
+        best = max(hits, key=lambda c: hits[c], default=FALLBACK)
+        total = sum(hits.values())
+        if not total or hits[best] == 0:
+            return Intent(FALLBACK, 1.0, self.name)
+        return Intent(best, hits[best] / total, self.name)
+
+
+# ---- learned ----------------------------------------------------------------------
+
+
+@dataclass
+class LearnedClassifier:
+    """TF-IDF (character 1–4-grams within word boundaries, plus word 1–2-grams) into a logistic
+    regression; below ``threshold`` the fallback category answers."""
+
+    threshold: float = 0.45
+    fallback: str = FALLBACK
+    name: str = "learned"
+    _model: Any = field(default=None, repr=False)
+
+    def fit(self, examples: Sequence[Example]) -> LearnedClassifier:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline, make_union
+
+        features = make_union(
+            TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 4), sublinear_tf=True,
+                            min_df=1, lowercase=True),
+            TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True,
+                            token_pattern=r"(?u)\b\w+\b", lowercase=True),
+        )  # fmt: skip
+        model = make_pipeline(features, LogisticRegression(C=20.0, max_iter=2000))
+        model.fit([e.text for e in examples], [e.label for e in examples])
+        self._model = model
+        return self
+
+    @property
+    def categories(self) -> list[str]:
+        return [str(c) for c in self._model.classes_]
+
+    def classify(self, text: str) -> Intent:
+        if self._model is None:
+            raise RuntimeError("LearnedClassifier.fit() was not called")
+        probabilities = self._model.predict_proba([text])[0]
+        best = int(probabilities.argmax())
+        confidence = float(probabilities[best])
+        category = str(self._model.classes_[best])
+        if confidence < self.threshold:
+            return Intent(self.fallback, confidence, self.name)
+        return Intent(category, confidence, self.name)
+
+    def save(self, path: Path) -> None:
+        """Write the trained model (an operator's retrained classifier) to ``path``."""
+        import pickle
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(pickle.dumps({"threshold": self.threshold, "model": self._model}))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> LearnedClassifier:
+        """A model written by :meth:`save` (only ever from the operator's own data directory)."""
+        import pickle
+
+        saved = pickle.loads(path.read_bytes())
+        return cls(threshold=float(saved["threshold"]), _model=saved["model"])
+
+
+_default: LearnedClassifier | None = None
+_default_lock = threading.Lock()
+
+
+def default_classifier(threshold: float = 0.45) -> LearnedClassifier:
+    """The learned classifier trained on the shipped examples (once per process)."""
+    global _default
+    with _default_lock:
+        if _default is None or _default.threshold != threshold:
+            _default = LearnedClassifier(threshold).fit(load_examples(DATA / "intent_train.jsonl"))
+        return _default
+
+
+# ---- evaluation -------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    total: int
+    correct: int
+    per_class: dict[str, dict[str, float]]  # precision, recall, support
+    per_language: dict[str, float]
+    hard_accuracy: float
+    hard_total: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.total if self.total else 0.0
+
+    def markdown(self, title: str) -> str:
+        lines = [
+            f"**{title}**: accuracy {100 * self.accuracy:.1f}% ({self.correct}/{self.total}); "
+            f"hard cases {100 * self.hard_accuracy:.1f}% (of {self.hard_total})",
+            "",
+            "| class | precision | recall | support |",
+            "|---|---:|---:|---:|",
+        ]
+        for c, m in sorted(self.per_class.items()):
+            lines.append(
+                f"| {c} | {100 * m['precision']:.1f}% | {100 * m['recall']:.1f}% | "
+                f"{int(m['support'])} |"
+            )
+        langs = ", ".join(f"{k} {100 * v:.1f}%" for k, v in sorted(self.per_language.items()))
+        lines += ["", f"Accuracy by language: {langs}."]
+        return "\n".join(lines)
+
+
+def evaluate(classifier: IntentClassifier, examples: Sequence[Example]) -> Report:
+    predicted = [classifier.classify(e.text).category for e in examples]
+    labels = sorted({e.label for e in examples} | set(predicted))
+    per_class = {}
+    for c in labels:
+        tp = sum(1 for e, p in zip(examples, predicted, strict=True) if p == c and e.label == c)
+        said = sum(1 for p in predicted if p == c)
+        support = sum(1 for e in examples if e.label == c)
+        per_class[c] = {
+            "precision": tp / said if said else 0.0,
+            "recall": tp / support if support else 0.0,
+            "support": float(support),
+        }
+    by_lang: Counter[str] = Counter()
+    right_lang: Counter[str] = Counter()
+    for e, p in zip(examples, predicted, strict=True):
+        by_lang[e.lang] += 1
+        right_lang[e.lang] += p == e.label
+    hard = [(e, p) for e, p in zip(examples, predicted, strict=True) if e.hard]
+    return Report(
+        total=len(examples),
+        correct=sum(1 for e, p in zip(examples, predicted, strict=True) if p == e.label),
+        per_class=per_class,
+        per_language={k: right_lang[k] / n for k, n in by_lang.items()},
+        hard_accuracy=sum(1 for e, p in hard if p == e.label) / len(hard) if hard else 0.0,
+        hard_total=len(hard),
+    )
