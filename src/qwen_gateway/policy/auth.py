@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from qwen_gateway.errors import AuthenticationFailed, GatewayError, PermissionDenied, RateLimited
+from qwen_gateway.errors import AuthenticationFailed, PermissionDenied, RateLimited
 from qwen_gateway.policy.jwt import JWTVerifier
 from qwen_gateway.policy.keys import KeyManager, looks_like_key, principal_of
 from qwen_gateway.policy.principal import ANONYMOUS, Principal
@@ -134,6 +134,3 @@ def check_model(principal: Principal, model: str) -> None:
             param="model",
             code="model_not_allowed",
         )
-
-
-__all__ = ["Authenticator", "FailureThrottle", "GatewayError", "check_model", "require_admin"]

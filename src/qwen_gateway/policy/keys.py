@@ -14,6 +14,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -97,7 +98,7 @@ class RedisBus:
     async def aclose(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with __import__("contextlib").suppress(asyncio.CancelledError):
+            with suppress(asyncio.CancelledError):
                 await self._task
 
 
