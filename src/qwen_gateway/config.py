@@ -86,6 +86,80 @@ class ModelSettings(Section):
     max_n: int = Field(default=8, ge=1, le=128)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
+    #: Extra options handed to the engine kind's factory (for engines registered as plugins).
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$"
+
+
+class CapabilitySettings(Section):
+    """What a deployment can do; requests needing a missing capability skip it."""
+
+    tools: bool = True
+    json_schema: bool = True
+
+
+class DeploymentSettings(ModelSettings):
+    """One deployment of the registry: a model on an engine, on one or more replicas."""
+
+    name: str = Field(pattern=_NAME)
+    aliases: list[str] = Field(default_factory=list)
+    #: Base URLs of the replicas (engines ``openai`` and ``vllm``), or how many in-process
+    #: copies to run (engine ``transformers``). One replica by default.
+    replicas: int | list[str] = 1
+    #: Requests this deployment serves at once (all replicas together); beyond it the
+    #: request goes to a fallback, or is a 503.
+    max_concurrency: int | None = Field(default=None, ge=1)
+    capabilities: CapabilitySettings = Field(default_factory=CapabilitySettings)
+    #: Public model names tried in order when every replica failed before the first token,
+    #: or when the request is too long for this deployment's window.
+    fallbacks: list[str] = Field(default_factory=list)
+
+
+class BreakerSettings(Section):
+    """Per replica: this many consecutive failures open it for ``cooldown_seconds``; then
+    one request probes it (half-open) and closes it again on success."""
+
+    failures: int = Field(default=5, ge=1)
+    cooldown_seconds: float = Field(default=30.0, gt=0)
+
+
+class SplitSettings(Section):
+    """A public model name whose traffic is split across deployments by weight."""
+
+    arms: dict[str, float] = Field(min_length=1)  # deployment (or alias) -> weight
+    #: Same caller, same arm: by the request's ``user`` field or by the API key / JWT subject.
+    sticky: Literal["none", "user", "key"] = "none"
+
+
+class IntentSettings(Section):
+    """Requests to the virtual model ``model`` are classified offline and routed by category."""
+
+    model: str = Field(default="auto", pattern=_NAME)
+    classifier: Literal["learned", "rules"] = "learned"
+    #: Below this confidence the learned classifier answers ``default``.
+    threshold: float = Field(default=0.45, ge=0, le=1)
+    default: str = "general"
+    #: category -> public model name (deployment, alias or split). Empty: no intent routing.
+    routes: dict[str, str] = Field(default_factory=dict)
+    #: Rule classifier patterns per category (regexes, case-insensitive); None: built-in.
+    rules: dict[str, list[str]] | None = None
+    #: A classifier written by ``qwen-gateway intent train``; None: ``intent-model.pkl`` in
+    #: the data directory when present, else trained from the shipped examples at start.
+    model_file: Path | None = None
+
+
+class RoutingSettings(Section):
+    strategy: Literal["least_outstanding", "power_of_two"] = "least_outstanding"
+    #: Same ``user`` (or key) -> same replica while it is healthy, to reuse its prefix cache.
+    affinity: Literal["none", "user", "key"] = "none"
+    health_interval_seconds: float = Field(default=5.0, gt=0)
+    #: Engine starts tried per request, over replicas and fallbacks, before the first token.
+    max_attempts: int = Field(default=4, ge=1, le=32)
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    splits: dict[str, SplitSettings] = Field(default_factory=dict)
+    intent: IntentSettings = Field(default_factory=IntentSettings)
 
 
 class LimitSettings(Section):
@@ -156,6 +230,9 @@ class Settings(Section):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     usage: UsageSettings = Field(default_factory=UsageSettings)
+    #: The model registry; empty: one deployment made of the ``model`` section.
+    deployments: list[DeploymentSettings] = Field(default_factory=list)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
 
     @property
     def database_url(self) -> str:
@@ -170,6 +247,23 @@ class Settings(Section):
     @property
     def model_path(self) -> str:
         return self.model.model or str(self.data_dir / TINY_MODEL_DIRNAME)
+
+    @property
+    def intent_model_file(self) -> Path:
+        """Where ``intent train`` saves the learned classifier and routing loads it from."""
+        return self.routing.intent.model_file or self.data_dir / "intent-model.pkl"
+
+    @property
+    def needs_tiny_model(self) -> bool:
+        """Whether some deployment serves the embedded tiny model (created at first start)."""
+        if not self.deployments:
+            return not self.model.model and self.model.engine != "openai"
+        return any(
+            not d.model
+            and not isinstance(d.replicas, list)
+            and (d.engine == "transformers" or (d.engine == "vllm" and not d.vllm.remote_url))
+            for d in self.deployments
+        )
 
     @property
     def served_model_name(self) -> str:
@@ -239,13 +333,84 @@ def load_settings(
     merged = _merge(merged, _from_env(env))
     merged = _merge(merged, _drop_none(cli or {}))
     try:
-        return Settings.model_validate(merged)
+        settings = Settings.model_validate(merged)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         key = ".".join(str(p) for p in err["loc"])
         raise ConfigError(
             f"Invalid config value for '{key}' ({err['input']!r}): {err['msg']}"
         ) from None
+    check_registry(settings)
+    return settings
+
+
+def _bad(key: str, value: Any, why: str) -> ConfigError:
+    return ConfigError(f"Invalid config value for '{key}' ({value!r}): {why}")
+
+
+def check_registry(settings: Settings) -> None:
+    """Cross-references of the registry: unique public names, and every name that a fallback,
+    split or intent route mentions exists. Raises :class:`ConfigError` naming the key."""
+    deployments: set[str] = set()
+    public: dict[str, str] = {}  # public name -> the key that defined it
+
+    def claim(name: str, key: str) -> None:
+        if name in public:
+            raise _bad(key, name, f"the name is already used by '{public[name]}'")
+        public[name] = key
+
+    for i, d in enumerate(settings.deployments):
+        claim(d.name, f"deployments.{i}.name")
+        deployments.add(d.name)
+        for j, alias in enumerate(d.aliases):
+            claim(alias, f"deployments.{i}.aliases.{j}")
+        if isinstance(d.replicas, int) and d.replicas < 1:
+            raise _bad(f"deployments.{i}.replicas", d.replicas, "at least one replica is needed")
+        if isinstance(d.replicas, list):
+            if not d.replicas:
+                raise _bad(f"deployments.{i}.replicas", d.replicas, "list at least one URL")
+            if d.engine not in ("openai", "vllm"):
+                raise _bad(
+                    f"deployments.{i}.replicas",
+                    d.replicas,
+                    f"a list of URLs needs engine 'openai' or 'vllm', not '{d.engine}'",
+                )
+            for j, url in enumerate(d.replicas):
+                if not url.startswith(("http://", "https://")):
+                    raise _bad(f"deployments.{i}.replicas.{j}", url, "not an http(s) URL")
+    served = {d.name for d in settings.deployments} | {
+        a for d in settings.deployments for a in d.aliases
+    }
+    for name, split in settings.routing.splits.items():
+        claim(name, f"routing.splits.{name}")
+        for arm, weight in split.arms.items():
+            key = f"routing.splits.{name}.arms.{arm}"
+            if arm not in served:
+                raise _bad(key, arm, "no deployment or alias has this name")
+            if weight <= 0:
+                raise _bad(key, weight, "weights must be positive")
+    intent = settings.routing.intent
+    if intent.routes:
+        claim(intent.model, "routing.intent.model")
+        for category, target in intent.routes.items():
+            if target not in public or target == intent.model:
+                raise _bad(
+                    f"routing.intent.routes.{category}",
+                    target,
+                    "no deployment, alias or split has this name",
+                )
+        if intent.default not in intent.routes:
+            raise _bad(
+                "routing.intent.default", intent.default, "the default category needs a route"
+            )
+    for i, d in enumerate(settings.deployments):
+        for j, fallback in enumerate(d.fallbacks):
+            key = f"deployments.{i}.fallbacks.{j}"
+            if fallback not in served or fallback in (d.name, *d.aliases):
+                raise _bad(key, fallback, "no other deployment or alias has this name")
+    if (settings.routing.splits or intent.routes) and not settings.deployments:
+        key = "routing.splits" if settings.routing.splits else "routing.intent.routes"
+        raise _bad(key, "...", "routing needs the deployments it routes to ('deployments')")
 
 
 def redacted(settings: Settings) -> dict[str, Any]:
@@ -260,6 +425,9 @@ def redacted(settings: Settings) -> dict[str, Any]:
             data[section]["url"] = _mask_url(getattr(settings, section).url.get_secret_value())
     if settings.auth.jwt.secret is not None:
         data["auth"]["jwt"]["secret"] = "**********"
+    for shown, d in zip(data["deployments"], settings.deployments, strict=True):
+        if d.upstream.api_key is not None:
+            shown["upstream"]["api_key"] = "**********"
     return data
 
 

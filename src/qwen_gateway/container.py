@@ -6,13 +6,13 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from qwen_gateway.config import Settings
+from qwen_gateway.config import DeploymentSettings, ModelSettings, Settings
 from qwen_gateway.core.normalize import RequestLimits
 from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.engines.base import Engine
@@ -24,6 +24,15 @@ from qwen_gateway.policy.jwt import JWTConfig, JWTVerifier
 from qwen_gateway.policy.keys import InvalidationBus, KeyManager, LocalBus, RedisBus
 from qwen_gateway.policy.principal import Limits, Principal
 from qwen_gateway.policy.ratelimit import Limiter, LocalLimiter, RedisLimiter
+from qwen_gateway.routing.balancer import Balancer, Replica
+from qwen_gateway.routing.breaker import CircuitBreaker
+from qwen_gateway.routing.intent import (
+    IntentClassifier,
+    LearnedClassifier,
+    RuleClassifier,
+    default_classifier,
+)
+from qwen_gateway.routing.router import Deployment, IntentRoute, RouteObserver, Router, Split
 from qwen_gateway.service.completions import CompletionService
 from qwen_gateway.store.audit import AuditRepository
 from qwen_gateway.store.db import Database
@@ -34,15 +43,16 @@ from qwen_gateway.store.writer import BatchWriter
 log = logging.getLogger(__name__)
 
 
-def _engine_options(settings: Settings) -> dict[str, Any]:
-    """The options the configured engine kind's factory takes."""
-    m = settings.model
+def _engine_options(
+    m: ModelSettings, served_name: str, model_path: str, data_dir: Path
+) -> dict[str, Any]:
+    """The options the engine kind's factory takes, for one replica."""
     if m.engine == "openai":
         up = m.upstream
         return {
             "base_url": up.base_url,
-            "served_name": settings.served_model_name,
-            "model": up.model or m.model,
+            "served_name": served_name,
+            "model": up.model or m.model or served_name,
             "api_key": up.api_key.get_secret_value() if up.api_key else None,
             "connect_timeout": up.connect_timeout,
             "first_token_timeout": up.first_token_timeout,
@@ -56,8 +66,8 @@ def _engine_options(settings: Settings) -> dict[str, Any]:
     if m.engine == "vllm":
         v = m.vllm
         options: dict[str, Any] = {
-            "model": settings.model_path,
-            "served_name": settings.served_model_name,
+            "model": model_path,
+            "served_name": served_name,
             "remote_url": v.remote_url,
             "port": v.port,
             "max_model_len": v.max_model_len or m.context_window,
@@ -67,23 +77,123 @@ def _engine_options(settings: Settings) -> dict[str, Any]:
             "enable_prefix_caching": v.enable_prefix_caching,
             "extra_args": tuple(v.extra_args),
             "env": dict(v.env),
-            "log_path": str(settings.data_dir / "vllm.log"),
+            "log_path": str(data_dir / "vllm.log"),
             "startup_timeout": v.startup_timeout,
             "upstream": {"max_output_tokens": m.max_output_tokens},
         }
         if v.python:
             options["python"] = v.python
         return options
-    return {
-        "model": settings.model_path,
-        "served_name": settings.served_model_name,
-        "device": m.device,
-        "dtype": m.dtype,
-        "max_batch_size": m.max_batch_size,
-        "max_waiting": m.max_waiting,
-        "context_window": m.context_window,
-        "max_output_tokens": m.max_output_tokens,
-    }
+    if m.engine == "transformers":
+        return {
+            "model": model_path,
+            "served_name": served_name,
+            "device": m.device,
+            "dtype": m.dtype,
+            "max_batch_size": m.max_batch_size,
+            "max_waiting": m.max_waiting,
+            "context_window": m.context_window,
+            "max_output_tokens": m.max_output_tokens,
+        }
+    return {"model": model_path, "served_name": served_name, **m.options}
+
+
+def _replica_options(d: DeploymentSettings, settings: Settings) -> list[tuple[str, dict[str, Any]]]:
+    """(replica name, engine options) for each replica of a deployment."""
+    path = d.model or settings.model_path
+    base = _engine_options(d, d.name, path, settings.data_dir)
+    if isinstance(d.replicas, list):
+        key = "base_url" if d.engine == "openai" else "remote_url"
+        return [(url, {**base, key: url}) for url in d.replicas]
+    out = []
+    for i in range(d.replicas):
+        options = dict(base)
+        if d.engine == "vllm" and d.replicas > 1:
+            options["log_path"] = str(settings.data_dir / f"vllm-{d.name}-{i}.log")
+        out.append((str(i), options))
+    return out
+
+
+def deployment_specs(settings: Settings) -> list[DeploymentSettings]:
+    """The registry: the configured deployments, or one made of the ``model`` section."""
+    if settings.deployments:
+        return list(settings.deployments)
+    fields = {k: getattr(settings.model, k) for k in type(settings.model).model_fields}
+    return [DeploymentSettings(**fields, name=settings.served_model_name)]
+
+
+def build_router(
+    settings: Settings,
+    engines: Mapping[str, Engine | Sequence[Engine]] | None = None,
+    observer: RouteObserver | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Router:
+    """Deployments, replicas, splits and intent routing from the settings; ``engines`` (by
+    deployment name) replaces the engines that would be built, for tests and embedding."""
+    r = settings.routing
+    given = dict(engines or {})
+    specs: list[DeploymentSettings]
+    if given and not settings.deployments:
+        specs = [DeploymentSettings(name=name) for name in given]
+    else:
+        specs = deployment_specs(settings)
+    deployments = []
+    aliases: dict[str, str] = {}
+    for d in specs:
+        provided = given.get(d.name)
+        if provided is not None:
+            built = [provided] if not isinstance(provided, Sequence) else list(provided)
+            replicas = [(str(i), e) for i, e in enumerate(built)]
+        else:
+            replicas = [
+                (name, engine_factory(d.engine)(options))
+                for name, options in _replica_options(d, settings)
+            ]
+        balancer = Balancer(
+            [
+                Replica(name, engine, CircuitBreaker(r.breaker.failures, r.breaker.cooldown_seconds, clock))
+                for name, engine in replicas
+            ],
+            r.strategy,
+        )  # fmt: skip
+        deployments.append(
+            Deployment(
+                d.name,
+                balancer,
+                fallbacks=tuple(d.fallbacks),
+                supports_tools=d.capabilities.tools,
+                supports_json_schema=d.capabilities.json_schema,
+                max_concurrency=d.max_concurrency,
+            )
+        )
+        aliases.update({a: d.name for a in d.aliases})
+    splits = [Split(name, tuple(s.arms.items()), s.sticky) for name, s in r.splits.items()]
+    i = r.intent
+    intent = IntentRoute(i.model, dict(i.routes), i.default) if i.routes else None
+    return Router(
+        deployments,
+        aliases,
+        splits,
+        intent,
+        affinity=r.affinity,
+        max_attempts=r.max_attempts,
+        observer=observer,
+    )
+
+
+def intent_classifier(settings: Settings) -> IntentClassifier:
+    """The configured classifier; the learned one is loaded or trained (seconds: call it in a
+    worker thread)."""
+    i = settings.routing.intent
+    if i.classifier == "rules":
+        return RuleClassifier(i.rules)
+    path = settings.intent_model_file
+    if path.is_file():
+        learned = LearnedClassifier.load(path)
+        learned.threshold = i.threshold
+        learned.fallback = i.default
+        return learned
+    return default_classifier(i.threshold)
 
 
 def _limits(s: Any) -> Limits:
@@ -148,19 +258,19 @@ class Tenancy:
         await self.db.aclose()
 
 
-def build_engine(settings: Settings) -> Engine:
-    return engine_factory(settings.model.engine)(_engine_options(settings))
-
-
 class Container:
     """Everything one gateway process needs, built from Settings."""
 
-    def __init__(self, settings: Settings, engines: Mapping[str, Engine] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engines: Mapping[str, Engine | Sequence[Engine]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        if engines is None:
-            engines = {settings.served_model_name: build_engine(settings)}
-        self.engines = dict(engines)
+        self.router = build_router(settings, engines, self.metrics, clock)
+        self.engines = dict(self.router.engines())
         self.tenancy = Tenancy(settings)
         self.db, self.usage, self.audit = self.tenancy.db, self.tenancy.usage, self.tenancy.audit
         self.writer, self.redis, self.keys = (
@@ -188,13 +298,19 @@ class Container:
         self.gate = Gate(limiter, {m: _limits(v) for m, v in settings.limits.models.items()})
         self.bootstrap_key: str | None = None  # the first admin key, to show once
         self.service = CompletionService(
-            self.engines,
+            self.router,
             RequestLimits(
                 max_output_tokens=settings.model.max_output_tokens, max_n=settings.model.max_n
             ),
             gate=self.gate,
         )
         self.metrics.watch_engines(self._engine_stats)
+        self.metrics.watch_replicas(
+            lambda: (
+                (s.deployment, s.replica, int(s.breaker), s.healthy, s.outstanding)
+                for s in self.router.replica_states()
+            )
+        )
         self._loading: asyncio.Task[None] | None = None
         self.load_error: BaseException | None = None
         self._in_flight = 0
@@ -240,7 +356,7 @@ class Container:
                     principal=principal.id if principal is not None else "anonymous",
                     key_id=principal.key_id if principal is not None else None,
                     model=record.model,
-                    deployment=record.model,
+                    deployment=record.deployment,
                     path=path[:200],
                     status=status,
                     prompt_tokens=record.prompt_tokens,
@@ -260,10 +376,22 @@ class Container:
 
     async def _load(self) -> None:
         try:
-            await asyncio.gather(*(e.start() for e in self.engines.values()))
+            await asyncio.gather(
+                *(e.start() for e in self.engines.values()), self._load_classifier()
+            )
         except Exception as exc:
             self.load_error = exc
             log.error("engine failed to start", exc_info=exc)
+            return
+        self.router.start_health_checks(self.settings.routing.health_interval_seconds)
+
+    async def _load_classifier(self) -> None:
+        intent = self.router.intent
+        if intent is None or intent.classifier is not None:
+            return
+        classifier = await asyncio.to_thread(intent_classifier, self.settings)
+        intent.blocking = isinstance(classifier, LearnedClassifier)
+        intent.classifier = classifier
 
     async def wait_loaded(self) -> None:
         if self._loading is not None:
@@ -272,8 +400,11 @@ class Container:
     async def ready(self) -> bool:
         if self._loading is None or not self._loading.done() or self.load_error is not None:
             return False
-        results = await asyncio.gather(*(e.ready() for e in self.engines.values()))
-        return all(results)
+        for deployment in self.router.deployments:  # each needs one replica up
+            states = await asyncio.gather(*(r.engine.ready() for r in deployment.replicas))
+            if not any(states):
+                return False
+        return True
 
     async def aclose(self) -> None:
         if self._loading is not None and not self._loading.done():
@@ -282,6 +413,7 @@ class Container:
         with suppress(TimeoutError):
             async with asyncio.timeout(10):
                 await self._idle.wait()
+        await self.router.aclose()
         await asyncio.gather(*(e.aclose() for e in self.engines.values()), return_exceptions=True)
         await self.gate.aclose()
         await self.tenancy.aclose()  # writes what is queued: usage of the last requests

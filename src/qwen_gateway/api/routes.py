@@ -25,6 +25,7 @@ from qwen_gateway.protocol.common import Model
 from qwen_gateway.protocol.completions import CompletionRequest
 
 T = TypeVar("T")
+ROUTE_HEADER = "x-qwen-gateway-route"
 
 
 def record_of(request: Request) -> RequestRecord:
@@ -96,16 +97,26 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
 async def respond(request: Request, result: Any, keepalive: float) -> Response:
     """JSON for complete results; SSE (after the first chunk is in hand) for streams."""
     record = record_of(request)
-    headers = getattr(record.permit, "headers", None)  # x-ratelimit-* for the caller
     if isinstance(result, dict):
-        return Response(orjson.dumps(result), media_type="application/json", headers=headers)
+        return Response(
+            orjson.dumps(result), media_type="application/json", headers=_headers(record)
+        )
     stream: AsyncGenerator[Any, None] = result
     try:
         first = await until_disconnect(request, anext(stream))
     except BaseException:
         await stream.aclose()
         raise
-    return EventStreamResponse(first, stream, record, keepalive, headers)
+    return EventStreamResponse(first, stream, record, keepalive, _headers(record))
+
+
+def _headers(record: RequestRecord) -> dict[str, str] | None:
+    """x-ratelimit-* for a limited caller, and the route a routed request took."""
+    headers: dict[str, str] | None = getattr(record.permit, "headers", None)
+    if record.route:
+        route = record.route.encode("ascii", "backslashreplace").decode()
+        headers = {**(headers or {}), ROUTE_HEADER: route}
+    return headers
 
 
 def _model_card(info: ModelInfo) -> Model:

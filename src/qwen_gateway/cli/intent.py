@@ -21,7 +21,6 @@ from qwen_gateway.routing.intent import (
 
 intent_app = typer.Typer(help="The offline intent classifier (code / math / general).")
 err = Console(stderr=True)
-MODEL_FILE = "intent-model.pkl"
 
 
 def model_path(data_dir: Path | None) -> Path:
@@ -30,7 +29,7 @@ def model_path(data_dir: Path | None) -> Path:
     except ConfigError as exc:
         err.print(f"[red]Configuration error:[/red] {exc}")
         raise typer.Exit(2) from None
-    return settings.data_dir / MODEL_FILE
+    return settings.intent_model_file
 
 
 @intent_app.command("train")

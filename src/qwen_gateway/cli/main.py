@@ -70,7 +70,7 @@ def _banner(settings: Settings, bootstrap_key: str | None) -> None:
     host = settings.server.host
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     base = f"http://{shown}:{settings.server.port}"
-    model = settings.served_model_name
+    model = _example_model(settings)
     secured = settings.auth.enabled or settings.server.api_key is not None
     key = "os.environ['QWEN_GATEWAY_KEY']" if secured else "'none'"
     auth = ' -H "Authorization: Bearer $QWEN_GATEWAY_KEY"' if secured else ""
@@ -91,6 +91,15 @@ def _banner(settings: Settings, bootstrap_key: str | None) -> None:
     ]
     sys.stderr.write("\n".join(lines) + "\n")
     sys.stderr.flush()
+
+
+def _example_model(settings: Settings) -> str:
+    """The model name the start-up banner's examples use."""
+    if settings.routing.intent.routes:
+        return settings.routing.intent.model
+    if settings.deployments:
+        return settings.deployments[0].name
+    return settings.served_model_name
 
 
 @app.command()
@@ -162,7 +171,7 @@ def serve(
     from qwen_gateway.observability.logging import configure_logging
 
     configure_logging(settings.server.log_level)
-    if not settings.model.model and settings.model.engine != "openai":
+    if settings.needs_tiny_model:
         ensure_tiny_model(settings)  # the embedded default, also for a managed vLLM
     container = Container(settings)
     if not settings.auth.enabled:
@@ -171,7 +180,8 @@ def serve(
             "the admin endpoints. For local development only.[/bold red]"
         )
     application = create_app(container, on_ready=lambda: _banner(settings, container.bootstrap_key))
-    err.print(f"Loading {settings.served_model_name} ...")
+    names = [d.name for d in settings.deployments] or [settings.served_model_name]
+    err.print(f"Loading {', '.join(names)} ...")
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again with the
     # handlers found at start: these write the queued log lines and exit 0
     signal.signal(signal.SIGTERM, _exit_after_shutdown)

@@ -11,7 +11,9 @@ from typing import Any
 class RequestRecord:
     request_id: str
     started: float = field(default_factory=time.perf_counter)
-    model: str | None = None
+    model: str | None = None  # as the client named it
+    deployment: str | None = None  # the deployment that answered
+    route: str | None = None  # how it was chosen (x-qwen-gateway-route)
     stream: bool = False
     prompt_tokens: int = 0
     completion_tokens: int = 0

@@ -14,6 +14,34 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 #: (model, stats) pairs; stats keys: running, waiting, last_batch_size, max_batch_size,
 #: decode_steps, aborted.
 EngineStatsSource = Callable[[], Iterable[tuple[str, Mapping[str, float]]]]
+#: (deployment, replica, breaker state 0/1/2, healthy, outstanding) per replica.
+ReplicaSource = Callable[[], Iterable[tuple[str, str, int, bool, int]]]
+
+
+class _ReplicaCollector(Collector):
+    def __init__(self, source: ReplicaSource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["deployment", "replica"]
+        breaker = GaugeMetricFamily(
+            "qwen_gateway_replica_breaker_state",
+            "Circuit breaker of a replica: 0 closed, 1 half-open, 2 open",
+            labels=labels,
+        )
+        healthy = GaugeMetricFamily(
+            "qwen_gateway_replica_healthy", "1 when the last health check passed", labels=labels
+        )
+        outstanding = GaugeMetricFamily(
+            "qwen_gateway_replica_outstanding_requests",
+            "Requests a replica is serving now",
+            labels=labels,
+        )
+        for deployment, replica, state, up, busy in self._source():
+            breaker.add_metric([deployment, replica], state)
+            healthy.add_metric([deployment, replica], 1.0 if up else 0.0)
+            outstanding.add_metric([deployment, replica], busy)
+        yield from (breaker, healthy, outstanding)
 
 
 class _EngineCollector(Collector):
@@ -92,9 +120,50 @@ class Metrics:
         self.in_flight = Gauge(
             "qwen_gateway_requests_in_flight", "Requests being served", registry=r
         )
+        self.attempts = Counter(
+            "qwen_gateway_replica_attempts",
+            "Requests started on a replica, by outcome (ok, error before the first token, "
+            "stream_error after it)",
+            ["deployment", "replica", "outcome"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "qwen_gateway_route_fallbacks",
+            "Requests answered by a fallback deployment, by why the plan moved on",
+            ["deployment", "reason"],
+            registry=r,
+        )
+        self.intents = Counter(
+            "qwen_gateway_route_intent",
+            "Requests to the intent model, by category",
+            ["model", "category"],
+            registry=r,
+        )
+        self.splits = Counter(
+            "qwen_gateway_route_split",
+            "Requests to a split model, by arm",
+            ["model", "arm"],
+            registry=r,
+        )
 
     def watch_engines(self, source: EngineStatsSource) -> None:
         self.registry.register(_EngineCollector(source))
+
+    def watch_replicas(self, source: ReplicaSource) -> None:
+        self.registry.register(_ReplicaCollector(source))
+
+    # routing.router.RouteObserver
+    def route_attempt(self, deployment: str, replica: str, outcome: str) -> None:
+        self.attempts.labels(deployment, replica, outcome).inc()
+
+    def route_fallback(self, deployment: str, reason: str) -> None:
+        self.fallbacks.labels(deployment, reason).inc()
+
+    def route_intent(self, model: str, category: str) -> None:
+        self.intents.labels(model, category).inc()
+
+    def route_split(self, model: str, arm: str) -> None:
+        self.splits.labels(model, arm).inc()
 
     def observe_request(
         self,

@@ -25,8 +25,7 @@ from qwen_gateway.core.types import (
     Usage,
     UsageMeter,
 )
-from qwen_gateway.engines.base import Engine
-from qwen_gateway.errors import InternalError, ModelNotFound
+from qwen_gateway.errors import InternalError
 from qwen_gateway.policy.auth import check_model
 from qwen_gateway.policy.gate import Gate
 from qwen_gateway.policy.principal import ANONYMOUS, Principal
@@ -41,6 +40,7 @@ from qwen_gateway.protocol.chat import (
 )
 from qwen_gateway.protocol.common import CompletionUsage
 from qwen_gateway.protocol.completions import Completion, CompletionChoice
+from qwen_gateway.routing.router import RouteContext, Router
 
 
 def _usage(u: Usage) -> CompletionUsage:
@@ -54,12 +54,12 @@ def _usage(u: Usage) -> CompletionUsage:
 class CompletionService:
     def __init__(
         self,
-        engines: Mapping[str, Engine],
+        router: Router,
         limits: RequestLimits,
         clock: Callable[[], float] = time.time,
         gate: Gate | None = None,
     ) -> None:
-        self._engines = dict(engines)
+        self._router = router
         self._limits = limits
         self._clock = clock
         self._gate = gate
@@ -67,29 +67,26 @@ class CompletionService:
     # ---- models -------------------------------------------------------------
 
     def models(self) -> list[ModelInfo]:
-        return [e.info for e in self._engines.values()]
+        """Every public name: deployments, aliases, splits and the intent model."""
+        return [self._router.info(name) for name in self._router.public_names()]
 
     def model(self, name: str) -> ModelInfo:
-        return self.engine(name).info
+        return self._router.info(name)
 
-    def engine(self, name: str) -> Engine:
-        engine = self._engines.get(name)
-        if engine is None:
-            raise ModelNotFound(
-                f"The model '{name}' does not exist or you do not have access to it.",
-                param="model",
-            )
-        return engine
-
-    def engines(self) -> list[Engine]:
-        return list(self._engines.values())
-
-    async def _admit(self, record: RequestRecord, request: GenerationRequest) -> None:
-        """Model allowlist and limits for the caller; the permit is settled when it ends."""
+    async def _route(
+        self, raw: Mapping[str, Any], record: RequestRecord, request: GenerationRequest
+    ) -> AsyncGenerator[EngineEvent, None]:
+        """Model allowlist and limits for the caller (the permit is settled when it ends),
+        then the routed event stream; it starts the engine at its first ``anext``."""
+        self._router.check(request.model)
+        record.model = request.model
         principal = record.principal if isinstance(record.principal, Principal) else ANONYMOUS
         check_model(principal, request.model)
         if self._gate is not None:
             record.permit = await self._gate.admit(principal, request)
+        user = raw.get("user")
+        ctx = RouteContext(principal.id, user if isinstance(user, str) and user else None)
+        return self._router.stream(request, ctx, record)
 
     # ---- chat -------------------------------------------------------------
 
@@ -97,19 +94,15 @@ class CompletionService:
         self, raw: Mapping[str, Any], record: RequestRecord
     ) -> ChatCompletion | AsyncGenerator[ChatCompletionChunk | bytes, None]:
         wire, request = chat_request(raw, self._limits, record.request_id)
-        engine = self.engine(request.model)
-        record.model = request.model
         record.stream = wire.stream
-        await self._admit(record, request)
-        events = engine.stream(request)
+        events = await self._route(raw, record, request)
         ident = f"chatcmpl-{secrets.token_hex(16)}"
         created = int(self._clock())
         if wire.stream:
             include_usage = bool(wire.stream_options and wire.stream_options.include_usage)
             return self._chat_chunks(
-                events, ident, created, request.model, request.n, include_usage, record,
-                request.meter,
-            )  # fmt: skip
+                events, ident, created, request.n, include_usage, record, request.meter
+            )
         texts = [""] * request.n
         reasons = ["stop"] * request.n
         calls: list[list[ResponseToolCall]] = [[] for _ in range(request.n)]
@@ -127,7 +120,7 @@ class CompletionService:
             "id": ident,
             "object": "chat.completion",
             "created": created,
-            "model": request.model,
+            "model": record.deployment or request.model,
             "choices": choices,
             "usage": _usage(usage),
         }
@@ -137,15 +130,16 @@ class CompletionService:
         events: AsyncGenerator[EngineEvent, None],
         ident: str,
         created: int,
-        model: str,
         n: int,
         include_usage: bool,
         record: RequestRecord,
         meter: UsageMeter,
     ) -> AsyncGenerator[ChatCompletionChunk | bytes, None]:
-        """Chunks as dicts, or as JSON bytes when an upstream's chunk is relayed unchanged."""
+        """Chunks as dicts, or as JSON bytes when an upstream's chunk is relayed unchanged.
+        They name the deployment that answers, known once the first event is in."""
 
         relayed: RelayedChunk | None = None  # the last chunk relayed as it came, if any
+        model = ""
 
         def chunk(choices: list[ChatCompletionChunkChoice]) -> ChatCompletionChunk:
             c: ChatCompletionChunk = {
@@ -168,6 +162,7 @@ class CompletionService:
         async with aclosing(recorded):
             started = False
             async for event in recorded:
+                model = model or record.deployment or record.model or ""
                 if isinstance(event, RelayedChunk):  # the upstream's chunk, as it is
                     started = True
                     relayed = event
@@ -204,20 +199,16 @@ class CompletionService:
         self, raw: Mapping[str, Any], record: RequestRecord
     ) -> Completion | AsyncGenerator[Completion, None]:
         wire, request = text_request(raw, self._limits, record.request_id)
-        engine = self.engine(request.model)
-        record.model = request.model
         record.stream = wire.stream
-        await self._admit(record, request)
-        events = engine.stream(request)
+        events = await self._route(raw, record, request)
         ident = f"cmpl-{secrets.token_hex(16)}"
         created = int(self._clock())
         echo = request.prompt if wire.echo and isinstance(request.prompt, str) else ""
         if wire.stream:
             include_usage = bool(wire.stream_options and wire.stream_options.include_usage)
             return self._completion_chunks(
-                events, ident, created, request.model, request.n, echo, include_usage, record,
-                request.meter,
-            )  # fmt: skip
+                events, ident, created, request.n, echo, include_usage, record, request.meter
+            )
         texts = [echo] * request.n
         reasons = ["stop"] * request.n
         usage = await _collect(events, texts, reasons, record, request.meter)
@@ -225,7 +216,7 @@ class CompletionService:
             "id": ident,
             "object": "text_completion",
             "created": created,
-            "model": request.model,
+            "model": record.deployment or request.model,
             "choices": [
                 {"index": i, "text": texts[i], "logprobs": None, "finish_reason": reasons[i]}
                 for i in range(request.n)
@@ -238,7 +229,6 @@ class CompletionService:
         events: AsyncGenerator[EngineEvent, None],
         ident: str,
         created: int,
-        model: str,
         n: int,
         echo: str,
         include_usage: bool,
@@ -250,7 +240,7 @@ class CompletionService:
                 "id": ident,
                 "object": "text_completion",
                 "created": created,
-                "model": model,
+                "model": record.deployment or record.model or "",
                 "choices": choices,
             }
             if include_usage:

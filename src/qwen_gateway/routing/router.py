@@ -1,0 +1,475 @@
+"""From the model a client names to the engine that answers it.
+
+A public name is a deployment, one of its aliases, a weighted split across deployments, or the
+virtual intent model (``auto``), whose requests are classified offline and sent on by category.
+The chosen deployment comes first in the plan, then its fallbacks (and theirs) in order. Until
+the first event, a failing replica hands the request to the next replica, then to the next
+deployment of the plan; after it, errors end the stream as they are. Every request's route is
+noted on its record (``deployment`` and a ``route`` trace for the response header).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field, replace
+from typing import Literal, Protocol
+
+from qwen_gateway.core.record import RequestRecord
+from qwen_gateway.core.types import ChatRequest, EngineEvent, GenerationRequest, ModelInfo
+from qwen_gateway.engines.base import Engine
+from qwen_gateway.errors import (
+    ContextLengthExceeded,
+    EngineOverloaded,
+    EngineUnavailable,
+    GatewayError,
+    InternalError,
+    InvalidRequest,
+    ModelNotFound,
+    RateLimited,
+)
+from qwen_gateway.routing.balancer import Balancer, Replica
+from qwen_gateway.routing.breaker import BreakerState
+from qwen_gateway.routing.intent import Intent, IntentClassifier, conversation_text
+
+log = logging.getLogger(__name__)
+Sticky = Literal["none", "user", "key"]
+
+
+class RouteObserver(Protocol):
+    """Where routing decisions are counted (the metrics)."""
+
+    def route_attempt(self, deployment: str, replica: str, outcome: str) -> None: ...
+
+    def route_fallback(self, deployment: str, reason: str) -> None: ...
+
+    def route_intent(self, model: str, category: str) -> None: ...
+
+    def route_split(self, model: str, arm: str) -> None: ...
+
+
+class _Quiet:
+    def route_attempt(self, deployment: str, replica: str, outcome: str) -> None:
+        return None
+
+    def route_fallback(self, deployment: str, reason: str) -> None:
+        return None
+
+    def route_intent(self, model: str, category: str) -> None:
+        return None
+
+    def route_split(self, model: str, arm: str) -> None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteContext:
+    """Who is asking, for sticky splits and replica affinity."""
+
+    caller: str = "anonymous"
+    user: str | None = None
+
+
+@dataclass(eq=False)
+class Deployment:
+    name: str
+    balancer: Balancer
+    fallbacks: tuple[str, ...] = ()
+    supports_tools: bool = True
+    supports_json_schema: bool = True
+    max_concurrency: int | None = None
+    outstanding: int = 0
+
+    @property
+    def replicas(self) -> list[Replica]:
+        return self.balancer.replicas
+
+    @property
+    def info(self) -> ModelInfo:
+        return replace(self.replicas[0].engine.info, id=self.name)
+
+    def missing_capability(self, request: GenerationRequest) -> str | None:
+        if not isinstance(request, ChatRequest):
+            return None
+        wants_tools = bool(request.tools) and request.tool_choice.mode != "none"
+        if wants_tools and not self.supports_tools:
+            return "tools"
+        constraint = request.constraint
+        if constraint is not None and constraint.kind == "json" and not self.supports_json_schema:
+            return "response_format"
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """Traffic for ``name`` shared across deployments (or aliases) by weight."""
+
+    name: str
+    arms: tuple[tuple[str, float], ...]
+    sticky: Sticky = "none"
+
+    def pick(self, ctx: RouteContext, rng: random.Random) -> str:
+        total = sum(w for _, w in self.arms)
+        key = None
+        if self.sticky == "key":
+            key = ctx.caller
+        elif self.sticky == "user":
+            key = ctx.user or ctx.caller
+        if key is None:
+            point = rng.random() * total
+        else:
+            digest = hashlib.blake2b(f"{self.name}\x00{key}".encode(), digest_size=8).digest()
+            point = int.from_bytes(digest, "big") / 2**64 * total
+        for arm, weight in self.arms:
+            if point < weight:
+                return arm
+            point -= weight
+        return self.arms[-1][0]
+
+
+@dataclass(eq=False)
+class IntentRoute:
+    """The virtual model ``model``: classify, then send to ``routes[category]``."""
+
+    model: str
+    routes: Mapping[str, str]
+    default: str = "general"
+    #: Classifies in a worker thread (the learned model takes a few ms of CPU).
+    classifier: IntentClassifier | None = None
+    blocking: bool = False
+
+    async def classify(self, request: GenerationRequest) -> Intent:
+        if self.classifier is None:
+            raise EngineUnavailable("The intent classifier is still loading.",
+                                    headers={"Retry-After": "2"})  # fmt: skip
+        if isinstance(request, ChatRequest):
+            text = conversation_text(request.messages)
+        else:
+            text = request.prompt if isinstance(request.prompt, str) else ""
+        if not text.strip():
+            return Intent(self.default, 1.0, "empty")
+        if self.blocking:
+            return await asyncio.to_thread(self.classifier.classify, text)
+        return self.classifier.classify(text)
+
+    def target(self, category: str) -> str:
+        return self.routes.get(category) or self.routes[self.default]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaState:
+    deployment: str
+    replica: str
+    breaker: BreakerState
+    healthy: bool
+    outstanding: int
+
+
+@dataclass
+class _Trace:
+    steps: list[str] = field(default_factory=list)
+
+    def add(self, step: str) -> None:
+        self.steps.append(step)
+
+    def __str__(self) -> str:
+        return "; ".join(self.steps)
+
+
+class Router:
+    def __init__(
+        self,
+        deployments: Sequence[Deployment],
+        aliases: Mapping[str, str] | None = None,
+        splits: Sequence[Split] = (),
+        intent: IntentRoute | None = None,
+        *,
+        affinity: Sticky = "none",
+        max_attempts: int = 4,
+        observer: RouteObserver | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._deployments = {d.name: d for d in deployments}
+        self._names = {d.name: d.name for d in deployments}
+        for alias, target in (aliases or {}).items():
+            self._names[alias] = target
+        self._splits = {s.name: s for s in splits}
+        self._intent = intent
+        self._affinity = affinity
+        self.max_attempts = max_attempts
+        self._observer: RouteObserver = observer or _Quiet()
+        self._rng = rng or random.Random()
+        self._health: asyncio.Task[None] | None = None
+
+    # ---- the registry ------------------------------------------------------
+
+    @property
+    def deployments(self) -> list[Deployment]:
+        return list(self._deployments.values())
+
+    @property
+    def intent(self) -> IntentRoute | None:
+        return self._intent
+
+    def engines(self) -> Iterator[tuple[str, Engine]]:
+        """Every engine, named ``deployment`` (one replica) or ``deployment[i]``."""
+        for d in self._deployments.values():
+            for i, r in enumerate(d.replicas):
+                yield (d.name if len(d.replicas) == 1 else f"{d.name}[{i}]"), r.engine
+
+    def public_names(self) -> list[str]:
+        names = list(self._names)
+        names += list(self._splits)
+        if self._intent is not None:
+            names.append(self._intent.model)
+        return names
+
+    def info(self, name: str) -> ModelInfo:
+        """The model card for a public name."""
+        if self._intent is not None and name == self._intent.model:
+            return replace(self.info(self._intent.target(self._intent.default)), id=name)
+        split = self._splits.get(name)
+        if split is not None:
+            cards = [self.info(arm) for arm, _ in split.arms]
+            return replace(
+                cards[0],
+                id=name,
+                context_window=min(c.context_window for c in cards),
+                max_output_tokens=min(c.max_output_tokens for c in cards),
+            )
+        target = self._names.get(name)
+        if target is None:
+            raise ModelNotFound(
+                f"The model '{name}' does not exist or you do not have access to it.",
+                param="model",
+            )
+        return replace(self._deployments[target].info, id=name)
+
+    def check(self, name: str) -> None:
+        """Raise ModelNotFound unless ``name`` is served."""
+        if name in self._names or name in self._splits:
+            return
+        if self._intent is not None and name == self._intent.model:
+            return
+        self.info(name)
+
+    def replica_states(self) -> Iterator[ReplicaState]:
+        for d in self._deployments.values():
+            for r in d.replicas:
+                yield ReplicaState(d.name, r.name, r.breaker.state, r.healthy, r.outstanding)
+
+    # ---- health ------------------------------------------------------------
+
+    def start_health_checks(self, interval: float, probe_seconds: float = 5.0) -> None:
+        replicas = [r for d in self._deployments.values() for r in d.replicas]
+        if len(replicas) > 1 and self._health is None:
+            self._health = asyncio.create_task(self._check_loop(replicas, interval, probe_seconds))
+
+    async def check_health(self, probe_seconds: float = 5.0) -> None:
+        """One round of health checks over every replica."""
+        for d in self._deployments.values():
+            for r in d.replicas:
+                r.healthy = await _probe(r, probe_seconds)
+
+    async def _check_loop(
+        self, replicas: list[Replica], interval: float, probe_seconds: float
+    ) -> None:
+        while True:
+            for r in replicas:
+                r.healthy = await _probe(r, probe_seconds)
+            await asyncio.sleep(interval)
+
+    async def aclose(self) -> None:
+        if self._health is not None:
+            self._health.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._health
+            self._health = None
+
+    # ---- routing -----------------------------------------------------------
+
+    async def _plan(
+        self, request: GenerationRequest, ctx: RouteContext, trace: _Trace
+    ) -> list[Deployment]:
+        name = request.model
+        if self._intent is not None and name == self._intent.model:
+            intent = await self._intent.classify(request)
+            self._observer.route_intent(name, intent.category)
+            trace.add(f"intent={intent.category} ({intent.classifier} {intent.confidence:.2f})")
+            name = self._intent.target(intent.category)
+        split = self._splits.get(name)
+        if split is not None:
+            arm = split.pick(ctx, self._rng)
+            self._observer.route_split(split.name, arm)
+            trace.add(f"split={split.name}:{arm}")
+            name = arm
+        target = self._names.get(name)
+        if target is None:
+            self.check(name)  # raises ModelNotFound
+            raise InternalError(f"The route for '{name}' leads nowhere.")
+        plan = [self._deployments[target]]
+        seen = {target}
+        i = 0
+        while i < len(plan):  # fallbacks in order, then their fallbacks
+            for fallback in plan[i].fallbacks:
+                dep = self._names.get(fallback)
+                if dep is not None and dep not in seen:
+                    seen.add(dep)
+                    plan.append(self._deployments[dep])
+            i += 1
+        return plan
+
+    def stream(
+        self, request: GenerationRequest, ctx: RouteContext, record: RequestRecord
+    ) -> AsyncGenerator[EngineEvent, None]:
+        return self._stream(request, ctx, record)
+
+    async def _stream(
+        self, request: GenerationRequest, ctx: RouteContext, record: RequestRecord
+    ) -> AsyncGenerator[EngineEvent, None]:
+        trace = _Trace()
+        plan = await self._plan(request, ctx, trace)
+        events, first, dep, replica = await self._open(request, ctx, plan, trace)
+        record.deployment = dep.name
+        record.route = str(trace)
+        try:
+            yield first
+            async for event in events:
+                yield event
+        except GatewayError as exc:
+            if exc.status_code >= 500:  # the replica failed mid-stream
+                replica.breaker.failure()
+                self._observer.route_attempt(dep.name, replica.name, "stream_error")
+            raise
+        finally:
+            replica.outstanding -= 1
+            dep.outstanding -= 1
+            await events.aclose()
+
+    async def _open(
+        self,
+        request: GenerationRequest,
+        ctx: RouteContext,
+        plan: list[Deployment],
+        trace: _Trace,
+    ) -> tuple[AsyncGenerator[EngineEvent, None], EngineEvent, Deployment, Replica]:
+        """Start the request on the first replica (of the plan's deployments) that takes it."""
+        affinity = None
+        if self._affinity == "user":
+            affinity = ctx.user or ctx.caller
+        elif self._affinity == "key":
+            affinity = ctx.caller
+        attempts = 0
+        last: GatewayError | None = None
+        reason = ""
+        too_long_for: int | None = None
+        for step, dep in enumerate(plan):
+            if attempts >= self.max_attempts:
+                break
+            if step > 0:
+                trace.add(f"fallback={dep.name} ({reason})")
+            if too_long_for is not None and dep.info.context_window <= too_long_for:
+                reason = f"{dep.name}: context window"
+                continue
+            missing = dep.missing_capability(request)
+            if missing is not None:
+                reason = f"{dep.name}: no {missing}"
+                last = last or InvalidRequest(
+                    f"The model '{request.model}' does not support {missing}.", param=missing
+                )
+                continue
+            if dep.max_concurrency is not None and dep.outstanding >= dep.max_concurrency:
+                reason = f"{dep.name}: at capacity"
+                last = EngineOverloaded(
+                    f"The model '{request.model}' is at capacity; retry shortly.",
+                    headers={"Retry-After": "1"},
+                )
+                continue
+            replicas = dep.balancer.order(affinity)
+            if not replicas:
+                wait = min(r.breaker.retry_after() for r in dep.replicas)
+                reason = f"{dep.name}: circuit open"
+                last = EngineUnavailable(
+                    f"The model '{request.model}' is unavailable; retry shortly.",
+                    headers={"Retry-After": str(max(1, round(wait)))},
+                )
+                continue
+            routed = replace(request, model=dep.name)
+            for replica in replicas:
+                if attempts >= self.max_attempts:
+                    break
+                if not replica.breaker.acquire():
+                    continue
+                attempts += 1
+                replica.outstanding += 1
+                dep.outstanding += 1
+                events: AsyncGenerator[EngineEvent, None] | None = None
+                try:
+                    events = replica.engine.stream(routed)
+                    first = await anext(events)
+                except StopAsyncIteration:
+                    await self._release(dep, replica, events)
+                    replica.breaker.failure()
+                    raise InternalError("The engine stream ended without events.") from None
+                except ContextLengthExceeded as exc:
+                    await self._release(dep, replica, events)
+                    replica.breaker.release()
+                    too_long_for = dep.info.context_window
+                    reason = f"{dep.name}: context window"
+                    last = exc
+                    break
+                except GatewayError as exc:
+                    await self._release(dep, replica, events)
+                    if not exc.retryable:
+                        replica.breaker.release()
+                        raise
+                    if isinstance(exc, RateLimited | EngineOverloaded):
+                        replica.breaker.release()  # busy, not broken
+                    else:
+                        replica.breaker.failure()
+                    self._observer.route_attempt(dep.name, replica.name, "error")
+                    code = exc.code or type(exc).__name__
+                    reason = f"{dep.name}: {code}"
+                    trace.add(f"retry={dep.name}@{replica.name} ({code})")
+                    last = exc
+                    continue
+                except BaseException:
+                    await self._release(dep, replica, events)
+                    replica.breaker.release()
+                    raise
+                replica.breaker.success()  # it answered: closed again, probe or not
+                self._observer.route_attempt(dep.name, replica.name, "ok")
+                if step > 0:
+                    self._observer.route_fallback(dep.name, reason.partition(": ")[2])
+                trace.add(f"deployment={dep.name}")
+                if len(dep.replicas) > 1:
+                    trace.add(f"replica={replica.name}")
+                return events, first, dep, replica
+        if last is not None:
+            raise last
+        raise EngineUnavailable(
+            f"No replica of the model '{request.model}' could take the request.",
+            headers={"Retry-After": "1"},
+        )
+
+    @staticmethod
+    async def _release(
+        dep: Deployment, replica: Replica, events: AsyncGenerator[EngineEvent, None] | None
+    ) -> None:
+        replica.outstanding -= 1
+        dep.outstanding -= 1
+        if events is not None:
+            with suppress(Exception):
+                await events.aclose()
+
+
+async def _probe(replica: Replica, seconds: float) -> bool:
+    try:
+        async with asyncio.timeout(seconds):
+            return await replica.engine.ready()
+    except Exception:
+        return False
