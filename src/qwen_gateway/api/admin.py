@@ -103,9 +103,11 @@ def admin_router(container: Container, check: Any) -> APIRouter:
         format: Literal["json", "csv"] = "json",
     ) -> Response:
         groups = [g.strip() for g in group_by.split(",") if g.strip()]
-        if any(g not in ("key", "model", "day") for g in groups) or len(set(groups)) != len(groups):
+        known = ("key", "model", "deployment", "day")
+        if any(g not in known for g in groups) or len(set(groups)) != len(groups):
             raise InvalidRequest(
-                "group_by takes a comma-separated subset of key, model, day.", param="group_by"
+                "group_by takes a comma-separated subset of key, model, deployment, day.",
+                param="group_by",
             )
         await container.writer.flush()  # include requests that just ended
         rows = await container.usage.report(groups, since, until)  # type: ignore[arg-type]

@@ -31,8 +31,10 @@ from qwen_gateway.qwen.tokenizer import QwenTokenizer
 class ScriptedBackend:
     """Answers every request with the next of ``replies`` (cycling), token by token."""
 
-    def __init__(self, name: str, replies: Sequence[str]) -> None:
-        self._info = ModelInfo(id=name, context_window=32768, max_output_tokens=8192)
+    def __init__(self, name: str, replies: Sequence[str], context_window: int = 32768) -> None:
+        self._info = ModelInfo(
+            id=name, context_window=context_window, max_output_tokens=min(8192, context_window)
+        )
         self._replies = itertools.cycle(list(replies) or [""])
         self.tokenizer: QwenTokenizer | None = None
         self.template: ChatTemplate | None = None
@@ -87,7 +89,12 @@ class ScriptedBackend:
 
 
 def create_engine(options: Mapping[str, Any]) -> PromptEngine:
-    """Entry point ``qwen_gateway.engines: scripted``; options: served_name, replies."""
+    """Entry point ``qwen_gateway.engines: scripted``; options: served_name, replies,
+    context_window."""
     return PromptEngine(
-        ScriptedBackend(str(options.get("served_name", "scripted")), list(options["replies"]))
+        ScriptedBackend(
+            str(options.get("served_name", "scripted")),
+            list(options["replies"]),
+            int(options.get("context_window", 32768)),
+        )
     )

@@ -39,6 +39,10 @@ from qwen_gateway.errors import EngineOverloaded, EngineUnavailable, GatewayErro
 from qwen_gateway.qwen.template import ChatTemplate
 from qwen_gateway.qwen.tokenizer import ENDOFTEXT_ID, IM_END_ID, IncrementalDecoder, QwenTokenizer
 
+#: transformers' lazy imports are not safe to run from several threads at once (two engines
+#: loading side by side failed to import AutoModelForCausalLM), so loads take turns.
+_LOAD_LOCK = threading.Lock()
+
 log = logging.getLogger(__name__)
 
 DEFAULT_CONTEXT_WINDOW = 131072
@@ -237,6 +241,10 @@ class TransformersBackend:
                 self._fail_all(EngineUnavailable("The engine stopped."))
 
     def _load(self) -> None:
+        with _LOAD_LOCK:  # engines of several deployments or replicas load one at a time
+            self._load_model()
+
+    def _load_model(self) -> None:
         import torch
         from transformers import AutoModelForCausalLM
 

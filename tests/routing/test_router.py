@@ -1,0 +1,245 @@
+"""Routing through the API: registry and aliases, fallbacks in order, context-window and
+capability fallbacks, replicas with circuit breakers (injected clock), failover before the
+first token only, and the route header."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from qwen_gateway.core.record import RequestRecord
+from qwen_gateway.core.types import ChatMessage, ChatRequest
+from qwen_gateway.errors import InvalidRequest
+from qwen_gateway.routing.router import RouteContext
+from routing.helpers import routed, scripted
+from support.flaky import FlakyEngine
+from support.metrics import sample
+
+ASK = [{"role": "user", "content": "Hello"}]
+TOOLS = [{"type": "function", "function": {"name": "get_time", "parameters": {
+    "type": "object", "properties": {}}}}]  # fmt: skip
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 5000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _chat(client: openai.AsyncOpenAI, model: str, **kw: Any) -> tuple[str, str, str]:
+    """(response model, content, route header) of one chat request."""
+    raw = await client.chat.completions.with_raw_response.create(
+        model=model, messages=kw.pop("messages", ASK), **kw
+    )
+    completion = raw.parse()
+    return (
+        completion.model,
+        completion.choices[0].message.content or "",
+        raw.headers.get("x-qwen-gateway-route", ""),
+    )
+
+
+async def test_models_lists_deployments_aliases_splits_and_the_intent_model(
+    tmp_path: Path,
+) -> None:
+    deployments = [
+        {"name": "qwen-general", "aliases": ["qwen", "gpt-4o-mini"]},
+        {"name": "qwen-coder"},
+        {"name": "qwen-math"},
+    ]
+    routing = {
+        "splits": {"qwen-canary": {"arms": {"qwen-general": 90, "qwen-coder": 10}}},
+        "intent": {"routes": {"code": "qwen-coder", "math": "qwen-math",
+                              "general": "qwen-general"}},
+    }  # fmt: skip
+    async with routed(tmp_path, deployments, routing=routing) as g:
+        models = await g.client.models.list()
+        assert {m.id for m in models.data} == {
+            "qwen-general", "qwen", "gpt-4o-mini", "qwen-coder", "qwen-math", "qwen-canary",
+            "auto",
+        }  # fmt: skip
+        assert (await g.client.models.retrieve("gpt-4o-mini")).id == "gpt-4o-mini"
+        model, content, route = await _chat(g.client, "gpt-4o-mini")
+        assert (model, content, route) == ("qwen-general", "from qwen-general",
+                                           "deployment=qwen-general")  # fmt: skip
+        with pytest.raises(openai.NotFoundError):
+            await _chat(g.client, "qwen-unknown")
+
+
+async def test_fallbacks_are_tried_in_order_when_every_replica_fails(tmp_path: Path) -> None:
+    a, b = FlakyEngine(scripted("a"), broken=True), FlakyEngine(scripted("b"), broken=True)
+    c = FlakyEngine(scripted("c"))
+    deployments = [{"name": "a", "fallbacks": ["b", "c-alias"]}, {"name": "b"},
+                   {"name": "c", "aliases": ["c-alias"]}]  # fmt: skip
+    async with routed(tmp_path, deployments, {"a": a, "b": b, "c": c}) as g:
+        model, content, route = await _chat(g.client, "a")
+        assert (model, content) == ("c", "from c")
+        assert route == (
+            "retry=a@0 (engine_unavailable); fallback=b (a: engine_unavailable); "
+            "retry=b@0 (engine_unavailable); fallback=c (b: engine_unavailable); deployment=c"
+        )
+        assert (a.attempts, b.attempts, c.attempts) == (1, 1, 1)
+        b.broken = False
+        assert (await _chat(g.client, "a"))[0] == "b"
+        # streamed: the same plan, and the chunks name the deployment that answered
+        stream = await g.client.chat.completions.create(model="a", messages=ASK, stream=True)
+        chunks = [chunk async for chunk in stream]
+        assert {chunk.model for chunk in chunks} == {"b"}
+        metrics = (await g.http.get("/metrics")).text
+        assert sample(metrics, "qwen_gateway_route_fallbacks_total", deployment="c",
+                      reason="engine_unavailable") == 1  # fmt: skip
+        assert sample(metrics, "qwen_gateway_route_fallbacks_total", deployment="b") == 2
+        assert sample(metrics, "qwen_gateway_replica_attempts_total", deployment="a",
+                      outcome="error") == 3  # fmt: skip
+        # every deployment of the plan failed: the last failure's status, in OpenAI's envelope
+        b.broken = c.broken = True
+        with pytest.raises(openai.InternalServerError) as info:
+            await _chat(g.client, "a")
+        assert info.value.status_code == 503
+        assert info.value.code == "engine_unavailable"
+
+
+async def test_client_errors_do_not_fail_over(tmp_path: Path) -> None:
+    a0, a1 = FlakyEngine(scripted("a"), broken=True), FlakyEngine(scripted("a"), broken=True)
+    for replica in (a0, a1):
+        replica.error = InvalidRequest("injected fault: a bad parameter", param="temperature")
+    b = FlakyEngine(scripted("b"))
+    deployments = [{"name": "a", "fallbacks": ["b"]}, {"name": "b"}]
+    async with routed(tmp_path, deployments, {"a": [a0, a1], "b": b}) as g:
+        with pytest.raises(openai.BadRequestError) as info:
+            await _chat(g.client, "a")
+        assert info.value.param == "temperature"
+        # neither the other replica nor the fallback was tried
+        assert (a0.attempts + a1.attempts, b.attempts) == (1, 0)
+        metrics = (await g.http.get("/metrics")).text
+        for replica in ("0", "1"):  # the client's mistake does not count against a replica
+            assert sample(metrics, "qwen_gateway_replica_breaker_state", deployment="a",
+                          replica=replica) == 0  # fmt: skip
+
+
+async def test_a_request_too_long_for_the_window_goes_to_a_larger_fallback(
+    tmp_path: Path,
+) -> None:
+    deployments = [{"name": "small", "fallbacks": ["mid", "large"]}, {"name": "mid"},
+                   {"name": "large"}]  # fmt: skip
+    engines = {"small": scripted("small", 96), "mid": scripted("mid", 64),
+               "large": scripted("large", 4096)}  # fmt: skip
+    async with routed(tmp_path, deployments, engines) as g:
+        assert (await _chat(g.client, "small", max_tokens=8))[0] == "small"
+        long = [{"role": "user", "content": "word " * 150}]
+        model, _, route = await _chat(g.client, "small", messages=long, max_tokens=8)
+        assert model == "large"  # mid's window is smaller still: skipped
+        assert route == ("fallback=mid (small: context window); "
+                         "fallback=large (mid: context window); deployment=large")  # fmt: skip
+        huge = [{"role": "user", "content": "word " * 5000}]
+        with pytest.raises(openai.BadRequestError) as info:
+            await _chat(g.client, "small", messages=huge, max_tokens=8)
+        assert info.value.code == "context_length_exceeded"
+
+
+async def test_a_deployment_without_a_capability_is_skipped(tmp_path: Path) -> None:
+    deployments = [
+        {"name": "plain", "capabilities": {"tools": False}, "fallbacks": ["tooled"]},
+        {"name": "tooled"},
+        {"name": "lonely", "capabilities": {"tools": False, "json_schema": False}},
+    ]
+    async with routed(tmp_path, deployments) as g:
+        assert (await _chat(g.client, "plain"))[0] == "plain"
+        model, _, route = await _chat(g.client, "plain", tools=TOOLS)
+        assert (model, route) == ("tooled", "fallback=tooled (plain: no tools); deployment=tooled")
+        assert (await _chat(g.client, "plain", tools=TOOLS, tool_choice="none"))[0] == "plain"
+        with pytest.raises(openai.BadRequestError) as info:
+            await _chat(g.client, "lonely", tools=TOOLS)
+        assert info.value.param == "tools"
+        with pytest.raises(openai.BadRequestError) as info:
+            await _chat(g.client, "lonely", response_format={"type": "json_object"})
+        assert info.value.param == "response_format"
+
+
+async def test_a_failing_replica_opens_its_breaker_then_a_probe_decides(tmp_path: Path) -> None:
+    clock = Clock()
+    bad, good = FlakyEngine(scripted("chat"), broken=True), FlakyEngine(scripted("chat"))
+    routing = {"breaker": {"failures": 2, "cooldown_seconds": 30}}
+
+    async def breaker_state(g: Any) -> float:
+        text = (await g.http.get("/metrics")).text
+        return sample(text, "qwen_gateway_replica_breaker_state", deployment="chat", replica="0")
+
+    async def until_attempted(g: Any, attempts: int) -> None:
+        for _ in range(60):  # the replicas' order is random: ask until the bad one was tried
+            model, _, _ = await _chat(g.client, "chat")
+            assert model == "chat"  # never a client error
+            if bad.attempts >= attempts:
+                return
+        raise AssertionError(f"replica 0 was tried {bad.attempts} times, not {attempts}")
+
+    async with routed(tmp_path, [{"name": "chat"}], {"chat": [bad, good]},
+                      routing=routing, clock=clock) as g:  # fmt: skip
+        await until_attempted(g, 2)
+        assert await breaker_state(g) == 2  # open
+        for _ in range(10):
+            await _chat(g.client, "chat")
+        assert bad.attempts == 2  # open: not tried at all
+        clock.now += 30  # half-open: one probe, which fails
+        await until_attempted(g, 3)
+        assert await breaker_state(g) == 2
+        for _ in range(10):
+            await _chat(g.client, "chat")
+        assert bad.attempts == 3
+        bad.broken = False  # it recovered; after the cooldown the probe closes the breaker
+        clock.now += 30
+        assert await breaker_state(g) == 1  # half-open
+        await until_attempted(g, 4)
+        assert await breaker_state(g) == 0
+        text = (await g.http.get("/metrics")).text
+        assert sample(text, "qwen_gateway_replica_attempts_total", deployment="chat",
+                      replica="0", outcome="error") == 3  # fmt: skip
+
+
+async def test_a_deployment_at_capacity_sends_new_requests_to_its_fallback(
+    tmp_path: Path,
+) -> None:
+    deployments = [{"name": "busy", "max_concurrency": 1, "fallbacks": ["spare"]},
+                   {"name": "spare"}, {"name": "alone", "max_concurrency": 1}]  # fmt: skip
+    async with routed(tmp_path, deployments) as g:
+        router = g.container.router
+
+        def request(model: str) -> ChatRequest:
+            return ChatRequest(model, (ChatMessage("user", "Hi"),))
+
+        held = router.stream(request("busy"), RouteContext(), RequestRecord("r1"))
+        await anext(held)  # in flight on busy
+        second = RequestRecord("r2")
+        events = router.stream(request("busy"), RouteContext(), second)
+        await anext(events)
+        assert second.deployment == "spare"
+        assert second.route == "fallback=spare (busy: at capacity); deployment=spare"
+        await events.aclose()
+        await held.aclose()
+        third = RequestRecord("r3")
+        events = router.stream(request("busy"), RouteContext(), third)
+        await anext(events)
+        assert third.deployment == "busy"  # free again
+        await events.aclose()
+        held = router.stream(request("alone"), RouteContext(), RequestRecord("r4"))
+        await anext(held)
+        with pytest.raises(openai.InternalServerError) as info:
+            await _chat(g.client, "alone")
+        assert info.value.status_code == 503 and info.value.code == "engine_overloaded"
+        await held.aclose()
+        assert [d.outstanding for d in router.deployments] == [0, 0, 0]
+
+
+async def test_concurrent_requests_share_the_replicas(tmp_path: Path) -> None:
+    engines = [FlakyEngine(scripted("chat")) for _ in range(3)]
+    async with routed(tmp_path, [{"name": "chat"}], {"chat": engines}) as g:
+        await asyncio.gather(*(_chat(g.client, "chat") for _ in range(30)))
+        assert sum(e.attempts for e in engines) == 30
+        assert all(e.attempts > 0 for e in engines)
+        assert [r.outstanding for r in g.container.router.deployments[0].replicas] == [0, 0, 0]

@@ -1,0 +1,63 @@
+"""Weighted A/B splits: proportions over 1,000 routed requests, stickiness per user and per
+key, and the arm recorded in usage and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+import httpx
+
+from routing.helpers import routed
+from support.metrics import sample
+
+DEPLOYMENTS = [{"name": "stable"}, {"name": "canary"}]
+
+
+async def _models(http: httpx.AsyncClient, n: int, **body: object) -> list[str]:
+    async def one(i: int) -> str:
+        r = await http.post("/v1/chat/completions", json={
+            "model": "qwen", "messages": [{"role": "user", "content": f"Hi {i}"}],
+            "max_tokens": 2, **body})  # fmt: skip
+        assert r.status_code == 200, r.text
+        assert r.headers["x-qwen-gateway-route"].startswith("split=qwen:")
+        return str(r.json()["model"])
+
+    out: list[str] = []
+    for start in range(0, n, 50):
+        out += await asyncio.gather(*(one(i) for i in range(start, min(n, start + 50))))
+    return out
+
+
+async def test_a_90_10_split_holds_over_1000_requests(tmp_path: Path) -> None:
+    routing = {"splits": {"qwen": {"arms": {"stable": 90, "canary": 10}}}}
+    async with routed(tmp_path, DEPLOYMENTS, routing=routing) as g:
+        counts = Counter(await _models(g.http, 1000))
+        # binomial(1000, 0.1): mean 100, standard deviation 9.5; this is ±5 deviations
+        assert set(counts) == {"stable", "canary"}
+        assert 52 <= counts["canary"] <= 148, counts
+        metrics = (await g.http.get("/metrics")).text
+        for arm in ("stable", "canary"):
+            assert sample(metrics, "qwen_gateway_route_split_total", model="qwen",
+                          arm=arm) == counts[arm]  # fmt: skip
+        await g.container.writer.flush()
+        rows = await g.container.usage.report(["model", "deployment"])
+        assert {(r["model"], r["deployment"]): r["requests"] for r in rows} == {
+            ("qwen", "stable"): counts["stable"], ("qwen", "canary"): counts["canary"]
+        }  # fmt: skip
+        usage = await g.http.get("/admin/usage", params={"group_by": "deployment"})
+        assert {r["deployment"]: r["requests"] for r in usage.json()["data"]} == counts
+
+
+async def test_sticky_splits_keep_each_user_on_one_arm(tmp_path: Path) -> None:
+    routing = {"splits": {"qwen": {"arms": {"stable": 50, "canary": 50}, "sticky": "user"}}}
+    async with routed(tmp_path, DEPLOYMENTS, routing=routing) as g:
+        arms = {}
+        for u in range(40):
+            seen = set(await _models(g.http, 5, user=f"user-{u}"))
+            assert len(seen) == 1, (u, seen)
+            arms[u] = seen.pop()
+        assert 8 <= sum(a == "canary" for a in arms.values()) <= 32  # users spread over both
+        # without a user, the caller (here: anonymous) is the sticky key
+        assert len(set(await _models(g.http, 20))) == 1
