@@ -12,11 +12,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from qwen_gateway.config import DeploymentSettings, ModelSettings, Settings
+from qwen_gateway.config import ConfigError, DeploymentSettings, ModelSettings, Settings
 from qwen_gateway.core.normalize import RequestLimits
 from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.engines.base import Engine
 from qwen_gateway.engines.registry import engine_factory
+from qwen_gateway.errors import InvalidRequest
 from qwen_gateway.observability.metrics import Metrics
 from qwen_gateway.policy.auth import Authenticator, FailureThrottle
 from qwen_gateway.policy.gate import Gate
@@ -139,16 +140,20 @@ def build_router(
         specs = deployment_specs(settings)
     deployments = []
     aliases: dict[str, str] = {}
-    for d in specs:
+    for n, d in enumerate(specs):
         provided = given.get(d.name)
         if provided is not None:
             built = [provided] if not isinstance(provided, Sequence) else list(provided)
             replicas = [(str(i), e) for i, e in enumerate(built)]
         else:
-            replicas = [
-                (name, engine_factory(d.engine)(options))
-                for name, options in _replica_options(d, settings)
-            ]
+            try:
+                factory = engine_factory(d.engine)
+            except InvalidRequest as exc:
+                key = f"deployments.{n}.engine" if settings.deployments else "model.engine"
+                raise ConfigError(
+                    f"Invalid config value for '{key}' ({d.engine!r}): {exc}"
+                ) from None
+            replicas = [(name, factory(options)) for name, options in _replica_options(d, settings)]
         balancer = Balancer(
             [
                 Replica(name, engine, CircuitBreaker(r.breaker.failures, r.breaker.cooldown_seconds, clock))

@@ -173,7 +173,11 @@ def serve(
     configure_logging(settings.server.log_level)
     if settings.needs_tiny_model:
         ensure_tiny_model(settings)  # the embedded default, also for a managed vLLM
-    container = Container(settings)
+    try:
+        container = Container(settings)
+    except ConfigError as exc:
+        err.print(f"[red]Configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
     if not settings.auth.enabled:
         err.print(
             "[bold red]WARNING: --no-auth: anyone who can reach this port can use the API and "

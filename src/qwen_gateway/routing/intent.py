@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from qwen_gateway.core.types import ChatMessage
 
@@ -183,7 +183,15 @@ class RuleClassifier:
 @dataclass
 class LearnedClassifier:
     """TF-IDF (character 1–4-grams within word boundaries, plus word 1–2-grams) into a logistic
-    regression; below ``threshold`` the fallback category answers."""
+    regression; below ``threshold`` the fallback category answers.
+
+    For the word n-grams each Chinese character is a token of its own (Chinese has no spaces, so
+    ``\\w+`` would make a whole clause one token); runs of other word characters are words. The
+    bigrams then span Chinese character pairs and the seams of code-switched text ("用 python").
+    """
+
+    # one CJK ideograph, or a run of word characters that are not CJK ideographs
+    _TOKENS: ClassVar[str] = r"[\u3400-\u9fff\uf900-\ufaff]|[^\W\u3400-\u9fff\uf900-\ufaff]+"
 
     threshold: float = 0.45
     fallback: str = FALLBACK
@@ -199,9 +207,9 @@ class LearnedClassifier:
             TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 4), sublinear_tf=True,
                             min_df=1, lowercase=True),
             TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True,
-                            token_pattern=r"(?u)\b\w+\b", lowercase=True),
+                            token_pattern=self._TOKENS, lowercase=True),
         )  # fmt: skip
-        model = make_pipeline(features, LogisticRegression(C=20.0, max_iter=2000))
+        model = make_pipeline(features, LogisticRegression(C=100.0, max_iter=5000))
         model.fit([e.text for e in examples], [e.label for e in examples])
         self._model = model
         return self
