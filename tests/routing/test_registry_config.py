@@ -98,3 +98,12 @@ def test_without_a_registry_the_model_section_is_the_one_deployment(tmp_path: Pa
     )
     (spec,) = deployment_specs(settings)
     assert (spec.name, spec.engine, spec.replicas) == ("m", "openai", 1)
+
+
+def test_an_unknown_engine_kind_is_a_config_error(tmp_path: Path) -> None:
+    settings = load_settings(
+        {"data_dir": str(tmp_path), "deployments": [{"name": "a", "engine": "nope"}]}, env={}
+    )
+    with pytest.raises(ConfigError) as info:
+        build_router(settings)
+    assert "'deployments.0.engine' ('nope'): Unknown engine kind" in str(info.value)

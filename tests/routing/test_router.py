@@ -243,3 +243,31 @@ async def test_concurrent_requests_share_the_replicas(tmp_path: Path) -> None:
         assert sum(e.attempts for e in engines) == 30
         assert all(e.attempts > 0 for e in engines)
         assert [r.outstanding for r in g.container.router.deployments[0].replicas] == [0, 0, 0]
+
+
+async def test_background_health_checks_put_a_down_replica_last(tmp_path: Path) -> None:
+    down, up = FlakyEngine(scripted("chat")), FlakyEngine(scripted("chat"))
+    routing = {"health_interval_seconds": 0.05}
+
+    async def healthy(g: Any, want: float) -> None:
+        for _ in range(400):  # polls the checks' result, which comes every 50 ms
+            text = (await g.http.get("/metrics")).text
+            if sample(text, "qwen_gateway_replica_healthy", deployment="chat",
+                      replica="0") == want:  # fmt: skip
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"replica 0 never became healthy={want}")
+
+    async with routed(tmp_path, [{"name": "chat"}], {"chat": [down, up]}, routing=routing) as g:
+        await healthy(g, 1)
+        down.healthy = False
+        await healthy(g, 0)
+        for _ in range(10):
+            assert (await _chat(g.client, "chat"))[0] == "chat"
+        assert (down.attempts, up.attempts) == (0, 10)
+        assert (await g.http.get("/ready")).status_code == 200  # one replica up is enough
+        up.healthy = False
+        assert (await g.http.get("/ready")).status_code == 503
+        assert (await _chat(g.client, "chat"))[0] == "chat"  # all down: still tried, last
+        down.healthy = True
+        await healthy(g, 1)
