@@ -7,7 +7,9 @@ and the deployment conventions ``MODEL_NAME`` (model to serve) and ``MAX_CONTEXT
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -91,6 +93,7 @@ class ModelSettings(Section):
 
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$"
+_NAME_RULE = "names are 1–128 letters, digits and . _ : / @ + -, starting with a letter or digit"
 
 
 class CapabilitySettings(Section):
@@ -361,8 +364,13 @@ def check_registry(settings: Settings) -> None:
 
     for i, d in enumerate(settings.deployments):
         claim(d.name, f"deployments.{i}.name")
+        if d.served_name is not None:
+            raise _bad(f"deployments.{i}.served_name", d.served_name, "a deployment's `name` "
+                       "is the name clients use")  # fmt: skip
         deployments.add(d.name)
         for j, alias in enumerate(d.aliases):
+            if not re.match(_NAME, alias):
+                raise _bad(f"deployments.{i}.aliases.{j}", alias, _NAME_RULE)
             claim(alias, f"deployments.{i}.aliases.{j}")
         if isinstance(d.replicas, int) and d.replicas < 1:
             raise _bad(f"deployments.{i}.replicas", d.replicas, "at least one replica is needed")
@@ -378,17 +386,21 @@ def check_registry(settings: Settings) -> None:
             for j, url in enumerate(d.replicas):
                 if not url.startswith(("http://", "https://")):
                     raise _bad(f"deployments.{i}.replicas.{j}", url, "not an http(s) URL")
+                if url in d.replicas[:j]:
+                    raise _bad(f"deployments.{i}.replicas.{j}", url, "listed twice")
     served = {d.name for d in settings.deployments} | {
         a for d in settings.deployments for a in d.aliases
     }
     for name, split in settings.routing.splits.items():
+        if not re.match(_NAME, name):
+            raise _bad(f"routing.splits.{name}", name, _NAME_RULE)
         claim(name, f"routing.splits.{name}")
         for arm, weight in split.arms.items():
             key = f"routing.splits.{name}.arms.{arm}"
             if arm not in served:
                 raise _bad(key, arm, "no deployment or alias has this name")
-            if weight <= 0:
-                raise _bad(key, weight, "weights must be positive")
+            if not math.isfinite(weight) or weight <= 0:
+                raise _bad(key, weight, "weights must be positive numbers")
     intent = settings.routing.intent
     if intent.routes:
         claim(intent.model, "routing.intent.model")
@@ -402,6 +414,19 @@ def check_registry(settings: Settings) -> None:
         if intent.default not in intent.routes:
             raise _bad(
                 "routing.intent.default", intent.default, "the default category needs a route"
+            )
+        for category, patterns in (intent.rules or {}).items():
+            for j, pattern in enumerate(patterns):
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise _bad(f"routing.intent.rules.{category}.{j}", pattern,
+                               f"not a regular expression ({exc})") from None  # fmt: skip
+        if intent.model_file is not None and not intent.model_file.is_file():
+            raise _bad(
+                "routing.intent.model_file",
+                str(intent.model_file),
+                "no such file (write one with `qwen-gateway intent train`)",
             )
     for i, d in enumerate(settings.deployments):
         for j, fallback in enumerate(d.fallbacks):

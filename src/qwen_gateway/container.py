@@ -12,7 +12,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from qwen_gateway.config import ConfigError, DeploymentSettings, ModelSettings, Settings
+from qwen_gateway.config import (
+    ConfigError,
+    DeploymentSettings,
+    ModelSettings,
+    Settings,
+    check_registry,
+)
 from qwen_gateway.core.normalize import RequestLimits
 from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.engines.base import Engine
@@ -45,7 +51,11 @@ log = logging.getLogger(__name__)
 
 
 def _engine_options(
-    m: ModelSettings, served_name: str, model_path: str, data_dir: Path
+    m: ModelSettings,
+    served_name: str,
+    model_path: str,
+    data_dir: Path,
+    health_interval: float = 5.0,
 ) -> dict[str, Any]:
     """The options the engine kind's factory takes, for one replica."""
     if m.engine == "openai":
@@ -63,6 +73,7 @@ def _engine_options(
             "max_response_bytes": up.max_response_bytes,
             "context_window": m.context_window or 131072,
             "max_output_tokens": m.max_output_tokens,
+            "health_interval": health_interval,
         }
     if m.engine == "vllm":
         v = m.vllm
@@ -80,7 +91,11 @@ def _engine_options(
             "env": dict(v.env),
             "log_path": str(data_dir / "vllm.log"),
             "startup_timeout": v.startup_timeout,
-            "upstream": {"max_output_tokens": m.max_output_tokens},
+            "upstream": {
+                "max_output_tokens": m.max_output_tokens,
+                "context_window": v.max_model_len or m.context_window or 131072,
+                "health_interval": health_interval,
+            },
         }
         if v.python:
             options["python"] = v.python
@@ -102,7 +117,8 @@ def _engine_options(
 def _replica_options(d: DeploymentSettings, settings: Settings) -> list[tuple[str, dict[str, Any]]]:
     """(replica name, engine options) for each replica of a deployment."""
     path = d.model or settings.model_path
-    base = _engine_options(d, d.name, path, settings.data_dir)
+    interval = settings.routing.health_interval_seconds
+    base = _engine_options(d, d.name, path, settings.data_dir, interval)
     if isinstance(d.replicas, list):
         key = "base_url" if d.engine == "openai" else "remote_url"
         return [(url, {**base, key: url}) for url in d.replicas]
@@ -120,7 +136,8 @@ def deployment_specs(settings: Settings) -> list[DeploymentSettings]:
     if settings.deployments:
         return list(settings.deployments)
     fields = {k: getattr(settings.model, k) for k in type(settings.model).model_fields}
-    return [DeploymentSettings(**fields, name=settings.served_model_name)]
+    # constructed, not validated: the served name may be any string, as it always could
+    return [DeploymentSettings.model_construct(**fields, name=settings.served_model_name)]
 
 
 def build_router(
@@ -131,11 +148,12 @@ def build_router(
 ) -> Router:
     """Deployments, replicas, splits and intent routing from the settings; ``engines`` (by
     deployment name) replaces the engines that would be built, for tests and embedding."""
+    check_registry(settings)
     r = settings.routing
     given = dict(engines or {})
     specs: list[DeploymentSettings]
     if given and not settings.deployments:
-        specs = [DeploymentSettings(name=name) for name in given]
+        specs = [DeploymentSettings.model_construct(name=name) for name in given]
     else:
         specs = deployment_specs(settings)
     deployments = []
@@ -191,14 +209,15 @@ def intent_classifier(settings: Settings) -> IntentClassifier:
     worker thread)."""
     i = settings.routing.intent
     if i.classifier == "rules":
-        return RuleClassifier(i.rules)
+        return RuleClassifier(i.rules, fallback=i.default)
     path = settings.intent_model_file
     if path.is_file():
         learned = LearnedClassifier.load(path)
         learned.threshold = i.threshold
         learned.fallback = i.default
         return learned
-    return default_classifier(i.threshold)
+    # the shipped model is shared by the process: a copy with this configuration's fallback
+    return dataclasses.replace(default_classifier(i.threshold), fallback=i.default)
 
 
 def _limits(s: Any) -> Limits:
@@ -275,6 +294,7 @@ class Container:
         self.settings = settings
         self.metrics = Metrics()
         self.router = build_router(settings, engines, self.metrics, clock)
+        specs: Sequence[ModelSettings] = settings.deployments or [settings.model]
         self.engines = dict(self.router.engines())
         self.tenancy = Tenancy(settings)
         self.db, self.usage, self.audit = self.tenancy.db, self.tenancy.usage, self.tenancy.audit
@@ -301,11 +321,13 @@ class Container:
             else LocalLimiter(settings.limits.lease_seconds)
         )
         self.gate = Gate(limiter, {m: _limits(v) for m, v in settings.limits.models.items()})
+        self.router.count_tokens = self.gate.prompt_tokens
         self.bootstrap_key: str | None = None  # the first admin key, to show once
         self.service = CompletionService(
             self.router,
             RequestLimits(
-                max_output_tokens=settings.model.max_output_tokens, max_n=settings.model.max_n
+                max_output_tokens=max(d.max_output_tokens for d in specs),
+                max_n=max(d.max_n for d in specs),
             ),
             gate=self.gate,
         )

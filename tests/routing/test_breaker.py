@@ -21,47 +21,66 @@ class Clock:
 def test_consecutive_failures_open_the_breaker_and_a_success_resets_the_count() -> None:
     clock = Clock()
     b = CircuitBreaker(failures=3, cooldown=10, clock=clock)
-    b.failure()
-    b.failure()
-    b.success()  # not consecutive any more
-    b.failure()
-    b.failure()
-    assert b.state is BreakerState.CLOSED and b.acquire()
-    b.failure()
+    t = b.acquire()
+    assert t is not None and not t.probe
+    b.failure(t)
+    b.failure(t)
+    b.success(t)  # a completed request: not consecutive any more
+    b.failure(t)
+    b.failure(t)
+    b.answered(t)  # a first event alone does not reset the count
+    assert b.state is BreakerState.CLOSED and b.acquire() is not None
+    b.failure(t)
     assert b.state is BreakerState.OPEN
-    assert not b.available() and not b.acquire()
+    assert not b.available() and b.acquire() is None
     assert b.retry_after() == 10
 
 
 def test_after_the_cooldown_one_probe_goes_through_and_its_result_decides() -> None:
     clock = Clock()
     b = CircuitBreaker(failures=1, cooldown=10, clock=clock)
-    b.failure()
+    old = b.acquire()
+    assert old is not None
+    b.failure(old)
     clock.now += 9.9
     assert b.state is BreakerState.OPEN
     clock.now += 0.1
     assert b.state is BreakerState.HALF_OPEN
-    assert b.acquire()  # the probe
-    assert not b.acquire()  # only one at a time
-    b.failure()  # the probe failed: open again, for a whole new cooldown
+    probe = b.acquire()
+    assert probe is not None and probe.probe
+    assert b.acquire() is None  # only one at a time
+    b.release(old)  # a request let in before it opened ends: the probe keeps its slot
+    b.failure(old)  # ... nor does its late failure restart the cooldown
+    assert b.acquire() is None and b.state is BreakerState.HALF_OPEN
+    b.failure(probe)  # the probe failed: open again, for a whole new cooldown
     assert b.state is BreakerState.OPEN
     clock.now += 9
-    assert not b.acquire()
+    assert b.acquire() is None
     clock.now += 1
-    assert b.acquire()
-    b.success()
+    probe = b.acquire()
+    assert probe is not None and probe.probe
+    b.answered(probe)  # its first event closes the breaker
     assert b.state is BreakerState.CLOSED
-    assert b.acquire() and b.acquire()
+    assert b.acquire() is not None and b.acquire() is not None
 
 
 def test_a_probe_that_ends_without_a_verdict_frees_the_probe_slot() -> None:
     clock = Clock()
     b = CircuitBreaker(failures=1, cooldown=1, clock=clock)
-    b.failure()
+    first = b.acquire()
+    assert first is not None
+    b.failure(first)
     clock.now += 1
-    assert b.acquire()
-    b.release()  # e.g. the client went away
-    assert b.state is BreakerState.HALF_OPEN and b.acquire()
+    probe = b.acquire()
+    assert probe is not None and probe.probe
+    b.release(probe)  # e.g. the client went away
+    assert b.state is BreakerState.HALF_OPEN and b.acquire() is not None
+
+
+def _open(b: CircuitBreaker) -> None:
+    ticket = b.acquire()
+    assert ticket is not None
+    b.failure(ticket)
 
 
 def _replicas(n: int, clock: Clock) -> list[Replica]:
@@ -94,11 +113,11 @@ def test_open_and_unhealthy_replicas_are_avoided() -> None:
     clock = Clock()
     replicas = _replicas(3, clock)
     balancer = Balancer(replicas, rng=random.Random(3))
-    replicas[0].breaker.failure()  # open
+    _open(replicas[0].breaker)
     replicas[1].healthy = False
     for _ in range(20):
         assert [r.name for r in balancer.order()] == ["r2", "r1"]
-    replicas[2].breaker.failure()
+    _open(replicas[2].breaker)
     assert [r.name for r in balancer.order()] == ["r1"]  # down, but the last one left
     clock.now += 10
     assert {r.name for r in balancer.order()} == {"r0", "r1", "r2"}  # half-open again
@@ -115,8 +134,11 @@ def test_affinity_keeps_a_caller_on_one_replica_until_it_fails() -> None:
             assert balancer.order(user)[0] is home
     assert len({h.name for h in homes.values()}) == 4  # callers spread over the replicas
     home = homes["user-0"]
-    home.breaker.failure()
+    _open(home.breaker)
     moved = balancer.order("user-0")[0]
     assert moved is not home
-    home.breaker.success()
+    clock.now += 10
+    probe = home.breaker.acquire()
+    assert probe is not None
+    home.breaker.answered(probe)
     assert balancer.order("user-0")[0] is home

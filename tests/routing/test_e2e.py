@@ -80,7 +80,9 @@ async def test_a_killed_replica_moves_new_requests_to_the_others(
             "data_dir": str(tmp_path / "gw"), "auth": {"enabled": False},
             "deployments": [{"name": "qwen", "engine": "openai", "model": "qwen2.5-tiny",
                              "replicas": urls, "upstream": {"max_retries": 0}}],
-            "routing": {"breaker": {"failures": 3, "cooldown_seconds": 600}},
+            # health checks stay out of it: failures alone must steer the requests
+            "routing": {"breaker": {"failures": 3, "cooldown_seconds": 600},
+                        "health_interval_seconds": 3600},
         }, env={})  # fmt: skip
         async with open_in_process(Container(settings)) as g:
 

@@ -67,7 +67,9 @@ async def test_a_follow_up_is_classified_with_the_turn_before(tmp_path: Path) ->
 
 
 async def test_the_rule_classifier_and_the_confidence_floor(tmp_path: Path) -> None:
-    rules = {"classifier": "rules", "routes": ROUTES,
+    # an operator's own categories: "chat" is the default, and no rule names it
+    routes = {"code": "qwen-coder", "math": "qwen-math", "chat": "qwen-general"}
+    rules = {"classifier": "rules", "routes": routes, "default": "chat",
              "rules": {"code": [r"\bgolang\b"], "math": ["方程"]}}  # fmt: skip
     async with routed(tmp_path, DEPLOYMENTS, routing={"intent": rules}) as g:
         for prompt, expected in [("golang generics?", "qwen-coder"), ("解方程", "qwen-math"),
@@ -76,12 +78,13 @@ async def test_the_rule_classifier_and_the_confidence_floor(tmp_path: Path) -> N
                 model="auto", messages=[{"role": "user", "content": prompt}]
             )
             assert completion.model == expected, prompt
-    floor = {"routes": ROUTES, "threshold": 0.9999}  # nearly nothing is that sure: general
+    # nearly nothing is that sure: the default category, here an operator's own
+    floor = {"routes": {**ROUTES, "chat": "qwen-math"}, "threshold": 0.9999, "default": "chat"}
     async with routed(tmp_path / "floor", DEPLOYMENTS, routing={"intent": floor}) as g:
         completion = await g.client.chat.completions.create(
             model="auto", messages=[{"role": "user", "content": "帮我写一个正则表达式匹配邮箱地址"}]
         )
-        assert completion.model == "qwen-general"
+        assert completion.model == "qwen-math"
 
 
 async def test_an_intent_route_may_lead_to_a_split(tmp_path: Path) -> None:

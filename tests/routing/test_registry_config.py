@@ -34,6 +34,8 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("no replicas", {"deployments": [{"name": "a", "replicas": 0}]},
      "'deployments.0.replicas' (0): at least one replica is needed"),
     ("bad name", {"deployments": [{"name": "a b"}]}, "'deployments.0.name' ('a b')"),
+    ("served_name in a deployment", {"deployments": [{"name": "a", "served_name": "b"}]},
+     "'deployments.0.served_name' ('b'): a deployment's `name` is the name clients use"),
     ("unknown key", {"deployments": [{"name": "a", "wieght": 3}]},
      "'deployments.0.wieght' (3): Extra inputs are not permitted"),
     ("bad concurrency", {"deployments": [{"name": "a", "max_concurrency": 0}]},
@@ -57,6 +59,19 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
      "'routing.strategy' ('random')"),
     ("bad threshold", {"deployments": ONE, "routing": {"intent": {"threshold": 2}}},
      "'routing.intent.threshold' (2)"),
+    ("bad alias", {"deployments": [{"name": "a", "aliases": ["b\r\nx"]}]},
+     "'deployments.0.aliases.0' ('b\\r\\nx'): names are"),
+    ("a replica twice",
+     {"deployments": [{"name": "a", "engine": "openai", "replicas": ["http://h/v1"] * 2}]},
+     "'deployments.0.replicas.1' ('http://h/v1'): listed twice"),
+    ("NaN weight", {"deployments": ONE, "routing": {"splits": {"s": {"arms": {"a": "nan"}}}}},
+     "'routing.splits.s.arms.a' (nan): weights must be positive numbers"),
+    ("bad rule", {"deployments": ONE, "routing": {"intent": {
+        "routes": {"general": "a"}, "rules": {"code": ["(unclosed"]}}}},
+     "'routing.intent.rules.code.0' ('(unclosed'): not a regular expression"),
+    ("missing model file", {"deployments": ONE, "routing": {"intent": {
+        "routes": {"general": "a"}, "model_file": "/nonexistent/intent.pkl"}}},
+     "'routing.intent.model_file' ('/nonexistent/intent.pkl'): no such file"),
     ("routing without deployments", {"routing": {"intent": {"routes": {"general": "x"}}}},
      "'routing.intent.routes.general' ('x')"),
 ]  # fmt: skip

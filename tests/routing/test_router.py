@@ -13,7 +13,8 @@ import pytest
 
 from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.core.types import ChatMessage, ChatRequest
-from qwen_gateway.errors import InvalidRequest
+from qwen_gateway.errors import InvalidRequest, ModelNotFound, UpstreamError
+from qwen_gateway.routing.breaker import BreakerState
 from qwen_gateway.routing.router import RouteContext
 from routing.helpers import routed, scripted
 from support.flaky import FlakyEngine
@@ -111,7 +112,8 @@ async def test_client_errors_do_not_fail_over(tmp_path: Path) -> None:
         replica.error = InvalidRequest("injected fault: a bad parameter", param="temperature")
     b = FlakyEngine(scripted("b"))
     deployments = [{"name": "a", "fallbacks": ["b"]}, {"name": "b"}]
-    async with routed(tmp_path, deployments, {"a": [a0, a1], "b": b}) as g:
+    routing = {"breaker": {"failures": 1}}
+    async with routed(tmp_path, deployments, {"a": [a0, a1], "b": b}, routing=routing) as g:
         with pytest.raises(openai.BadRequestError) as info:
             await _chat(g.client, "a")
         assert info.value.param == "temperature"
@@ -271,3 +273,117 @@ async def test_background_health_checks_put_a_down_replica_last(tmp_path: Path) 
         assert (await _chat(g.client, "chat"))[0] == "chat"  # all down: still tried, last
         down.healthy = True
         await healthy(g, 1)
+
+
+async def test_after_the_first_event_a_failure_ends_the_stream_without_failover(
+    tmp_path: Path,
+) -> None:
+    first, second = FlakyEngine(scripted("chat")), FlakyEngine(scripted("chat"))
+    for replica in (first, second):
+        replica.fail_after = 1
+        replica.error = UpstreamError("injected fault: the replica died mid-stream")
+    deployments = [{"name": "chat", "fallbacks": ["spare"]}, {"name": "spare"}]
+    spare = FlakyEngine(scripted("spare"))
+    routing = {"breaker": {"failures": 1}}
+    async with routed(tmp_path, deployments, {"chat": [first, second], "spare": spare},
+                      routing=routing) as g:  # fmt: skip
+        stream = await g.client.chat.completions.create(model="chat", messages=ASK, stream=True)
+        with pytest.raises(openai.APIError, match="mid-stream"):
+            async for _ in stream:
+                pass
+        # nothing was retried once a token had gone out
+        assert (first.attempts + second.attempts, spare.attempts) == (1, 0)
+        text = (await g.http.get("/metrics")).text
+        assert sample(text, "qwen_gateway_replica_attempts_total", deployment="chat",
+                      outcome="stream_error") == 1  # fmt: skip
+        states = {r.name: r.breaker.state for r in g.container.router.deployments[0].replicas}
+        assert sorted(states.values()) == [BreakerState.CLOSED, BreakerState.OPEN]
+
+
+async def test_a_replica_that_always_dies_mid_stream_opens_its_breaker(tmp_path: Path) -> None:
+    dying = FlakyEngine(scripted("chat"))
+    dying.fail_after = 1
+    dying.error = UpstreamError("injected fault: died mid-stream")
+    routing = {"breaker": {"failures": 3}}
+    async with routed(tmp_path, [{"name": "chat"}], {"chat": dying}, routing=routing) as g:
+        for _ in range(3):
+            stream = await g.client.chat.completions.create(model="chat", messages=ASK, stream=True)
+            with pytest.raises(openai.APIError):
+                async for _ in stream:
+                    pass
+        with pytest.raises(openai.InternalServerError) as info:  # open now: refused at once
+            await _chat(g.client, "chat")
+        assert info.value.status_code == 503 and dying.attempts == 3
+
+
+async def test_a_misconfigured_or_crashing_replica_is_passed_over(tmp_path: Path) -> None:
+    wrong_model, crash = (FlakyEngine(scripted("chat"), broken=True) for _ in range(2))
+    wrong_model.error = ModelNotFound("injected fault: the upstream does not serve this model")
+    crash.error = RuntimeError("injected fault: a plugin engine crashed")  # type: ignore[assignment]
+    good = FlakyEngine(scripted("chat"))
+    routing = {"strategy": "least_outstanding"}
+    async with routed(tmp_path, [{"name": "chat"}], {"chat": [wrong_model, crash, good]},
+                      routing=routing) as g:  # fmt: skip
+        for _ in range(6):
+            assert (await _chat(g.client, "chat"))[0] == "chat"
+        assert good.attempts == 6
+        assert wrong_model.attempts > 0 and crash.attempts > 0
+
+
+async def test_max_attempts_bounds_the_engine_starts_of_one_request(tmp_path: Path) -> None:
+    replicas = [FlakyEngine(scripted("chat"), broken=True) for _ in range(5)]
+    async with routed(tmp_path, [{"name": "chat"}], {"chat": replicas},
+                      routing={"max_attempts": 2}) as g:  # fmt: skip
+        with pytest.raises(openai.InternalServerError):
+            await _chat(g.client, "chat")
+        assert sum(r.attempts for r in replicas) == 2
+
+
+async def test_a_request_cancelled_before_its_first_event_releases_everything(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    stalled = FlakyEngine(scripted("chat"))
+    routing = {"breaker": {"failures": 1, "cooldown_seconds": 10}}
+    async with routed(tmp_path, [{"name": "chat"}], {"chat": stalled}, routing=routing,
+                      clock=clock) as g:  # fmt: skip
+        router = g.container.router
+        (replica,) = router.deployments[0].replicas
+        stalled.broken = True
+        with pytest.raises(openai.InternalServerError):
+            await _chat(g.client, "chat")
+        assert replica.breaker.state is BreakerState.OPEN
+        clock.now += 10  # half-open: the next request is the probe
+        stalled.broken = False
+        stalled.stall = asyncio.Event()
+        pending = asyncio.ensure_future(
+            anext(router.stream(ChatRequest("chat", (ChatMessage("user", "Hi"),)),
+                                RouteContext(), RequestRecord("r")))
+        )  # fmt: skip
+        for _ in range(1000):  # until the probe is waiting inside the engine
+            if stalled.attempts == 2:
+                break
+            await asyncio.sleep(0)
+        assert replica.outstanding == 1 and not replica.breaker.available()
+        pending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+        assert replica.outstanding == 0 and router.deployments[0].outstanding == 0
+        assert replica.breaker.state is BreakerState.HALF_OPEN and replica.breaker.available()
+        stalled.stall = None
+        assert (await _chat(g.client, "chat"))[0] == "chat"  # the next probe closes it
+        assert replica.breaker.state is BreakerState.CLOSED
+
+
+async def test_a_long_prompt_skips_a_small_window_before_its_engine_is_asked(
+    tmp_path: Path,
+) -> None:
+    # an upstream that reports a too-long prompt as a plain 400 (as vLLM does) is never asked
+    small = FlakyEngine(scripted("small", 64), broken=True)
+    small.error = InvalidRequest("injected fault: a 400 without a context-length code")
+    deployments = [{"name": "small", "fallbacks": ["large"]}, {"name": "large"}]
+    async with routed(tmp_path, deployments, {"small": small}) as g:
+        long = [{"role": "user", "content": "word " * 100}]
+        model, _, route = await _chat(g.client, "small", messages=long, max_tokens=4)
+        assert (model, small.attempts) == ("large", 0)
+        assert route == "fallback=large (small: context window); deployment=large"

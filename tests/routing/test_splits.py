@@ -4,11 +4,13 @@ key, and the arm recorded in usage and metrics."""
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import Counter
 from pathlib import Path
 
 import httpx
 
+from qwen_gateway.routing.router import RouteContext, Split
 from routing.helpers import routed
 from support.metrics import sample
 
@@ -61,3 +63,16 @@ async def test_sticky_splits_keep_each_user_on_one_arm(tmp_path: Path) -> None:
         assert 8 <= sum(a == "canary" for a in arms.values()) <= 32  # users spread over both
         # without a user, the caller (here: anonymous) is the sticky key
         assert len(set(await _models(g.http, 20))) == 1
+
+
+def test_a_split_sticky_per_key_follows_the_caller() -> None:
+    split = Split("qwen", (("stable", 1.0), ("canary", 1.0)), sticky="key")
+    rng = random.Random(7)
+    arms = {}
+    for k in range(40):
+        picks = {split.pick(RouteContext(caller=f"key:{k}", user=f"u{n}"), rng) for n in range(5)}
+        assert len(picks) == 1  # the user field does not matter, the key does
+        arms[k] = picks.pop()
+    assert 8 <= sum(a == "canary" for a in arms.values()) <= 32
+    unsticky = Split("qwen", (("stable", 1.0), ("canary", 1.0)))
+    assert len({unsticky.pick(RouteContext(caller="key:1"), rng) for _ in range(50)}) == 2

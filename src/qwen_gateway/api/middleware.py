@@ -124,6 +124,7 @@ class GatewayMiddleware:
         path = scope.get("path", "")
         self.metrics.observe_request(
             model=record.model,
+            deployment=record.deployment,
             status=status,
             duration=duration,
             ttft=record.ttft,
@@ -140,6 +141,7 @@ class GatewayMiddleware:
                 "path": path,
                 "status": status,
                 "model": record.model,
+                "deployment": record.deployment,
                 "stream": record.stream,
                 "prompt_tokens": record.prompt_tokens,
                 "completion_tokens": record.completion_tokens,

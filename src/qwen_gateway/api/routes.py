@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncGenerator, Awaitable
 from contextlib import suppress
 from typing import Any, TypeVar
@@ -26,6 +27,7 @@ from qwen_gateway.protocol.completions import CompletionRequest
 
 T = TypeVar("T")
 ROUTE_HEADER = "x-qwen-gateway-route"
+_HEADER_UNSAFE = re.compile(r"[^\x20-\x7e]")  # the route names operator and upstream strings
 
 
 def record_of(request: Request) -> RequestRecord:
@@ -114,7 +116,7 @@ def _headers(record: RequestRecord) -> dict[str, str] | None:
     """x-ratelimit-* for a limited caller, and the route a routed request took."""
     headers: dict[str, str] | None = getattr(record.permit, "headers", None)
     if record.route:
-        route = record.route.encode("ascii", "backslashreplace").decode()
+        route = _HEADER_UNSAFE.sub("?", record.route)
         headers = {**(headers or {}), ROUTE_HEADER: route}
     return headers
 

@@ -96,26 +96,29 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
             "qwen_gateway_requests",
-            "HTTP requests by model and status",
-            ["model", "status"],
+            "HTTP requests by model (as asked for), deployment (that answered) and status",
+            ["model", "deployment", "status"],
             registry=r,
         )
         self.latency = Histogram(
             "qwen_gateway_request_duration_seconds",
             "Request latency",
-            ["model"],
+            ["model", "deployment"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.ttft = Histogram(
             "qwen_gateway_time_to_first_token_seconds",
             "Time to first token",
-            ["model"],
+            ["model", "deployment"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.tokens = Counter(
-            "qwen_gateway_tokens", "Tokens processed", ["model", "kind"], registry=r
+            "qwen_gateway_tokens",
+            "Tokens processed",
+            ["model", "deployment", "kind"],
+            registry=r,
         )
         self.in_flight = Gauge(
             "qwen_gateway_requests_in_flight", "Requests being served", registry=r
@@ -169,6 +172,7 @@ class Metrics:
         self,
         *,
         model: str | None,
+        deployment: str | None = None,
         status: int,
         duration: float,
         ttft: float | None,
@@ -176,16 +180,17 @@ class Metrics:
         completion_tokens: int,
     ) -> None:
         label = model or "-"
-        self.requests.labels(label, str(status)).inc()
+        answered = deployment or "-"
+        self.requests.labels(label, answered, str(status)).inc()
         if model is None:
             return
-        self.latency.labels(label).observe(duration)
+        self.latency.labels(label, answered).observe(duration)
         if ttft is not None:
-            self.ttft.labels(label).observe(ttft)
+            self.ttft.labels(label, answered).observe(ttft)
         if prompt_tokens:
-            self.tokens.labels(label, "prompt").inc(prompt_tokens)
+            self.tokens.labels(label, answered, "prompt").inc(prompt_tokens)
         if completion_tokens:
-            self.tokens.labels(label, "completion").inc(completion_tokens)
+            self.tokens.labels(label, answered, "completion").inc(completion_tokens)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import IntEnum
 
 
@@ -51,30 +52,50 @@ class CircuitBreaker:
             return 0.0
         return max(0.0, self._opened_at + self.cooldown - self._clock())
 
-    def acquire(self) -> bool:
-        """Let one request through, or refuse; in half-open state only one probe at a time."""
+    def acquire(self) -> Ticket | None:
+        """Let one request through (its ticket says whether it is the half-open probe), or
+        refuse (None); in half-open state only one probe at a time."""
         state = self.state
         if state is BreakerState.CLOSED:
-            return True
+            return Ticket(probe=False)
         if state is BreakerState.HALF_OPEN and not self._probing:
             self._probing = True
-            return True
-        return False
+            return Ticket(probe=True)
+        return None
 
-    def success(self) -> None:
-        self._failures = 0
-        self._opened_at = None
-        self._probing = False
-
-    def failure(self) -> None:
-        if self._opened_at is not None:  # the probe failed (or a request let in before)
-            self._opened_at = self._clock()
+    def answered(self, ticket: Ticket) -> None:
+        """The request's first event came: a probe closes the breaker. (Consecutive failures
+        are reset only by :meth:`success`, when a request completes.)"""
+        if ticket.probe:
+            self._opened_at = None
             self._probing = False
-            return
+            self._failures = 0
+
+    def success(self, ticket: Ticket) -> None:
+        """A request completed."""
+        self.answered(ticket)
+        if self._opened_at is None:
+            self._failures = 0
+
+    def failure(self, ticket: Ticket) -> None:
+        if self._opened_at is not None:
+            if ticket.probe:  # the probe failed: open again, for a whole new cooldown
+                self._opened_at = self._clock()
+                self._probing = False
+            return  # a request let in before it opened: already counted as open
         self._failures += 1
         if self._failures >= self.threshold:
             self._opened_at = self._clock()
 
-    def release(self) -> None:
-        """A request that ended without a verdict (client gone): free the probe slot."""
-        self._probing = False
+    def release(self, ticket: Ticket) -> None:
+        """A request ended without a verdict (client gone, client error): a probe's slot is
+        free again."""
+        if ticket.probe:
+            self._probing = False
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """One request let through by a breaker."""
+
+    probe: bool

@@ -162,7 +162,10 @@ class RuleClassifier:
 
     name = "rules"
 
-    def __init__(self, rules: Mapping[str, Iterable[str]] | None = None) -> None:
+    def __init__(
+        self, rules: Mapping[str, Iterable[str]] | None = None, fallback: str = FALLBACK
+    ) -> None:
+        self.fallback = fallback
         self._rules = {
             category: [re.compile(p, re.IGNORECASE) for p in patterns]
             for category, patterns in (rules if rules is not None else DEFAULT_RULES).items()
@@ -170,10 +173,10 @@ class RuleClassifier:
 
     def classify(self, text: str) -> Intent:
         hits = {c: sum(1 for p in ps if p.search(text)) for c, ps in self._rules.items()}
-        best = max(hits, key=lambda c: hits[c], default=FALLBACK)
+        best = max(hits, key=lambda c: hits[c], default=self.fallback)
         total = sum(hits.values())
         if not total or hits[best] == 0:
-            return Intent(FALLBACK, 1.0, self.name)
+            return Intent(self.fallback, 1.0, self.name)
         return Intent(best, hits[best] / total, self.name)
 
 

@@ -14,7 +14,7 @@ import asyncio
 import hashlib
 import logging
 import random
-from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
@@ -23,6 +23,7 @@ from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.core.types import ChatRequest, EngineEvent, GenerationRequest, ModelInfo
 from qwen_gateway.engines.base import Engine
 from qwen_gateway.errors import (
+    AuthenticationFailed,
     ContextLengthExceeded,
     EngineOverloaded,
     EngineUnavailable,
@@ -30,14 +31,20 @@ from qwen_gateway.errors import (
     InternalError,
     InvalidRequest,
     ModelNotFound,
+    PermissionDenied,
     RateLimited,
+    UpstreamError,
 )
 from qwen_gateway.routing.balancer import Balancer, Replica
-from qwen_gateway.routing.breaker import BreakerState
+from qwen_gateway.routing.breaker import BreakerState, Ticket
 from qwen_gateway.routing.intent import Intent, IntentClassifier, conversation_text
 
 log = logging.getLogger(__name__)
 Sticky = Literal["none", "user", "key"]
+#: Errors from an engine that say the replica is misconfigured (its key, its model), not the
+#: client: the next replica is tried.
+_REPLICA_FAULTS = (AuthenticationFailed, PermissionDenied, ModelNotFound)
+TokenCounter = Callable[[GenerationRequest], Awaitable[int]]
 
 
 class RouteObserver(Protocol):
@@ -204,6 +211,8 @@ class Router:
         self._observer: RouteObserver = observer or _Quiet()
         self._rng = rng or random.Random()
         self._health: asyncio.Task[None] | None = None
+        #: The prompt's length in tokens, to skip deployments whose window it does not fit.
+        self.count_tokens: TokenCounter | None = None
 
     # ---- the registry ------------------------------------------------------
 
@@ -248,6 +257,10 @@ class Router:
                 param="model",
             )
         return replace(self._deployments[target].info, id=name)
+
+    def canonical(self, name: str) -> str:
+        """The deployment an alias stands for; other names as they are."""
+        return self._names.get(name, name)
 
     def check(self, name: str) -> None:
         """Raise ModelNotFound unless ``name`` is served."""
@@ -336,19 +349,38 @@ class Router:
         events, first, dep, replica = await self._open(request, ctx, plan, trace)
         record.deployment = dep.name
         record.route = str(trace)
+        ticket = Ticket(probe=False)  # a probe was settled by its first event
         try:
             yield first
             async for event in events:
                 yield event
+            replica.breaker.success(ticket)
         except GatewayError as exc:
             if exc.status_code >= 500:  # the replica failed mid-stream
-                replica.breaker.failure()
+                replica.breaker.failure(ticket)
                 self._observer.route_attempt(dep.name, replica.name, "stream_error")
+            raise
+        except Exception:
+            replica.breaker.failure(ticket)
+            self._observer.route_attempt(dep.name, replica.name, "stream_error")
             raise
         finally:
             replica.outstanding -= 1
             dep.outstanding -= 1
-            await events.aclose()
+            with suppress(Exception):
+                await events.aclose()
+
+    async def _too_long(
+        self, request: GenerationRequest, plan: list[Deployment], step: int, window: int
+    ) -> bool:
+        """Whether the prompt cannot fit ``window`` while a later deployment's window is
+        larger: then that one is tried instead, whatever error this engine would give."""
+        if self.count_tokens is None or not any(
+            d.info.context_window > window for d in plan[step + 1 :]
+        ):
+            return False
+        tokens = await self.count_tokens(request)
+        return tokens + (request.sampling.max_tokens or 1) > window
 
     async def _open(
         self,
@@ -367,19 +399,38 @@ class Router:
         last: GatewayError | None = None
         reason = ""
         too_long_for: int | None = None
+        wanted = request.sampling.max_tokens
         for step, dep in enumerate(plan):
             if attempts >= self.max_attempts:
                 break
             if step > 0:
                 trace.add(f"fallback={dep.name} ({reason})")
-            if too_long_for is not None and dep.info.context_window <= too_long_for:
+            info = dep.info
+            if (too_long_for is not None and info.context_window <= too_long_for) or (
+                await self._too_long(request, plan, step, info.context_window)
+            ):
+                too_long_for = max(too_long_for or 0, info.context_window)
                 reason = f"{dep.name}: context window"
+                last = ContextLengthExceeded(
+                    f"The model '{dep.name}' has a context window of {info.context_window} "
+                    "tokens, which the request does not fit; nor does any fallback's.",
+                    param="messages",
+                )
                 continue
             missing = dep.missing_capability(request)
             if missing is not None:
                 reason = f"{dep.name}: no {missing}"
                 last = last or InvalidRequest(
                     f"The model '{request.model}' does not support {missing}.", param=missing
+                )
+                continue
+            if wanted is not None and info.max_output_tokens < wanted < info.context_window:
+                reason = f"{dep.name}: max_tokens"
+                last = last or InvalidRequest(
+                    f"max_tokens is too large: {wanted}. The model '{dep.name}' generates at "
+                    f"most {info.max_output_tokens} tokens.",
+                    param="max_tokens",
+                    code="invalid_value",
                 )
                 continue
             if dep.max_concurrency is not None and dep.outstanding >= dep.max_concurrency:
@@ -402,46 +453,54 @@ class Router:
             for replica in replicas:
                 if attempts >= self.max_attempts:
                     break
-                if not replica.breaker.acquire():
+                ticket = replica.breaker.acquire()
+                if ticket is None:
                     continue
                 attempts += 1
                 replica.outstanding += 1
                 dep.outstanding += 1
                 events: AsyncGenerator[EngineEvent, None] | None = None
+                failed: GatewayError | None = None
                 try:
                     events = replica.engine.stream(routed)
                     first = await anext(events)
-                except StopAsyncIteration:
-                    await self._release(dep, replica, events)
-                    replica.breaker.failure()
-                    raise InternalError("The engine stream ended without events.") from None
                 except ContextLengthExceeded as exc:
                     await self._release(dep, replica, events)
-                    replica.breaker.release()
-                    too_long_for = dep.info.context_window
+                    replica.breaker.release(ticket)
+                    too_long_for = max(too_long_for or 0, info.context_window)
                     reason = f"{dep.name}: context window"
                     last = exc
                     break
                 except GatewayError as exc:
                     await self._release(dep, replica, events)
-                    if not exc.retryable:
-                        replica.breaker.release()
-                        raise
-                    if isinstance(exc, RateLimited | EngineOverloaded):
-                        replica.breaker.release()  # busy, not broken
+                    if not (exc.retryable or isinstance(exc, _REPLICA_FAULTS)):
+                        replica.breaker.release(ticket)
+                        raise  # the client's mistake: every replica would say the same
+                    failed = exc
+                except StopAsyncIteration:
+                    await self._release(dep, replica, events)
+                    failed = UpstreamError("The engine's stream ended without any event.")
+                except Exception as exc:
+                    await self._release(dep, replica, events)
+                    log.warning("replica %s of %s failed", replica.name, dep.name, exc_info=exc)
+                    failed = InternalError(f"The engine failed ({type(exc).__name__}).")
+                except BaseException:  # cancelled: the client went away
+                    await self._release(dep, replica, events)
+                    replica.breaker.release(ticket)
+                    raise
+                if failed is not None:
+                    if isinstance(failed, RateLimited | EngineOverloaded):
+                        replica.breaker.release(ticket)  # busy, not broken
                     else:
-                        replica.breaker.failure()
+                        replica.breaker.failure(ticket)
                     self._observer.route_attempt(dep.name, replica.name, "error")
-                    code = exc.code or type(exc).__name__
+                    code = failed.code or type(failed).__name__
                     reason = f"{dep.name}: {code}"
                     trace.add(f"retry={dep.name}@{replica.name} ({code})")
-                    last = exc
+                    last = failed
                     continue
-                except BaseException:
-                    await self._release(dep, replica, events)
-                    replica.breaker.release()
-                    raise
-                replica.breaker.success()  # it answered: closed again, probe or not
+                assert events is not None  # it gave an event
+                replica.breaker.answered(ticket)
                 self._observer.route_attempt(dep.name, replica.name, "ok")
                 if step > 0:
                     self._observer.route_fallback(dep.name, reason.partition(": ")[2])

@@ -10,6 +10,7 @@ import secrets
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
+from dataclasses import replace
 from typing import Any
 
 from qwen_gateway.core.normalize import RequestLimits, chat_request, text_request
@@ -81,9 +82,13 @@ class CompletionService:
         self._router.check(request.model)
         record.model = request.model
         principal = record.principal if isinstance(record.principal, Principal) else ANONYMOUS
-        check_model(principal, request.model)
+        # an alias is its deployment: allowed when either name is, limited as the deployment
+        canonical = self._router.canonical(request.model)
+        if canonical == request.model or not principal.allows(canonical):
+            check_model(principal, request.model)
         if self._gate is not None:
-            record.permit = await self._gate.admit(principal, request)
+            admitted = request if canonical == request.model else replace(request, model=canonical)
+            record.permit = await self._gate.admit(principal, admitted)
         user = raw.get("user")
         ctx = RouteContext(principal.id, user if isinstance(user, str) and user else None)
         return self._router.stream(request, ctx, record)
