@@ -39,7 +39,8 @@ from qwen_gateway.routing.intent import (
     RuleClassifier,
     default_classifier,
 )
-from qwen_gateway.routing.router import Deployment, IntentRoute, RouteObserver, Router, Split
+from qwen_gateway.routing.registry import Deployment, IntentRoute, Split
+from qwen_gateway.routing.router import RouteObserver, Router
 from qwen_gateway.service.completions import CompletionService
 from qwen_gateway.store.audit import AuditRepository
 from qwen_gateway.store.db import Database

@@ -15,7 +15,7 @@ from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.core.types import ChatMessage, ChatRequest
 from qwen_gateway.errors import InvalidRequest, ModelNotFound, UpstreamError
 from qwen_gateway.routing.breaker import BreakerState
-from qwen_gateway.routing.router import RouteContext
+from qwen_gateway.routing.registry import RouteContext
 from routing.helpers import routed, scripted
 from support.flaky import FlakyEngine
 from support.metrics import sample

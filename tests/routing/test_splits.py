@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from qwen_gateway.routing.router import RouteContext, Split
+from qwen_gateway.routing.registry import RouteContext, Split
 from routing.helpers import routed
 from support.metrics import sample
 

@@ -11,16 +11,15 @@ noted on its record (``deployment`` and a ``route`` trace for the response heade
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import random
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
-from typing import Literal, Protocol
+from typing import Protocol
 
 from qwen_gateway.core.record import RequestRecord
-from qwen_gateway.core.types import ChatRequest, EngineEvent, GenerationRequest, ModelInfo
+from qwen_gateway.core.types import EngineEvent, GenerationRequest, ModelInfo
 from qwen_gateway.engines.base import Engine
 from qwen_gateway.errors import (
     AuthenticationFailed,
@@ -35,12 +34,18 @@ from qwen_gateway.errors import (
     RateLimited,
     UpstreamError,
 )
-from qwen_gateway.routing.balancer import Balancer, Replica
-from qwen_gateway.routing.breaker import BreakerState, Ticket
-from qwen_gateway.routing.intent import Intent, IntentClassifier, conversation_text
+from qwen_gateway.routing.balancer import Replica
+from qwen_gateway.routing.breaker import Ticket
+from qwen_gateway.routing.registry import (
+    Deployment,
+    IntentRoute,
+    ReplicaState,
+    RouteContext,
+    Split,
+    Sticky,
+)
 
 log = logging.getLogger(__name__)
-Sticky = Literal["none", "user", "key"]
 #: Errors from an engine that say the replica is misconfigured (its key, its model), not the
 #: client: the next replica is tried.
 _REPLICA_FAULTS = (AuthenticationFailed, PermissionDenied, ModelNotFound)
@@ -71,109 +76,6 @@ class _Quiet:
 
     def route_split(self, model: str, arm: str) -> None:
         return None
-
-
-@dataclass(frozen=True, slots=True)
-class RouteContext:
-    """Who is asking, for sticky splits and replica affinity."""
-
-    caller: str = "anonymous"
-    user: str | None = None
-
-
-@dataclass(eq=False)
-class Deployment:
-    name: str
-    balancer: Balancer
-    fallbacks: tuple[str, ...] = ()
-    supports_tools: bool = True
-    supports_json_schema: bool = True
-    max_concurrency: int | None = None
-    outstanding: int = 0
-
-    @property
-    def replicas(self) -> list[Replica]:
-        return self.balancer.replicas
-
-    @property
-    def info(self) -> ModelInfo:
-        return replace(self.replicas[0].engine.info, id=self.name)
-
-    def missing_capability(self, request: GenerationRequest) -> str | None:
-        if not isinstance(request, ChatRequest):
-            return None
-        wants_tools = bool(request.tools) and request.tool_choice.mode != "none"
-        if wants_tools and not self.supports_tools:
-            return "tools"
-        constraint = request.constraint
-        if constraint is not None and constraint.kind == "json" and not self.supports_json_schema:
-            return "response_format"
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class Split:
-    """Traffic for ``name`` shared across deployments (or aliases) by weight."""
-
-    name: str
-    arms: tuple[tuple[str, float], ...]
-    sticky: Sticky = "none"
-
-    def pick(self, ctx: RouteContext, rng: random.Random) -> str:
-        total = sum(w for _, w in self.arms)
-        key = None
-        if self.sticky == "key":
-            key = ctx.caller
-        elif self.sticky == "user":
-            key = ctx.user or ctx.caller
-        if key is None:
-            point = rng.random() * total
-        else:
-            digest = hashlib.blake2b(f"{self.name}\x00{key}".encode(), digest_size=8).digest()
-            point = int.from_bytes(digest, "big") / 2**64 * total
-        for arm, weight in self.arms:
-            if point < weight:
-                return arm
-            point -= weight
-        return self.arms[-1][0]
-
-
-@dataclass(eq=False)
-class IntentRoute:
-    """The virtual model ``model``: classify, then send to ``routes[category]``."""
-
-    model: str
-    routes: Mapping[str, str]
-    default: str = "general"
-    #: Classifies in a worker thread (the learned model takes a few ms of CPU).
-    classifier: IntentClassifier | None = None
-    blocking: bool = False
-
-    async def classify(self, request: GenerationRequest) -> Intent:
-        if self.classifier is None:
-            raise EngineUnavailable("The intent classifier is still loading.",
-                                    headers={"Retry-After": "2"})  # fmt: skip
-        if isinstance(request, ChatRequest):
-            text = conversation_text(request.messages)
-        else:
-            text = request.prompt if isinstance(request.prompt, str) else ""
-        if not text.strip():
-            return Intent(self.default, 1.0, "empty")
-        if self.blocking:
-            return await asyncio.to_thread(self.classifier.classify, text)
-        return self.classifier.classify(text)
-
-    def target(self, category: str) -> str:
-        return self.routes.get(category) or self.routes[self.default]
-
-
-@dataclass(frozen=True, slots=True)
-class ReplicaState:
-    deployment: str
-    replica: str
-    breaker: BreakerState
-    healthy: bool
-    outstanding: int
 
 
 @dataclass

@@ -41,7 +41,8 @@ from qwen_gateway.protocol.chat import (
 )
 from qwen_gateway.protocol.common import CompletionUsage
 from qwen_gateway.protocol.completions import Completion, CompletionChoice
-from qwen_gateway.routing.router import RouteContext, Router
+from qwen_gateway.routing.registry import RouteContext
+from qwen_gateway.routing.router import Router
 
 
 def _usage(u: Usage) -> CompletionUsage:
