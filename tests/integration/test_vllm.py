@@ -142,6 +142,10 @@ def test_disconnect_mid_stream_makes_vllm_abort(vllm_gateway: VLLMGateway) -> No
     with httpx.stream("POST", g.server.base_url + "/v1/chat/completions", json=body) as resp:
         lines = resp.iter_lines()
         assert next(lines).startswith("data: ")
+        for _ in range(100):  # vLLM's gauge follows its scheduler's stats: poll it, bounded
+            if g.vllm_metric("vllm:num_requests_running") == 1:
+                break
+            time.sleep(0.1)
         assert g.vllm_metric("vllm:num_requests_running") == 1
     for _ in range(300):  # polling vLLM's own counters, bounded
         if g.vllm_metric("vllm:num_requests_running") == 0:
