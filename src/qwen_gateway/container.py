@@ -393,6 +393,7 @@ class Container:
                     ttft_ms=None if ttft is None else round(ttft * 1000, 3),
                     cancelled=record.cancelled,
                     stream=record.stream,
+                    arm=record.arm,
                 )
             )
         permit, record.permit = record.permit, None

@@ -11,7 +11,8 @@ from pathlib import Path
 import httpx
 
 from qwen_gateway.routing.registry import RouteContext, Split
-from routing.helpers import routed
+from routing.helpers import routed, scripted
+from support.flaky import FlakyEngine
 from support.metrics import sample
 
 DEPLOYMENTS = [{"name": "stable"}, {"name": "canary"}]
@@ -44,9 +45,10 @@ async def test_a_90_10_split_holds_over_1000_requests(tmp_path: Path) -> None:
             assert sample(metrics, "qwen_gateway_route_split_total", model="qwen",
                           arm=arm) == counts[arm]  # fmt: skip
         await g.container.writer.flush()
-        rows = await g.container.usage.report(["model", "deployment"])
-        assert {(r["model"], r["deployment"]): r["requests"] for r in rows} == {
-            ("qwen", "stable"): counts["stable"], ("qwen", "canary"): counts["canary"]
+        rows = await g.container.usage.report(["model", "arm", "deployment"])
+        assert {(r["model"], r["arm"], r["deployment"]): r["requests"] for r in rows} == {
+            ("qwen", "stable", "stable"): counts["stable"],
+            ("qwen", "canary", "canary"): counts["canary"],
         }  # fmt: skip
         usage = await g.http.get("/admin/usage", params={"group_by": "deployment"})
         assert {r["deployment"]: r["requests"] for r in usage.json()["data"]} == counts
@@ -63,6 +65,22 @@ async def test_sticky_splits_keep_each_user_on_one_arm(tmp_path: Path) -> None:
         assert 8 <= sum(a == "canary" for a in arms.values()) <= 32  # users spread over both
         # without a user, the caller (here: anonymous) is the sticky key
         assert len(set(await _models(g.http, 20))) == 1
+
+
+async def test_usage_keeps_the_arm_when_its_fallback_answers(tmp_path: Path) -> None:
+    deployments = [{"name": "stable"}, {"name": "canary", "fallbacks": ["stable"]}]
+    canary = FlakyEngine(scripted("canary"), broken=True)
+    routing = {"splits": {"qwen": {"arms": {"stable": 1, "canary": 1}}}}
+    async with routed(tmp_path, deployments, {"canary": canary}, routing=routing) as g:
+        answered = Counter(await _models(g.http, 40))
+        assert set(answered) == {"stable"}  # every canary request fell back
+        await g.container.writer.flush()
+        usage = await g.http.get("/admin/usage", params={"group_by": "arm,deployment"})
+        rows = {(r["arm"], r["deployment"]): r["requests"] for r in usage.json()["data"]}
+        assert set(rows) == {("stable", "stable"), ("canary", "stable")}
+        # tried until its breaker opened (5 failures), then passed over at once
+        assert rows[("canary", "stable")] >= canary.attempts == 5
+        assert sum(rows.values()) == 40
 
 
 def test_a_split_sticky_per_key_follows_the_caller() -> None:

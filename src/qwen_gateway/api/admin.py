@@ -103,10 +103,10 @@ def admin_router(container: Container, check: Any) -> APIRouter:
         format: Literal["json", "csv"] = "json",
     ) -> Response:
         groups = [g.strip() for g in group_by.split(",") if g.strip()]
-        known = ("key", "model", "deployment", "day")
+        known = ("key", "model", "deployment", "arm", "day")
         if any(g not in known for g in groups) or len(set(groups)) != len(groups):
             raise InvalidRequest(
-                "group_by takes a comma-separated subset of key, model, deployment, day.",
+                "group_by takes a comma-separated subset of key, model, deployment, arm, day.",
                 param="group_by",
             )
         await container.writer.flush()  # include requests that just ended

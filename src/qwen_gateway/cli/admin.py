@@ -194,7 +194,7 @@ def rotate(
 
 def usage(
     group_by: Annotated[
-        str, typer.Option(help="Comma-separated: key, model, deployment, day.")
+        str, typer.Option(help="Comma-separated: key, model, deployment, arm, day.")
     ] = "key,model,day",
     since: Annotated[str | None, typer.Option(help="From this ISO date/time (UTC).")] = None,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
@@ -202,11 +202,13 @@ def usage(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Requests and tokens per key, model (as asked for), deployment (as answered) and day."""
+    """Requests and tokens per key, model (as asked for), deployment (as answered), split arm
+    and day."""
     groups = [g.strip() for g in group_by.split(",") if g.strip()]
-    if any(g not in ("key", "model", "deployment", "day") for g in groups):
+    if any(g not in ("key", "model", "deployment", "arm", "day") for g in groups):
         err.print(
-            "[red]--group-by[/red] takes a comma-separated subset of key, model, deployment, day."
+            "[red]--group-by[/red] takes a comma-separated subset of key, model, deployment, "
+            "arm, day."
         )
         raise typer.Exit(2)
     start = _expiry(since) if since else None

@@ -14,6 +14,7 @@ class RequestRecord:
     model: str | None = None  # as the client named it
     deployment: str | None = None  # the deployment that answered
     route: str | None = None  # how it was chosen (x-qwen-gateway-route)
+    arm: str | None = None  # the split arm it was sent to
     stream: bool = False
     prompt_tokens: int = 0
     completion_tokens: int = 0

@@ -208,7 +208,7 @@ class Router:
     # ---- routing -----------------------------------------------------------
 
     async def _plan(
-        self, request: GenerationRequest, ctx: RouteContext, trace: _Trace
+        self, request: GenerationRequest, ctx: RouteContext, trace: _Trace, record: RequestRecord
     ) -> list[Deployment]:
         name = request.model
         if self._intent is not None and name == self._intent.model:
@@ -221,6 +221,7 @@ class Router:
             arm = split.pick(ctx, self._rng)
             self._observer.route_split(split.name, arm)
             trace.add(f"split={split.name}:{arm}")
+            record.arm = arm
             name = arm
         target = self._names.get(name)
         if target is None:
@@ -247,7 +248,7 @@ class Router:
         self, request: GenerationRequest, ctx: RouteContext, record: RequestRecord
     ) -> AsyncGenerator[EngineEvent, None]:
         trace = _Trace()
-        plan = await self._plan(request, ctx, trace)
+        plan = await self._plan(request, ctx, trace, record)
         events, first, dep, replica = await self._open(request, ctx, plan, trace)
         record.deployment = dep.name
         record.route = str(trace)

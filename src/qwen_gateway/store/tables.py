@@ -42,6 +42,7 @@ class UsageRow(Base):
     key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     model: Mapped[str | None] = mapped_column(String(200), nullable=True)
     deployment: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    arm: Mapped[str | None] = mapped_column(String(200), nullable=True)  # of a split
     path: Mapped[str] = mapped_column(String(200))
     status: Mapped[int] = mapped_column(Integer)
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)

@@ -12,7 +12,7 @@ from sqlalchemy import Date, case, cast, func, insert, select
 from qwen_gateway.store.db import Database
 from qwen_gateway.store.tables import UsageRow
 
-GroupBy = Literal["key", "model", "deployment", "day"]
+GroupBy = Literal["key", "model", "deployment", "arm", "day"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +31,7 @@ class UsageEntry:
     ttft_ms: float | None
     cancelled: bool
     stream: bool
+    arm: str | None = None  # the split arm the request was sent to, if any
 
 
 class UsageRepository:
@@ -56,11 +57,12 @@ class UsageRepository:
         since: datetime | None = None,
         until: datetime | None = None,
     ) -> list[dict[str, Any]]:
-        """Requests and tokens summed per group (principal, model, deployment and/or UTC day)."""
+        """Requests and tokens summed per group (principal, model, deployment, split arm and/or UTC day)."""
         columns: dict[str, Any] = {
             "key": UsageRow.principal,
             "model": UsageRow.model,
             "deployment": UsageRow.deployment,
+            "arm": UsageRow.arm,
             "day": cast(UsageRow.ts, Date) if not self._db.is_sqlite else func.date(UsageRow.ts),
         }
         keys = [columns[g].label(g) for g in group_by]
