@@ -13,7 +13,7 @@ import pytest
 
 from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.core.types import ChatMessage, ChatRequest
-from qwen_gateway.errors import InvalidRequest, ModelNotFound, UpstreamError
+from qwen_gateway.errors import InvalidModelOutput, InvalidRequest, ModelNotFound, UpstreamError
 from qwen_gateway.routing.breaker import BreakerState
 from qwen_gateway.routing.registry import RouteContext
 from routing.helpers import routed, scripted
@@ -389,3 +389,23 @@ async def test_a_long_prompt_skips_a_small_window_before_its_engine_is_asked(
         model, _, route = await _chat(g.client, "small", messages=long, max_tokens=4)
         assert (model, small.attempts) == ("large", 0)
         assert route == "fallback=large (small: context window); deployment=large"
+
+
+async def test_output_that_breaks_the_requested_format_is_not_a_replica_fault(
+    tmp_path: Path,
+) -> None:
+    """A forced tool call or JSON answer that fails validation (502 invalid_model_output) is
+    the model's answer: no failover, and the breaker stays closed however often it happens."""
+    sloppy = FlakyEngine(scripted("chat"), broken=True)
+    sloppy.error = InvalidModelOutput("injected fault: arguments do not match the schema")
+    spare = FlakyEngine(scripted("spare"))
+    deployments = [{"name": "chat", "fallbacks": ["spare"]}, {"name": "spare"}]
+    async with routed(tmp_path, deployments, {"chat": sloppy, "spare": spare},
+                      routing={"breaker": {"failures": 2}}) as g:  # fmt: skip
+        for _ in range(6):
+            with pytest.raises(openai.InternalServerError) as info:
+                await _chat(g.client, "chat")
+            assert info.value.status_code == 502 and info.value.code == "invalid_model_output"
+        assert (sloppy.attempts, spare.attempts) == (6, 0)
+        (replica,) = g.container.router.deployments[0].replicas
+        assert replica.breaker.state is BreakerState.CLOSED

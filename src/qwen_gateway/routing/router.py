@@ -28,6 +28,7 @@ from qwen_gateway.errors import (
     EngineUnavailable,
     GatewayError,
     InternalError,
+    InvalidModelOutput,
     InvalidRequest,
     ModelNotFound,
     PermissionDenied,
@@ -259,7 +260,8 @@ class Router:
                 yield event
             replica.breaker.success(ticket)
         except GatewayError as exc:
-            if exc.status_code >= 500:  # the replica failed mid-stream
+            if exc.status_code >= 500 and not isinstance(exc, InvalidModelOutput):
+                # the replica failed mid-stream
                 replica.breaker.failure(ticket)
                 self._observer.route_attempt(dep.name, replica.name, "stream_error")
             raise
@@ -376,9 +378,12 @@ class Router:
                     break
                 except GatewayError as exc:
                     await self._release(dep, replica, events)
-                    if not (exc.retryable or isinstance(exc, _REPLICA_FAULTS)):
+                    if isinstance(exc, InvalidModelOutput) or not (
+                        exc.retryable or isinstance(exc, _REPLICA_FAULTS)
+                    ):
+                        # the client's mistake, or the model's answer: not the replica's fault
                         replica.breaker.release(ticket)
-                        raise  # the client's mistake: every replica would say the same
+                        raise
                     failed = exc
                 except StopAsyncIteration:
                     await self._release(dep, replica, events)
