@@ -185,12 +185,6 @@ class Router:
         if len(replicas) > 1 and self._health is None:
             self._health = asyncio.create_task(self._check_loop(replicas, interval, probe_seconds))
 
-    async def check_health(self, probe_seconds: float = 5.0) -> None:
-        """One round of health checks over every replica."""
-        for d in self._deployments.values():
-            for r in d.replicas:
-                r.healthy = await _probe(r, probe_seconds)
-
     async def _check_loop(
         self, replicas: list[Replica], interval: float, probe_seconds: float
     ) -> None:
