@@ -201,7 +201,7 @@ class AuthSettings(Section):
 class LimitsSettings(Section):
     backend: Literal["auto", "local", "redis"] = "auto"  # auto: redis when redis.url is set
     models: dict[str, LimitSettings] = Field(default_factory=dict)
-    lease_seconds: float = Field(default=600.0, gt=0)
+    lease_seconds: float = Field(default=30.0, gt=0)  # renewed while the request runs
     redis_prefix: str = Field(default="qwen-gateway", min_length=1)  # to share one Redis
 
 

@@ -29,6 +29,7 @@ from qwen_gateway.policy.auth import Authenticator, FailureThrottle
 from qwen_gateway.policy.gate import Gate
 from qwen_gateway.policy.jwt import JWTConfig, JWTVerifier
 from qwen_gateway.policy.keys import InvalidationBus, KeyManager, LocalBus, RedisBus
+from qwen_gateway.policy.leases import LeaseKeeper
 from qwen_gateway.policy.principal import Limits, Principal
 from qwen_gateway.policy.ratelimit import Limiter, LocalLimiter, RedisLimiter
 from qwen_gateway.routing.balancer import Balancer, Replica
@@ -265,7 +266,11 @@ class Tenancy:
             import redis.asyncio
 
             self.redis = redis.asyncio.from_url(settings.redis.url.get_secret_value())
-        bus: InvalidationBus = RedisBus(self.redis) if self.redis is not None else LocalBus()
+        bus: InvalidationBus = (
+            RedisBus(self.redis, settings.limits.redis_prefix)
+            if self.redis is not None
+            else LocalBus()
+        )
         self.keys = KeyManager(
             KeyRepository(self.db), self.writer.put, bus, settings.auth.key_cache_seconds
         )
@@ -321,7 +326,9 @@ class Container:
             if self.redis is not None and backend != "local"
             else LocalLimiter(settings.limits.lease_seconds)
         )
-        self.gate = Gate(limiter, {m: _limits(v) for m, v in settings.limits.models.items()})
+        self.leases = LeaseKeeper(limiter, settings.limits.lease_seconds, observer=self.metrics)
+        self.metrics.watch_pending_settles(lambda: self.leases.pending)
+        self.gate = Gate(self.leases, {m: _limits(v) for m, v in settings.limits.models.items()})
         self.router.count_tokens = self.gate.prompt_tokens
         self.bootstrap_key: str | None = None  # the first admin key, to show once
         self.service = CompletionService(

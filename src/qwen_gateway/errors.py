@@ -107,6 +107,15 @@ class EngineUnavailable(GatewayError):
     retryable = True
 
 
+class ServiceUnavailable(GatewayError):
+    """A service the gateway depends on (e.g. the rate limiter's Redis) is unreachable."""
+
+    status_code = 503
+    error_type = "server_error"
+    default_code = "service_unavailable"
+    retryable = True
+
+
 class UpstreamError(GatewayError):
     status_code = 502
     error_type = "server_error"

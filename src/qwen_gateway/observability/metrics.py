@@ -148,6 +148,24 @@ class Metrics:
             ["model", "arm"],
             registry=r,
         )
+        self.deferred_settles = Counter(
+            "qwen_gateway_limiter_deferred_settles",
+            "Rate-limit settles that failed (limiter unreachable), by outcome: queued, "
+            "retried (went through later), dropped (queue full or failed for good)",
+            ["outcome"],
+            registry=r,
+        )
+
+    def watch_pending_settles(self, source: Callable[[], int]) -> None:
+        Gauge(
+            "qwen_gateway_limiter_pending_settles",
+            "Settles waiting for the rate limiter to be reachable again",
+            registry=self.registry,
+        ).set_function(source)
+
+    # policy.leases.SettleObserver
+    def deferred_settle(self, outcome: str) -> None:
+        self.deferred_settles.labels(outcome).inc()
 
     def watch_engines(self, source: EngineStatsSource) -> None:
         self.registry.register(_EngineCollector(source))

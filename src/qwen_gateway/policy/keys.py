@@ -18,6 +18,8 @@ from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import redis.exceptions
+
 from qwen_gateway.errors import InvalidRequest, NotFound
 from qwen_gateway.policy.principal import Limits, Principal
 from qwen_gateway.store.audit import AuditEntry
@@ -68,32 +70,60 @@ class LocalBus:
 
 
 class RedisBus:
-    """Several replicas: revocations go out on a Redis pub/sub channel."""
+    """Several replicas: revocations go out on a Redis pub/sub channel,
+    ``<limits.redis_prefix>:key-invalidations``. A failed publish is logged, not raised (the
+    key cache TTL bounds the delay); the listener resubscribes with backoff after an outage."""
 
-    CHANNEL = "qwen-gateway:key-invalidations"
-
-    def __init__(self, redis: Any) -> None:
+    def __init__(
+        self, redis: Any, prefix: str = "qwen-gateway", backoff: tuple[float, float] = (0.1, 5.0)
+    ) -> None:
         self._redis = redis
+        self.channel = f"{prefix}:key-invalidations"
+        self._backoff = backoff
         self._task: asyncio.Task[None] | None = None
 
     async def publish(self, key_hash: str) -> None:
-        await self._redis.publish(self.CHANNEL, key_hash)
+        try:
+            await self._redis.publish(self.channel, key_hash)
+        except redis.exceptions.RedisError as exc:
+            log.warning("announcing a key invalidation failed (caches expire anyway): %r", exc)
 
     async def start(self, on_message: Callable[[str], None]) -> None:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(self.CHANNEL)
+        await pubsub.subscribe(self.channel)
+        self._task = asyncio.create_task(self._listen(pubsub, on_message))
 
-        async def listen() -> None:
+    async def _listen(self, pubsub: Any, on_message: Callable[[str], None]) -> None:
+        delay, most = self._backoff
+        while True:
             try:
+                if pubsub is None:
+                    pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+                    await pubsub.subscribe(self.channel)
+                    log.info("key invalidation channel resubscribed")
+                    delay = self._backoff[0]
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message["type"] == "message":
                         data = message["data"]
                         on_message(data.decode() if isinstance(data, bytes) else str(data))
+            except (
+                redis.exceptions.ConnectionError,
+                redis.exceptions.TimeoutError,
+                OSError,
+            ) as exc:
+                log.warning("key invalidation channel lost, resubscribing in %.1fs: %r", delay, exc)
+            except Exception:
+                log.exception("key invalidation listener failed, resubscribing in %.1fs", delay)
             finally:
-                await pubsub.aclose()
-
-        self._task = asyncio.create_task(listen())
+                if pubsub is not None:
+                    try:
+                        await pubsub.aclose()
+                    except Exception as exc:  # the connection is gone already
+                        log.debug("closing the invalidation subscription: %r", exc)
+                    pubsub = None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, most)
 
     async def aclose(self) -> None:
         if self._task is not None:
@@ -213,8 +243,8 @@ class KeyManager:
         revoked = await self._repo.revoke(key_id, datetime.now(UTC))
         assert revoked is not None
         self._forget(record.key_hash)
-        await self._bus.publish(record.key_hash)
         self._log("key.revoke", actor, revoked, client)
+        await self._bus.publish(record.key_hash)
         return revoked
 
     async def rotate(
@@ -228,8 +258,8 @@ class KeyManager:
         rotated = await self._repo.replace_secret(key_id, secret[:VISIBLE], hash_key(secret))
         assert rotated is not None
         self._forget(record.key_hash)
-        await self._bus.publish(record.key_hash)
         self._log("key.rotate", actor, rotated, client)
+        await self._bus.publish(record.key_hash)
         return secret, rotated
 
     async def count(self) -> int:

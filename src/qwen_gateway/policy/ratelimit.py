@@ -43,6 +43,8 @@ class Limiter(Protocol):
 
     async def settle(self, permit: Permit, completion_tokens: int) -> None: ...
 
+    async def renew(self, permits: Sequence[Permit]) -> None: ...
+
     async def aclose(self) -> None: ...
 
 
@@ -211,6 +213,15 @@ class LocalLimiter:
             self._leases.get(s.id, {}).pop(permit.lease, None)
             self._charge(s, int(now_f), day, month, completion_tokens)
 
+    async def renew(self, permits: Sequence[Permit]) -> None:
+        """Extend the concurrency leases of running requests; an expired one stays expired."""
+        now_f = self._clock()
+        for permit in permits:
+            for s in permit.subjects:
+                leases = self._leases.get(s.id, {})
+                if leases.get(permit.lease, now_f) > now_f:
+                    leases[permit.lease] = now_f + self._lease_seconds
+
     async def aclose(self) -> None:
         return None
 
@@ -317,6 +328,21 @@ return 0
 """
 
 
+_RENEW = """
+local t = redis.call('TIME')
+local nowf = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local lease_seconds = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  local score = redis.call('ZSCORE', KEYS[i], ARGV[i + 1])
+  if score and tonumber(score) > nowf then
+    redis.call('ZADD', KEYS[i], 'XX', nowf + lease_seconds, ARGV[i + 1])
+    redis.call('EXPIRE', KEYS[i], math.ceil(lease_seconds) + 60)
+  end
+end
+return 0
+"""
+
+
 def _n(value: int | None) -> int:
     return -1 if value is None else value
 
@@ -330,6 +356,7 @@ class RedisLimiter:
         self._lease_seconds = lease_seconds
         self._acquire = redis.register_script(_ACQUIRE)
         self._settle = redis.register_script(_SETTLE)
+        self._renew = redis.register_script(_RENEW)
 
     def _keys(self, subjects: Sequence[Subject], now: float) -> list[str]:
         day, month, _ = _periods(now)
@@ -383,6 +410,20 @@ class RedisLimiter:
             args += [_n(lim.tpm), _n(lim.max_concurrency), _n(lim.daily_tokens),
                      _n(lim.monthly_tokens)]  # fmt: skip
         await self._settle(keys=self._keys(permit.subjects, time.time()), args=args)
+
+    async def renew(self, permits: Sequence[Permit]) -> None:
+        """Extend the concurrency leases of running requests, all in one call; an expired
+        (or settled) lease stays gone."""
+        keys: list[str] = []
+        args: list[Any] = [self._lease_seconds]
+        now = time.time()
+        for permit in permits:
+            for s in permit.subjects:
+                if s.limits.max_concurrency is not None:
+                    keys.append(self._keys([s], now)[2])
+                    args.append(permit.lease)
+        if keys:
+            await self._renew(keys=keys, args=args)
 
     async def aclose(self) -> None:
         return None
