@@ -3,6 +3,7 @@ on PostgreSQL."""
 
 from __future__ import annotations
 
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -10,9 +11,13 @@ from typing import Any
 import jwt
 import openai
 import pytest
+import redis.asyncio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from qwen_gateway.policy.keys import KeyManager, RedisBus
+from qwen_gateway.store.keys import KeyRepository
+from support.redis_outage import eventually, proxied_redis
 from tenancy.helpers import ASK, admin_key, client, new_key, secured
 
 SECRET = "a-test-signing-secret-of-32-bytes!!"
@@ -176,3 +181,73 @@ async def test_first_start_creates_an_admin_key_and_no_auth_serves_all(tmp_path:
     async with secured(tmp_path / "open", auth={"enabled": False}) as g:
         assert g.container.bootstrap_key is None
         assert (await g.http.get("/v1/models")).status_code == 200
+
+
+async def test_revoke_and_rotate_during_a_redis_outage_commit_answer_200_and_are_audited(
+    tmp_path: Path, database_url: str, redis_url: str
+) -> None:
+    prefix = f"t{secrets.token_hex(4)}"
+    with proxied_redis(redis_url) as (proxy, url):
+        async with secured(tmp_path, database_url, url, limits={"redis_prefix": prefix}) as g:
+            admin = {"Authorization": f"Bearer {await admin_key(g)}"}
+            victim, other = [
+                (await g.http.post("/admin/keys", json={"name": n}, headers=admin)).json()
+                for n in ("victim", "other")
+            ]
+            proxy.down()  # the invalidation cannot be announced
+            revoked = await g.http.post(f"/admin/keys/{victim['id']}/revoke", headers=admin)
+            assert revoked.status_code == 200, revoked.text
+            assert revoked.json()["status"] == "revoked"
+            rotated = await g.http.post(f"/admin/keys/{other['id']}/rotate", headers=admin)
+            assert rotated.status_code == 200, rotated.text
+            with pytest.raises(openai.AuthenticationError):
+                await client(g, victim["key"]).models.list()
+            await g.container.writer.flush()
+            for action, key in (("key.revoke", victim), ("key.rotate", other)):
+                events = await g.container.audit.recent(100, action)
+                assert [e["target"] for e in events] == [f"key:{key['id']}"], action
+            proxy.up()
+
+
+async def test_the_invalidation_listener_resubscribes_after_a_redis_outage(
+    tmp_path: Path, database_url: str, redis_url: str
+) -> None:
+    prefix = f"t{secrets.token_hex(4)}"
+    channel = f"{prefix}:key-invalidations"  # namespaced by limits.redis_prefix
+    direct = redis.asyncio.from_url(redis_url)
+
+    async def subscribers() -> int:
+        return int((await direct.pubsub_numsub(channel))[0][1])
+
+    async def one() -> bool:
+        return await subscribers() == 1
+
+    async def both() -> bool:
+        return await subscribers() == 2
+
+    with proxied_redis(redis_url) as (proxy, url):
+        async with secured(tmp_path, database_url, redis_url, limits={"redis_prefix": prefix}) as g:
+            await eventually(one, "this gateway subscribed")  # SUBSCRIBE is not acknowledged
+            behind_proxy = redis.asyncio.from_url(url)
+            bus = RedisBus(behind_proxy, prefix, backoff=(0.05, 0.5))
+            # another replica; its clock stands still, so only an invalidation empties its cache
+            replica = KeyManager(
+                KeyRepository(g.container.db), lambda _: None, bus, clock=lambda: 0
+            )
+            await replica.start()
+            await eventually(both, "the replica subscribed")
+            secret, record = await g.container.keys.create("victim")
+            assert await replica.lookup(secret) is not None  # cached now
+            proxy.down()
+            await eventually(one, "the replica's subscription was cut")
+            proxy.up()
+            await eventually(both, "the replica resubscribed")
+            await g.container.keys.revoke(record.id)
+
+            async def forgotten() -> bool:
+                return await replica.lookup(secret) is None
+
+            await eventually(forgotten, "the revocation reached the replica")
+            await replica.aclose()
+            await behind_proxy.aclose()
+    await direct.aclose()

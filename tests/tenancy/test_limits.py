@@ -3,17 +3,27 @@ rules on their own."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import secrets
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
+from qwen_gateway.config import load_settings
+from qwen_gateway.container import Container
+from qwen_gateway.core.types import EngineEvent
+from qwen_gateway.engines.prompt import PromptEngine
+from qwen_gateway.engines.scripted import ScriptedBackend
 from qwen_gateway.errors import QuotaExceeded, RateLimited
 from qwen_gateway.policy.principal import Limits
 from qwen_gateway.policy.ratelimit import Limiter, LocalLimiter, RedisLimiter, Subject, duration
-from tenancy.helpers import ASK, client, new_key, secured
+from support.fixtures import open_in_process
+from support.redis_outage import eventually, proxied_redis
+from tenancy.helpers import ASK, REPLY, client, new_key, secured
 
 
 def limits_settings(backend: tuple[str, str | None], **extra: Any) -> dict[str, Any]:
@@ -165,3 +175,93 @@ async def test_windows_slide_with_the_clock() -> None:
 
 def test_reset_durations_read_like_openais() -> None:
     assert [duration(s) for s in (0.25, 1, 59.2, 60, 61)] == ["250ms", "1s", "1m0s", "1m0s", "1m1s"]
+
+
+class HeldBackend(ScriptedBackend):
+    """Scripted replies that stop after their first token until ``release`` is set."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, [REPLY])
+        self.streaming = 0
+        self.release = asyncio.Event()
+
+    async def generate(self, *args: Any, **kwargs: Any) -> AsyncGenerator[EngineEvent, None]:
+        held = False
+        async for event in super().generate(*args, **kwargs):
+            yield event
+            if not held:
+                held = True
+                self.streaming += 1
+                await self.release.wait()
+
+
+async def test_streams_cut_off_from_redis_release_their_slots_and_charge_tokens_when_it_is_back(
+    tmp_path: Path, redis_url: str
+) -> None:
+    import redis.asyncio
+
+    prefix = f"t{secrets.token_hex(4)}"
+    backend = HeldBackend("scripted")
+    direct = redis.asyncio.from_url(redis_url)
+    with proxied_redis(redis_url) as (proxy, url):
+        tree = {
+            "data_dir": str(tmp_path),
+            "redis": {"url": url},
+            "limits": {"redis_prefix": prefix},
+        }
+        container = Container(
+            load_settings(tree, env={}), engines={"scripted": PromptEngine(backend)}
+        )
+        async with open_in_process(container) as g:
+            key = await new_key(g, max_concurrency=2, daily_tokens=100_000)
+            body = {"model": "scripted", "messages": ASK, "stream": True,
+                    "stream_options": {"include_usage": True}}  # fmt: skip
+            auth = {"Authorization": f"Bearer {key}"}
+            streams = [
+                asyncio.create_task(g.http.post("/v1/chat/completions", json=body, headers=auth))
+                for _ in range(2)
+            ]
+
+            async def both_streaming() -> bool:
+                return backend.streaming == 2
+
+            await eventually(both_streaming, "both streams started")
+            proxy.down()  # Redis goes away mid-stream
+            backend.release.set()
+            spent = 0
+            for resp in await asyncio.gather(*streams):
+                assert resp.status_code == 200
+                chunks = [json.loads(line[6:]) for line in resp.text.splitlines()
+                          if line.startswith("data: {")]  # fmt: skip
+                spent += chunks[-1]["usage"]["total_tokens"]
+
+            async def queued() -> bool:
+                return container.leases.pending == 2
+
+            await eventually(queued, "both settles queued")
+            proxy.up()
+
+            async def settled() -> bool:
+                return container.leases.pending == 0
+
+            await eventually(settled, "the queued settles went through")
+            (day,) = await direct.keys(f"{prefix}:limits:*:d:*")
+            assert int(await direct.get(day)) == spent  # completion tokens charged
+            # the slots are free again at once, not after the lease period
+            assert (await ask(g, key)).status_code == 200
+    await direct.aclose()
+
+
+async def test_an_unreachable_limiter_is_a_503_with_retry_after(
+    tmp_path: Path, redis_url: str
+) -> None:
+    with proxied_redis(redis_url) as (proxy, url):
+        async with secured(tmp_path, **limits_settings(("redis", url))) as g:
+            key = await new_key(g, rpm=5)
+            proxy.down()
+            refused = await ask(g, key)
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]["code"] == "service_unavailable"
+            assert int(refused.headers["retry-after"]) >= 1
+            proxy.up()
+            assert (await ask(g, key)).status_code == 200
