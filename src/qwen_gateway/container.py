@@ -265,7 +265,10 @@ class Tenancy:
         if settings.redis.url is not None:
             import redis.asyncio
 
-            self.redis = redis.asyncio.from_url(settings.redis.url.get_secret_value())
+            # a Redis that stops answering fails calls (503, queued settles) instead of hanging
+            self.redis = redis.asyncio.from_url(
+                settings.redis.url.get_secret_value(), socket_connect_timeout=5, socket_timeout=5
+            )
         bus: InvalidationBus = (
             RedisBus(self.redis, settings.limits.redis_prefix)
             if self.redis is not None

@@ -205,7 +205,7 @@ async def test_revoke_and_rotate_during_a_redis_outage_commit_answer_200_and_are
             await g.container.writer.flush()
             for action, key in (("key.revoke", victim), ("key.rotate", other)):
                 events = await g.container.audit.recent(100, action)
-                assert [e["target"] for e in events] == [f"key:{key['id']}"], action
+                assert f"key:{key['id']}" in [e["target"] for e in events], action
             proxy.up()
 
 
