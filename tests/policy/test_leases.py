@@ -50,6 +50,33 @@ async def test_running_requests_keep_their_leases_and_orphaned_ones_expire() -> 
         await keeper.acquire([who], 0)
 
 
+class CountingLimiter(LocalLimiter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.renewals: list[int] = []  # permits per renew call
+
+    async def renew(self, permits: Sequence[Permit]) -> None:
+        self.renewals.append(len(permits))
+        await super().renew(permits)
+
+
+async def test_one_heartbeat_renews_all_running_permits_in_one_call() -> None:
+    inner = CountingLimiter()
+    keeper = LeaseKeeper(inner, lease_seconds=0.03)  # a heartbeat every 10 ms
+    who = Subject("key:1", Limits(max_concurrency=5))
+    permits = [await keeper.acquire([who], 0) for _ in range(3)]
+    await keeper.acquire([Subject("key:2", Limits(rpm=5))], 0)  # holds no lease
+
+    async def renewed() -> bool:
+        return bool(inner.renewals)
+
+    await eventually(renewed, "a heartbeat")
+    assert inner.renewals[0] == 3
+    for permit in permits:
+        await keeper.settle(permit, 0)
+    await keeper.aclose()
+
+
 async def test_redis_renewal_extends_running_leases_and_not_settled_ones(
     redis_url: str, direct: Any
 ) -> None:
