@@ -26,10 +26,10 @@ def limits_settings(backend: tuple[str, str | None], **extra: Any) -> dict[str, 
     return out
 
 
-async def ask(g: Any, key: str, model: str = "scripted") -> Any:
+async def ask(g: Any, key: str, model: str = "scripted", **body: Any) -> Any:
     return await g.http.post(
         "/v1/chat/completions",
-        json={"model": model, "messages": ASK},
+        json={"model": model, "messages": ASK, **body},
         headers={"Authorization": f"Bearer {key}"},
     )
 
@@ -60,31 +60,77 @@ async def test_tokens_per_minute_and_budgets(
     tmp_path: Path, limiter_backend: tuple[str, str | None]
 ) -> None:
     async with secured(tmp_path, **limits_settings(limiter_backend)) as g:
-        first = await ask(g, await new_key(g))
-        usage = first.json()["usage"]
+        usage = (await ask(g, await new_key(g))).json()["usage"]
+        reply = usage["completion_tokens"]  # max_tokens=reply: what is reserved is used
         per_request = usage["prompt_tokens"] + usage["completion_tokens"]
-        # TPM: room for two requests (prompt charged up front, completion when they end)
-        key = await new_key(g, tpm=2 * per_request + usage["prompt_tokens"] - 1)
-        assert (await ask(g, key)).headers["x-ratelimit-limit-tokens"]
-        assert (await ask(g, key)).status_code == 200
-        refused = await ask(g, key)
+        # TPM: room for two requests (prompt and max_tokens reserved up front)
+        key = await new_key(g, tpm=3 * per_request - 1)
+        assert (await ask(g, key, max_tokens=reply)).headers["x-ratelimit-limit-tokens"]
+        assert (await ask(g, key, max_tokens=reply)).status_code == 200
+        refused = await ask(g, key, max_tokens=reply)
         assert refused.status_code == 429
         assert refused.json()["error"]["code"] == "rate_limit_exceeded"
-        assert int(refused.headers["x-ratelimit-remaining-tokens"]) < usage["prompt_tokens"]
-        # a prompt larger than the whole TPM can never pass: a clear message
-        tiny = await new_key(g, tpm=usage["prompt_tokens"] - 1)
-        refused = await ask(g, tiny)
-        assert refused.status_code == 429 and "exceeds" in refused.json()["error"]["message"]
+        assert int(refused.headers["x-ratelimit-remaining-tokens"]) < per_request
+        # a request larger than the whole TPM can never pass: a clear message
+        tiny = await new_key(g, tpm=per_request - 1)
+        refused = await ask(g, tiny, max_tokens=reply)
+        assert refused.status_code == 429
+        assert "more than the tokens-per-minute limit" in refused.json()["error"]["message"]
+        assert "retry-after" not in refused.headers
         # daily budget: one request fits, the next finds it used up -> insufficient_quota
         budget = await new_key(g, daily_tokens=per_request)
-        assert (await ask(g, budget)).status_code == 200
-        spent = await ask(g, budget)
+        assert (await ask(g, budget, max_tokens=reply)).status_code == 200
+        spent = await ask(g, budget, max_tokens=reply)
         assert spent.status_code == 429
         assert spent.json()["error"]["code"] == "insufficient_quota"
         assert spent.json()["error"]["type"] == "insufficient_quota"
-        monthly = await new_key(g, monthly_tokens=1)
-        assert (await ask(g, monthly)).status_code == 200
-        assert (await ask(g, monthly)).json()["error"]["code"] == "insufficient_quota"
+        assert "used up" in spent.json()["error"]["message"]
+        monthly = await new_key(g, monthly_tokens=per_request + 3)
+        assert (await ask(g, monthly, max_tokens=1)).status_code == 200
+        assert (await ask(g, monthly, max_tokens=1)).json()["error"]["code"] == (
+            "insufficient_quota"
+        )
+
+
+async def test_a_budget_reserves_max_tokens_for_every_choice(
+    tmp_path: Path, limiter_backend: tuple[str, str | None]
+) -> None:
+    """A request is admitted only if its prompt and n × max_tokens fit the budget; what it
+    did not use is given back when it ends."""
+    async with secured(tmp_path, **limits_settings(limiter_backend)) as g:
+        key = await new_key(g, daily_tokens=2000, max_concurrency=4)
+        refused = await ask(g, key, max_tokens=1500, n=4)
+        assert refused.status_code == 429
+        error = refused.json()["error"]
+        assert error["code"] == "insufficient_quota"
+        assert "more than the whole daily token budget" in error["message"]
+        # no max_tokens: the deployment's output limit (8192) is reserved
+        assert (await ask(g, key)).json()["error"]["code"] == "insufficient_quota"
+        used = 0
+        for _ in range(3):  # 4 × 6 completion tokens each, though 4 × 400 are reserved
+            done = await ask(g, key, max_tokens=400, n=4)
+            assert done.status_code == 200, done.text
+            assert done.json()["usage"]["completion_tokens"] == 4 * 6
+            used += done.json()["usage"]["total_tokens"]
+        left = 2000 - used
+        prompt = done.json()["usage"]["prompt_tokens"]
+        # the counter holds the real usage: what is left can be reserved, not a token more
+        most = (left - prompt) // 4
+        short = await ask(g, key, max_tokens=most + 1, n=4)
+        assert short.json()["error"]["code"] == "insufficient_quota"
+        assert f"has {left} tokens left" in short.json()["error"]["message"]
+        assert (await ask(g, key, max_tokens=most, n=4)).status_code == 200
+
+
+async def test_each_choice_takes_a_concurrency_slot(
+    tmp_path: Path, limiter_backend: tuple[str, str | None]
+) -> None:
+    async with secured(tmp_path, **limits_settings(limiter_backend)) as g:
+        key = await new_key(g, max_concurrency=4)
+        assert (await ask(g, key, n=4)).status_code == 200
+        refused = await ask(g, key, n=5)
+        assert refused.status_code == 429
+        assert "exceed the 4 concurrent sequences" in refused.json()["error"]["message"]
 
 
 async def test_per_model_global_limits(
