@@ -10,9 +10,17 @@ from typing import Any
 import openai
 import pytest
 
-from qwen_gateway.errors import QuotaExceeded, RateLimited
+from qwen_gateway.errors import (
+    EngineUnavailable,
+    GatewayError,
+    InvalidRequest,
+    QuotaExceeded,
+    RateLimited,
+)
 from qwen_gateway.policy.principal import Limits
 from qwen_gateway.policy.ratelimit import Limiter, LocalLimiter, RedisLimiter, Subject, duration
+from routing.helpers import routed, scripted
+from support.flaky import FlakyEngine
 from tenancy.helpers import ASK, client, new_key, secured
 
 
@@ -146,6 +154,32 @@ async def test_per_model_global_limits(
         assert (await ask(g, b, "scripted")).status_code == 200
 
 
+@pytest.mark.parametrize(
+    "error", [EngineUnavailable("injected fault: down"), InvalidRequest("injected fault")]
+)
+async def test_a_request_that_fails_is_charged_only_what_it_used(
+    tmp_path: Path, limiter_backend: tuple[str, str | None], error: GatewayError
+) -> None:
+    engine = FlakyEngine(scripted("m"))
+    async with routed(tmp_path, [{"name": "m"}], {"m": engine}, auth={"enabled": True},
+                      **limits_settings(limiter_backend)) as g:  # fmt: skip
+        usage = (await ask(g, await new_key(g), "m")).json()["usage"]
+        reply = usage["completion_tokens"]
+        key = await new_key(g, daily_tokens=usage["total_tokens"])  # room for one request
+        engine.broken, engine.error = True, error
+        for _ in range(3):
+            failed = await ask(g, key, "m", max_tokens=reply)
+            assert failed.status_code == error.status_code
+        engine.broken = False
+        assert (await ask(g, key, "m", max_tokens=reply)).status_code == 200
+        assert (await ask(g, key, "m", max_tokens=reply)).status_code == 429
+        await g.container.writer.flush()
+        rows = await g.container.usage.report(["key"])
+        (mine,) = [r for r in rows if r["errors"]]  # the key with room for one request
+        assert (mine["requests"], mine["errors"]) == (5, 4)  # 3 failed, 1 refused
+        assert mine["prompt_tokens"] + mine["completion_tokens"] == usage["total_tokens"]
+
+
 @pytest.fixture
 async def limiter(limiter_backend: tuple[str, str | None]) -> Any:
     name, url = limiter_backend
@@ -191,6 +225,62 @@ async def test_budget_counts_completion_tokens(limiter: Limiter) -> None:
     await limiter.settle(permit, 60)  # 100 used
     with pytest.raises(QuotaExceeded):
         await limiter.acquire([who], 1)
+
+
+async def test_admission_reserves_the_completion_and_settling_refunds_the_rest(
+    limiter: Limiter,
+) -> None:
+    budget = Subject("key:5", Limits(daily_tokens=1000))
+    permit = await limiter.acquire([budget], 40, reserve=600)
+    with pytest.raises(QuotaExceeded):
+        await limiter.acquire([budget], 0, reserve=400)  # 640 held + 400 > 1000
+    await limiter.settle(permit, 60)  # the real use: 100
+    await limiter.settle(await limiter.acquire([budget], 0, reserve=900), 0)  # 100 + 900 fits
+    with pytest.raises(QuotaExceeded):
+        await limiter.acquire([budget], 0, reserve=901)
+    minute = Subject("key:6", Limits(tpm=1000))
+    permit = await limiter.acquire([minute], 40, reserve=600)
+    with pytest.raises(RateLimited):
+        await limiter.acquire([minute], 0, reserve=400)
+    permit.prompt_tokens = 0  # it failed before an engine took it: nothing was used
+    await limiter.settle(permit, 0)
+    await limiter.acquire([minute], 0, reserve=1000)
+
+
+async def test_a_released_admission_leaves_no_trace(limiter: Limiter) -> None:
+    who = Subject("key:7", Limits(rpm=1, tpm=100, max_concurrency=1, daily_tokens=100,
+                                  monthly_tokens=100))  # fmt: skip
+    for _ in range(3):
+        await limiter.release(await limiter.acquire([who], 40, reserve=60))
+    permit = await limiter.acquire([who], 40, reserve=60)
+    await limiter.release(permit)
+    await limiter.release(permit)  # twice gives back once
+    await limiter.acquire([who], 40, reserve=60)
+
+
+async def test_each_sequence_holds_a_concurrency_slot(limiter: Limiter) -> None:
+    who = Subject("key:8", Limits(max_concurrency=4))
+    four = await limiter.acquire([who], 0, sequences=4)
+    with pytest.raises(RateLimited) as busy:
+        await limiter.acquire([who], 0)
+    assert busy.value.headers["Retry-After"] == "1"
+    await limiter.settle(four, 0)
+    three = await limiter.acquire([who], 0, sequences=3)
+    await limiter.acquire([who], 0)
+    await limiter.settle(three, 0)
+    with pytest.raises(RateLimited) as never:
+        await limiter.acquire([who], 0, sequences=5)
+    assert "Retry-After" not in never.value.headers  # it can never fit
+
+
+async def test_rate_limit_headers_show_only_the_callers_own_limits(limiter: Limiter) -> None:
+    model = Subject("model:m2", Limits(rpm=10, tpm=1000), shared=True)
+    assert (await limiter.acquire([model], 5)).headers == {}
+    key = Subject("key:9", Limits(rpm=3))
+    shown = (await limiter.acquire([key, model], 5)).headers
+    assert shown["x-ratelimit-limit-requests"] == "3"
+    assert shown["x-ratelimit-remaining-requests"] == "2"
+    assert "x-ratelimit-limit-tokens" not in shown  # the model's TPM is not the caller's
 
 
 async def test_windows_slide_with_the_clock() -> None:
