@@ -472,7 +472,7 @@ async def test_a_caller_is_served_only_by_deployments_it_may_use(tmp_path: Path)
 async def test_a_model_limit_holds_for_traffic_routed_to_it(tmp_path: Path) -> None:
     engines = {"small": scripted("small", 256)}
     async with routed(tmp_path, GUARDED, engines, routing=GUARDED_ROUTING,
-                      limits={"models": {"big": {"rpm": 2}}}) as g:  # fmt: skip
+                      limits={"models": {"big": {"rpm": 2}, "ab": {"rpm": 1}}}) as g:  # fmt: skip
         raw = await g.client.chat.completions.with_raw_response.create(
             model="auto", messages=CODE, max_tokens=4
         )
@@ -487,6 +487,11 @@ async def test_a_model_limit_holds_for_traffic_routed_to_it(tmp_path: Path) -> N
             assert refused.value.response.headers["retry-after"]
             assert not [h for h in refused.value.response.headers if h.startswith("x-ratelimit")]
         assert (await _chat(g.client, "small"))[0] == "small"  # small has no limit
+        # a limit on a split's name counts the requests asking for it, whichever arm serves
+        assert (await _chat(g.client, "ab"))[0] in {"small", "mid"}
+        with pytest.raises(openai.RateLimitError) as refused:
+            await _chat(g.client, "ab")
+        assert "model:ab" in refused.value.message
 
 
 async def test_failing_over_gives_the_admission_of_the_deployment_back(tmp_path: Path) -> None:
