@@ -86,10 +86,11 @@ async def test_redis_renewal_extends_running_leases_and_not_settled_ones(
     running, done = await limiter.acquire([who], 0), await limiter.acquire([who], 0)
     await limiter.settle(done, 0)
     conc = f"{prefix}:limits:{{key:1}}:conc"
-    before = float(await direct.zscore(conc, running.lease))
+    member = f"{running.lease}:1"  # one member per sequence
+    before = float(await direct.zscore(conc, member))
     await RedisLimiter(direct, lease_seconds=3000, prefix=prefix).renew([running, done])
-    assert float(await direct.zscore(conc, running.lease)) > before + 2000
-    assert await direct.zscore(conc, done.lease) is None  # a released lease is not brought back
+    assert float(await direct.zscore(conc, member)) > before + 2000
+    assert await direct.zscore(conc, f"{done.lease}:1") is None  # released: not brought back
 
 
 async def test_a_settle_during_an_outage_is_retried_when_redis_is_back(
@@ -127,10 +128,16 @@ async def test_a_settle_during_an_outage_is_retried_when_redis_is_back(
 class Unreachable:
     """A limiter whose settles always fail as an unreachable Redis does."""
 
-    async def acquire(self, subjects: Sequence[Subject], prompt_tokens: int) -> Permit:
-        return Permit(tuple(subjects), prompt_tokens)
+    async def acquire(
+        self, subjects: Sequence[Subject], prompt_tokens: int, reserve: int = 0, sequences: int = 1
+    ) -> Permit:
+        return Permit(tuple(subjects), prompt_tokens, prompt_tokens + reserve, sequences)
 
     async def settle(self, permit: Permit, completion_tokens: int) -> None:
+        permit.settled = True
+        raise redis.exceptions.ConnectionError("refused")
+
+    async def release(self, permit: Permit) -> None:
         permit.settled = True
         raise redis.exceptions.ConnectionError("refused")
 

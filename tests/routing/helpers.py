@@ -30,14 +30,16 @@ async def routed(
     *,
     routing: Mapping[str, Any] | None = None,
     clock: Callable[[], float] = time.monotonic,
+    **settings: Any,
 ) -> AsyncIterator[InProcess]:
     """The gateway with these deployments; each gets a scripted engine unless ``engines``
-    names its own."""
+    names its own. ``settings`` are more sections (``auth`` replaces no-auth, ``limits``)."""
     tree: dict[str, Any] = {
         "data_dir": str(tmp_path),
         "auth": {"enabled": False},
         "deployments": [dict(d) for d in deployments],
         "routing": dict(routing or {}),
+        **settings,
     }
     settings = load_settings(tree, env={})
     given = dict(engines or {})

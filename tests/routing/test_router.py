@@ -19,6 +19,7 @@ from qwen_gateway.routing.registry import RouteContext
 from routing.helpers import routed, scripted
 from support.flaky import FlakyEngine
 from support.metrics import sample
+from tenancy.helpers import client, new_key
 
 ASK = [{"role": "user", "content": "Hello"}]
 TOOLS = [{"type": "function", "function": {"name": "get_time", "parameters": {
@@ -409,3 +410,99 @@ async def test_output_that_breaks_the_requested_format_is_not_a_replica_fault(
         assert (sloppy.attempts, spare.attempts) == (6, 0)
         (replica,) = g.container.router.deployments[0].replicas
         assert replica.breaker.state is BreakerState.CLOSED
+
+
+# ---- who may be served by what, and the limits of the deployment that serves ----------------
+
+GUARDED = [
+    {"name": "small", "capabilities": {"tools": False}, "fallbacks": ["big"]},
+    {"name": "big", "aliases": ["gpt-4o"]},
+    {"name": "mid"},
+]
+GUARDED_ROUTING = {
+    "splits": {"ab": {"arms": {"small": 50, "mid": 50}}, "canary": {"arms": {"big": 1}}},
+    "intent": {"classifier": "rules", "routes": {"code": "big", "math": "mid",
+                                                 "general": "small"}},
+}  # fmt: skip
+LONG = [{"role": "user", "content": "word " * 300}]  # more than small's window of 256
+CODE = [{"role": "user", "content": "Write a Python function that reverses a list"}]
+
+
+async def test_a_caller_is_served_only_by_deployments_it_may_use(tmp_path: Path) -> None:
+    engines = {"small": scripted("small", 256)}
+    async with routed(tmp_path, GUARDED, engines, routing=GUARDED_ROUTING,
+                      auth={"enabled": True}) as g:  # fmt: skip
+        only_small = client(g, await new_key(g, models=["small"]))
+        assert (await _chat(only_small, "small"))[0] == "small"
+        for model in ("big", "gpt-4o", "ab", "auto", "canary"):
+            with pytest.raises(openai.PermissionDeniedError) as denied:
+                await _chat(only_small, model)
+            assert denied.value.code == "model_not_allowed"
+        # what would fall back to big is refused, or answered by small: never by big
+        with pytest.raises(openai.BadRequestError) as info:
+            await _chat(only_small, "small", messages=LONG)
+        assert info.value.code == "context_length_exceeded"
+        with pytest.raises(openai.BadRequestError) as info:
+            await _chat(only_small, "small", max_tokens=1000)
+        assert info.value.code == "context_length_exceeded"
+        with pytest.raises(openai.BadRequestError) as info:
+            await _chat(only_small, "small", tools=TOOLS)
+        assert info.value.param == "tools"
+        # allowed a split: its arms serve, not a fallback the key may not use
+        only_ab = client(g, await new_key(g, models=["ab"]))
+        served: set[str] = set()
+        for _ in range(60):  # the arms are picked at random: until both were
+            try:
+                served.add((await _chat(only_ab, "ab", messages=LONG, max_tokens=4))[0])
+            except openai.BadRequestError as exc:  # the small arm: too long, no fallback
+                assert exc.code == "context_length_exceeded"
+                served.add("refused")
+            if len(served) == 2:
+                break
+        assert served == {"mid", "refused"}
+        with pytest.raises(openai.PermissionDeniedError):
+            await _chat(only_ab, "small")  # an arm is not granted by name
+        # allowed the fallback too (by an alias): the fallback serves
+        both = client(g, await new_key(g, models=["small", "gpt-4o"]))
+        model, _, route = await _chat(both, "small", messages=LONG, max_tokens=4)
+        assert (model, route) == ("big", "fallback=big (small: context window); deployment=big")
+        assert (await _chat(both, "small", tools=TOOLS))[0] == "big"
+
+
+async def test_a_model_limit_holds_for_traffic_routed_to_it(tmp_path: Path) -> None:
+    engines = {"small": scripted("small", 256)}
+    async with routed(tmp_path, GUARDED, engines, routing=GUARDED_ROUTING,
+                      limits={"models": {"big": {"rpm": 2}, "ab": {"rpm": 1}}}) as g:  # fmt: skip
+        raw = await g.client.chat.completions.with_raw_response.create(
+            model="auto", messages=CODE, max_tokens=4
+        )
+        assert raw.parse().model == "big"
+        # a caller without limits of its own sees no x-ratelimit-* (big's are everyone's)
+        assert not [h for h in raw.headers if h.startswith("x-ratelimit")]
+        assert (await _chat(g.client, "small", messages=LONG, max_tokens=4))[0] == "big"
+        for model, messages in (("canary", ASK), ("auto", CODE), ("small", LONG), ("big", ASK)):
+            with pytest.raises(openai.RateLimitError) as refused:
+                await _chat(g.client, model, messages=messages, max_tokens=4)
+            assert "model:big" in refused.value.message
+            assert refused.value.response.headers["retry-after"]
+            assert not [h for h in refused.value.response.headers if h.startswith("x-ratelimit")]
+        assert (await _chat(g.client, "small"))[0] == "small"  # small has no limit
+        # a limit on a split's name counts the requests asking for it, whichever arm serves
+        assert (await _chat(g.client, "ab"))[0] in {"small", "mid"}
+        with pytest.raises(openai.RateLimitError) as refused:
+            await _chat(g.client, "ab")
+        assert "model:ab" in refused.value.message
+
+
+async def test_failing_over_gives_the_admission_of_the_deployment_back(tmp_path: Path) -> None:
+    down = FlakyEngine(scripted("a"), broken=True)
+    deployments = [{"name": "a", "fallbacks": ["b"]}, {"name": "b"}]
+    async with routed(tmp_path, deployments, {"a": down}, routing={"breaker": {"failures": 9}},
+                      limits={"models": {"a": {"rpm": 1, "max_concurrency": 1}}}) as g:  # fmt: skip
+        for _ in range(3):  # a is admitted each time, fails, and b serves: a's rpm is unspent
+            assert (await _chat(g.client, "a"))[0] == "b"
+        assert down.attempts == 3
+        down.broken = False
+        assert (await _chat(g.client, "a"))[0] == "a"
+        with pytest.raises(openai.RateLimitError):
+            await _chat(g.client, "a")

@@ -18,10 +18,18 @@ from qwen_gateway.container import Container
 from qwen_gateway.core.types import EngineEvent
 from qwen_gateway.engines.prompt import PromptEngine
 from qwen_gateway.engines.scripted import ScriptedBackend
-from qwen_gateway.errors import QuotaExceeded, RateLimited
+from qwen_gateway.errors import (
+    EngineUnavailable,
+    GatewayError,
+    InvalidRequest,
+    QuotaExceeded,
+    RateLimited,
+)
 from qwen_gateway.policy.principal import Limits
 from qwen_gateway.policy.ratelimit import Limiter, LocalLimiter, RedisLimiter, Subject, duration
+from routing.helpers import routed, scripted
 from support.fixtures import open_in_process
+from support.flaky import FlakyEngine
 from support.redis_outage import eventually, proxied_redis
 from tenancy.helpers import ASK, REPLY, client, new_key, secured
 
@@ -36,10 +44,10 @@ def limits_settings(backend: tuple[str, str | None], **extra: Any) -> dict[str, 
     return out
 
 
-async def ask(g: Any, key: str, model: str = "scripted") -> Any:
+async def ask(g: Any, key: str, model: str = "scripted", **body: Any) -> Any:
     return await g.http.post(
         "/v1/chat/completions",
-        json={"model": model, "messages": ASK},
+        json={"model": model, "messages": ASK, **body},
         headers={"Authorization": f"Bearer {key}"},
     )
 
@@ -70,31 +78,77 @@ async def test_tokens_per_minute_and_budgets(
     tmp_path: Path, limiter_backend: tuple[str, str | None]
 ) -> None:
     async with secured(tmp_path, **limits_settings(limiter_backend)) as g:
-        first = await ask(g, await new_key(g))
-        usage = first.json()["usage"]
+        usage = (await ask(g, await new_key(g))).json()["usage"]
+        reply = usage["completion_tokens"]  # max_tokens=reply: what is reserved is used
         per_request = usage["prompt_tokens"] + usage["completion_tokens"]
-        # TPM: room for two requests (prompt charged up front, completion when they end)
-        key = await new_key(g, tpm=2 * per_request + usage["prompt_tokens"] - 1)
-        assert (await ask(g, key)).headers["x-ratelimit-limit-tokens"]
-        assert (await ask(g, key)).status_code == 200
-        refused = await ask(g, key)
+        # TPM: room for two requests (prompt and max_tokens reserved up front)
+        key = await new_key(g, tpm=3 * per_request - 1)
+        assert (await ask(g, key, max_tokens=reply)).headers["x-ratelimit-limit-tokens"]
+        assert (await ask(g, key, max_tokens=reply)).status_code == 200
+        refused = await ask(g, key, max_tokens=reply)
         assert refused.status_code == 429
         assert refused.json()["error"]["code"] == "rate_limit_exceeded"
-        assert int(refused.headers["x-ratelimit-remaining-tokens"]) < usage["prompt_tokens"]
-        # a prompt larger than the whole TPM can never pass: a clear message
-        tiny = await new_key(g, tpm=usage["prompt_tokens"] - 1)
-        refused = await ask(g, tiny)
-        assert refused.status_code == 429 and "exceeds" in refused.json()["error"]["message"]
+        assert int(refused.headers["x-ratelimit-remaining-tokens"]) < per_request
+        # a request larger than the whole TPM can never pass: a clear message
+        tiny = await new_key(g, tpm=per_request - 1)
+        refused = await ask(g, tiny, max_tokens=reply)
+        assert refused.status_code == 429
+        assert "more than the tokens-per-minute limit" in refused.json()["error"]["message"]
+        assert "retry-after" not in refused.headers
         # daily budget: one request fits, the next finds it used up -> insufficient_quota
         budget = await new_key(g, daily_tokens=per_request)
-        assert (await ask(g, budget)).status_code == 200
-        spent = await ask(g, budget)
+        assert (await ask(g, budget, max_tokens=reply)).status_code == 200
+        spent = await ask(g, budget, max_tokens=reply)
         assert spent.status_code == 429
         assert spent.json()["error"]["code"] == "insufficient_quota"
         assert spent.json()["error"]["type"] == "insufficient_quota"
-        monthly = await new_key(g, monthly_tokens=1)
-        assert (await ask(g, monthly)).status_code == 200
-        assert (await ask(g, monthly)).json()["error"]["code"] == "insufficient_quota"
+        assert "used up" in spent.json()["error"]["message"]
+        monthly = await new_key(g, monthly_tokens=per_request + 3)
+        assert (await ask(g, monthly, max_tokens=1)).status_code == 200
+        assert (await ask(g, monthly, max_tokens=1)).json()["error"]["code"] == (
+            "insufficient_quota"
+        )
+
+
+async def test_a_budget_reserves_max_tokens_for_every_choice(
+    tmp_path: Path, limiter_backend: tuple[str, str | None]
+) -> None:
+    """A request is admitted only if its prompt and n × max_tokens fit the budget; what it
+    did not use is given back when it ends."""
+    async with secured(tmp_path, **limits_settings(limiter_backend)) as g:
+        key = await new_key(g, daily_tokens=2000, max_concurrency=4)
+        refused = await ask(g, key, max_tokens=1500, n=4)
+        assert refused.status_code == 429
+        error = refused.json()["error"]
+        assert error["code"] == "insufficient_quota"
+        assert "more than the whole daily token budget" in error["message"]
+        # no max_tokens: the deployment's output limit (8192) is reserved
+        assert (await ask(g, key)).json()["error"]["code"] == "insufficient_quota"
+        used = 0
+        for _ in range(3):  # 4 × 6 completion tokens each, though 4 × 400 are reserved
+            done = await ask(g, key, max_tokens=400, n=4)
+            assert done.status_code == 200, done.text
+            assert done.json()["usage"]["completion_tokens"] == 4 * 6
+            used += done.json()["usage"]["total_tokens"]
+        left = 2000 - used
+        prompt = done.json()["usage"]["prompt_tokens"]
+        # the counter holds the real usage: what is left can be reserved, not a token more
+        most = (left - prompt) // 4
+        short = await ask(g, key, max_tokens=most + 1, n=4)
+        assert short.json()["error"]["code"] == "insufficient_quota"
+        assert f"has {left} tokens left" in short.json()["error"]["message"]
+        assert (await ask(g, key, max_tokens=most, n=4)).status_code == 200
+
+
+async def test_each_choice_takes_a_concurrency_slot(
+    tmp_path: Path, limiter_backend: tuple[str, str | None]
+) -> None:
+    async with secured(tmp_path, **limits_settings(limiter_backend)) as g:
+        key = await new_key(g, max_concurrency=4)
+        assert (await ask(g, key, n=4)).status_code == 200
+        refused = await ask(g, key, n=5)
+        assert refused.status_code == 429
+        assert "exceed the 4 concurrent sequences" in refused.json()["error"]["message"]
 
 
 async def test_per_model_global_limits(
@@ -108,6 +162,32 @@ async def test_per_model_global_limits(
         assert refused.status_code == 429
         assert "model:other" in refused.json()["error"]["message"]
         assert (await ask(g, b, "scripted")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "error", [EngineUnavailable("injected fault: down"), InvalidRequest("injected fault")]
+)
+async def test_a_request_that_fails_is_charged_only_what_it_used(
+    tmp_path: Path, limiter_backend: tuple[str, str | None], error: GatewayError
+) -> None:
+    engine = FlakyEngine(scripted("m"))
+    async with routed(tmp_path, [{"name": "m"}], {"m": engine}, auth={"enabled": True},
+                      **limits_settings(limiter_backend)) as g:  # fmt: skip
+        usage = (await ask(g, await new_key(g), "m")).json()["usage"]
+        reply = usage["completion_tokens"]
+        key = await new_key(g, daily_tokens=usage["total_tokens"])  # room for one request
+        engine.broken, engine.error = True, error
+        for _ in range(3):
+            failed = await ask(g, key, "m", max_tokens=reply)
+            assert failed.status_code == error.status_code
+        engine.broken = False
+        assert (await ask(g, key, "m", max_tokens=reply)).status_code == 200
+        assert (await ask(g, key, "m", max_tokens=reply)).status_code == 429
+        await g.container.writer.flush()
+        rows = await g.container.usage.report(["key"])
+        (mine,) = [r for r in rows if r["errors"]]  # the key with room for one request
+        assert (mine["requests"], mine["errors"]) == (5, 4)  # 3 failed, 1 refused
+        assert mine["prompt_tokens"] + mine["completion_tokens"] == usage["total_tokens"]
 
 
 @pytest.fixture
@@ -155,6 +235,62 @@ async def test_budget_counts_completion_tokens(limiter: Limiter) -> None:
     await limiter.settle(permit, 60)  # 100 used
     with pytest.raises(QuotaExceeded):
         await limiter.acquire([who], 1)
+
+
+async def test_admission_reserves_the_completion_and_settling_refunds_the_rest(
+    limiter: Limiter,
+) -> None:
+    budget = Subject("key:5", Limits(daily_tokens=1000))
+    permit = await limiter.acquire([budget], 40, reserve=600)
+    with pytest.raises(QuotaExceeded):
+        await limiter.acquire([budget], 0, reserve=400)  # 640 held + 400 > 1000
+    await limiter.settle(permit, 60)  # the real use: 100
+    await limiter.settle(await limiter.acquire([budget], 0, reserve=900), 0)  # 100 + 900 fits
+    with pytest.raises(QuotaExceeded):
+        await limiter.acquire([budget], 0, reserve=901)
+    minute = Subject("key:6", Limits(tpm=1000))
+    permit = await limiter.acquire([minute], 40, reserve=600)
+    with pytest.raises(RateLimited):
+        await limiter.acquire([minute], 0, reserve=400)
+    permit.prompt_tokens = 0  # it failed before an engine took it: nothing was used
+    await limiter.settle(permit, 0)
+    await limiter.acquire([minute], 0, reserve=1000)
+
+
+async def test_a_released_admission_leaves_no_trace(limiter: Limiter) -> None:
+    who = Subject("key:7", Limits(rpm=1, tpm=100, max_concurrency=1, daily_tokens=100,
+                                  monthly_tokens=100))  # fmt: skip
+    for _ in range(3):
+        await limiter.release(await limiter.acquire([who], 40, reserve=60))
+    permit = await limiter.acquire([who], 40, reserve=60)
+    await limiter.release(permit)
+    await limiter.release(permit)  # twice gives back once
+    await limiter.acquire([who], 40, reserve=60)
+
+
+async def test_each_sequence_holds_a_concurrency_slot(limiter: Limiter) -> None:
+    who = Subject("key:8", Limits(max_concurrency=4))
+    four = await limiter.acquire([who], 0, sequences=4)
+    with pytest.raises(RateLimited) as busy:
+        await limiter.acquire([who], 0)
+    assert busy.value.headers["Retry-After"] == "1"
+    await limiter.settle(four, 0)
+    three = await limiter.acquire([who], 0, sequences=3)
+    await limiter.acquire([who], 0)
+    await limiter.settle(three, 0)
+    with pytest.raises(RateLimited) as never:
+        await limiter.acquire([who], 0, sequences=5)
+    assert "Retry-After" not in never.value.headers  # it can never fit
+
+
+async def test_rate_limit_headers_show_only_the_callers_own_limits(limiter: Limiter) -> None:
+    model = Subject("model:m2", Limits(rpm=10, tpm=1000), shared=True)
+    assert (await limiter.acquire([model], 5)).headers == {}
+    key = Subject("key:9", Limits(rpm=3))
+    shown = (await limiter.acquire([key, model], 5)).headers
+    assert shown["x-ratelimit-limit-requests"] == "3"
+    assert shown["x-ratelimit-remaining-requests"] == "2"
+    assert "x-ratelimit-limit-tokens" not in shown  # the model's TPM is not the caller's
 
 
 async def test_windows_slide_with_the_clock() -> None:

@@ -1,11 +1,13 @@
-"""Admission: which limits a request is charged to, and its prompt tokens for TPM/budgets."""
+"""Admission: which limits a request is charged to, and the tokens it may use (its prompt, and
+n × its effective max_tokens reserved for the completion) for TPM and budgets."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
 
-from qwen_gateway.core.types import ChatRequest, GenerationRequest
+from qwen_gateway.core.record import RequestRecord
+from qwen_gateway.core.types import ChatRequest, GenerationRequest, ModelInfo
 from qwen_gateway.policy.principal import Limits, Principal
 from qwen_gateway.policy.ratelimit import Limiter, Permit, Subject
 from qwen_gateway.qwen.template import ChatTemplate, packaged_template_source
@@ -22,14 +24,28 @@ class Gate:
     async def start(self) -> None:
         self._template = ChatTemplate(packaged_template_source())
 
-    def subjects(self, principal: Principal, model: str) -> list[Subject]:
+    def subjects(
+        self, principal: Principal, deployment: str, asked: str | None = None
+    ) -> list[Subject]:
+        """The caller's own limits, then the shared ones (``limits.models``) of the public name
+        ``asked`` (a split or the intent model) and of the deployment that serves."""
         out = []
         if principal.limits.any:
             out.append(Subject(principal.id, principal.limits))
-        model_limits = self._model_limits.get(model)
-        if model_limits is not None:
-            out.append(Subject(f"model:{model}", model_limits))
+        for model in dict.fromkeys(m for m in (asked, deployment) if m is not None):
+            model_limits = self._model_limits.get(model)
+            if model_limits is not None:
+                out.append(Subject(f"model:{model}", model_limits, shared=True))
         return out
+
+    def admission(
+        self,
+        principal: Principal,
+        request: GenerationRequest,
+        record: RequestRecord,
+        asked: str | None = None,
+    ) -> Admission:
+        return Admission(self, principal, request, record, asked)
 
     async def prompt_tokens(self, request: GenerationRequest) -> int:
         """The prompt's length in Qwen tokens, as the engine will see it. The vocabulary
@@ -45,16 +61,52 @@ class Gate:
             return len(tokenizer.encode_raw(request.prompt))
         return len(request.prompt)
 
-    async def admit(self, principal: Principal, request: GenerationRequest) -> Permit | None:
-        subjects = self.subjects(principal, request.model)
-        if not subjects:
-            return None
-        counts = any(s.limits.counts_tokens for s in subjects)
-        tokens = await self.prompt_tokens(request) if counts else 0
-        return await self.limiter.acquire(subjects, tokens)
-
     async def settle(self, permit: Permit, completion_tokens: int) -> None:
         await self.limiter.settle(permit, completion_tokens)
 
     async def aclose(self) -> None:
         await self.limiter.aclose()
+
+
+class Admission:
+    """One request's admission, called by the router for each deployment it is about to try
+    (before the first token): charges the limits of that deployment and the caller's own, and
+    keeps the permit on the record (settled when the request ends). Failing over to another
+    deployment moves the charge (released, then admitted anew), so the request counts once."""
+
+    def __init__(
+        self,
+        gate: Gate,
+        principal: Principal,
+        request: GenerationRequest,
+        record: RequestRecord,
+        asked: str | None,
+    ) -> None:
+        self._gate, self._principal, self._request = gate, principal, request
+        self._record, self._asked = record, asked
+        self._prompt: int | None = None
+
+    async def __call__(self, deployment: str, info: ModelInfo) -> None:
+        request, record = self._request, self._record
+        subjects = self._gate.subjects(self._principal, deployment, self._asked)
+        prompt = reserve = 0
+        if any(s.limits.counts_tokens for s in subjects):
+            if self._prompt is None:
+                self._prompt = await self._gate.prompt_tokens(request)
+            prompt = self._prompt
+            reserve = request.n * output_limit(request, info, prompt)
+        held: Permit | None = record.permit
+        if held is not None:
+            if held.subjects == tuple(subjects) and held.charged == prompt + reserve:
+                return  # the same limits and charge: nothing to move
+            record.permit = None
+            await self._gate.limiter.release(held)
+        if subjects:
+            record.permit = await self._gate.limiter.acquire(subjects, prompt, reserve, request.n)
+
+
+def output_limit(request: GenerationRequest, info: ModelInfo, prompt_tokens: int) -> int:
+    """The most completion tokens one choice may produce on this deployment: the request's
+    max_tokens, or the deployment's output limit, within what its window leaves."""
+    wanted = request.sampling.max_tokens or info.max_output_tokens
+    return max(0, min(wanted, info.context_window - prompt_tokens))

@@ -59,7 +59,8 @@ class LeaseKeeper:
         self._backoff = backoff
         self._observer = observer
         self._live: dict[str, Permit] = {}  # by lease: permits holding concurrency leases
-        self._pending: deque[tuple[Permit, int]] = deque()
+        #: (permit, completion tokens to settle with, or None to release it)
+        self._pending: deque[tuple[Permit, int | None]] = deque()
         self._queue_size = queue_size
         self._renewing: asyncio.Task[None] | None = None
         self._retrying: asyncio.Task[None] | None = None
@@ -69,9 +70,15 @@ class LeaseKeeper:
         """Settles waiting for the limiter to come back."""
         return len(self._pending)
 
-    async def acquire(self, subjects: Sequence[Subject], prompt_tokens: int) -> Permit:
+    async def acquire(
+        self,
+        subjects: Sequence[Subject],
+        prompt_tokens: int,
+        reserve: int = 0,
+        sequences: int = 1,
+    ) -> Permit:
         try:
-            permit = await self._inner.acquire(subjects, prompt_tokens)
+            permit = await self._inner.acquire(subjects, prompt_tokens, reserve, sequences)
         except OUTAGE as exc:
             log.warning("rate limiter unreachable, refusing the request: %r", exc)
             raise ServiceUnavailable(
@@ -94,6 +101,16 @@ class LeaseKeeper:
             log.warning("settling rate limits failed, will retry: %r", exc)
             self._defer(permit, completion_tokens)
 
+    async def release(self, permit: Permit) -> None:
+        self._live.pop(permit.lease, None)
+        if permit.settled:
+            return
+        try:
+            await self._inner.release(permit)
+        except OUTAGE as exc:
+            log.warning("releasing a rate-limit admission failed, will retry: %r", exc)
+            self._defer(permit, None)
+
     async def renew(self, permits: Sequence[Permit]) -> None:
         await self._inner.renew(permits)
 
@@ -115,7 +132,10 @@ class LeaseKeeper:
             permit, tokens = self._pending[0]
             permit.settled = False  # the failed attempt marked it settled
             try:
-                await self._inner.settle(permit, tokens)
+                if tokens is None:
+                    await self._inner.release(permit)
+                else:
+                    await self._inner.settle(permit, tokens)
             except OUTAGE as exc:
                 log.info("limiter still unreachable, %d settles queued: %r", self.pending, exc)
                 return False
@@ -138,7 +158,7 @@ class LeaseKeeper:
             log.error("%d settles could not be written before shutdown", self.pending)
         await self._inner.aclose()
 
-    def _defer(self, permit: Permit, completion_tokens: int) -> None:
+    def _defer(self, permit: Permit, completion_tokens: int | None) -> None:
         permit.settled = False
         if len(self._pending) >= self._queue_size:
             self._pending.popleft()

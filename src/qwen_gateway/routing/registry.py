@@ -21,10 +21,13 @@ Sticky = Literal["none", "user", "key"]
 
 @dataclass(frozen=True, slots=True)
 class RouteContext:
-    """Who is asking, for sticky splits and replica affinity."""
+    """Who is asking, for sticky splits and replica affinity, and what it may use."""
 
     caller: str = "anonymous"
     user: str | None = None
+    #: The public names the caller is allowed (None: every one). The deployments it may be
+    #: served by are those these names reach without a fallback (see ``Router.reachable``).
+    models: frozenset[str] | None = None
 
 
 @dataclass(eq=False)

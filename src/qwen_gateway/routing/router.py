@@ -2,10 +2,12 @@
 
 A public name is a deployment, one of its aliases, a weighted split across deployments, or the
 virtual intent model (``auto``), whose requests are classified offline and sent on by category.
-The chosen deployment comes first in the plan, then its fallbacks (and theirs) in order. Until
-the first event, a failing replica hands the request to the next replica, then to the next
-deployment of the plan; after it, errors end the stream as they are. Every request's route is
-noted on its record (``deployment`` and a ``route`` trace for the response header).
+The chosen deployment comes first in the plan, then its fallbacks (and theirs) in order, less
+the deployments the caller may not use. Until the first event, a failing replica hands the
+request to the next replica, then to the next deployment of the plan; after it, errors end the
+stream as they are. Before a deployment's replicas are tried, the request is admitted for it
+(its limits). Every request's route is noted on its record (``deployment`` and a ``route``
+trace for the response header).
 """
 
 from __future__ import annotations
@@ -13,7 +15,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -51,6 +61,8 @@ log = logging.getLogger(__name__)
 #: client: the next replica is tried.
 _REPLICA_FAULTS = (AuthenticationFailed, PermissionDenied, ModelNotFound)
 TokenCounter = Callable[[GenerationRequest], Awaitable[int]]
+#: Admits the request for a deployment before its replicas are tried (raises to refuse).
+Admit = Callable[[str, ModelInfo], Awaitable[None]]
 
 
 class RouteObserver(Protocol):
@@ -165,6 +177,28 @@ class Router:
         """The deployment an alias stands for; other names as they are."""
         return self._names.get(name, name)
 
+    def virtual(self, name: str) -> bool:
+        """Whether ``name`` is a split or the intent model (not a deployment or an alias)."""
+        return name in self._splits or (self._intent is not None and name == self._intent.model)
+
+    def reachable(self, names: Iterable[str]) -> frozenset[str]:
+        """The deployments that asking for ``names`` leads to without a fallback: a deployment
+        or an alias its deployment, a split its arms, the intent model its routes' targets."""
+        out: set[str] = set()
+        todo, seen = list(names), set()
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            if self._intent is not None and name == self._intent.model:
+                todo += self._intent.routes.values()
+            elif name in self._splits:
+                todo += [arm for arm, _ in self._splits[name].arms]
+            elif name in self._names:
+                out.add(self._names[name])
+        return frozenset(out)
+
     def check(self, name: str) -> None:
         """Raise ModelNotFound unless ``name`` is served."""
         if name in self._names or name in self._splits:
@@ -232,19 +266,36 @@ class Router:
                     seen.add(dep)
                     plan.append(self._deployments[dep])
             i += 1
+        if ctx.models is not None:  # a fallback serves only a caller allowed to reach it
+            allowed = self.reachable(ctx.models)
+            plan = [d for d in plan if d.name in allowed]
+            if not plan:
+                raise PermissionDenied(
+                    f"Your credential is not allowed to use the model '{request.model}'.",
+                    param="model",
+                    code="model_not_allowed",
+                )
         return plan
 
     def stream(
-        self, request: GenerationRequest, ctx: RouteContext, record: RequestRecord
+        self,
+        request: GenerationRequest,
+        ctx: RouteContext,
+        record: RequestRecord,
+        admit: Admit | None = None,
     ) -> AsyncGenerator[EngineEvent, None]:
-        return self._stream(request, ctx, record)
+        return self._stream(request, ctx, record, admit)
 
     async def _stream(
-        self, request: GenerationRequest, ctx: RouteContext, record: RequestRecord
+        self,
+        request: GenerationRequest,
+        ctx: RouteContext,
+        record: RequestRecord,
+        admit: Admit | None,
     ) -> AsyncGenerator[EngineEvent, None]:
         trace = _Trace()
         plan = await self._plan(request, ctx, trace, record)
-        events, first, dep, replica = await self._open(request, ctx, plan, trace)
+        events, first, dep, replica = await self._open(request, ctx, plan, trace, admit)
         record.deployment = dep.name
         record.route = str(trace)
         ticket = Ticket(probe=False)  # a probe was settled by its first event
@@ -287,6 +338,7 @@ class Router:
         ctx: RouteContext,
         plan: list[Deployment],
         trace: _Trace,
+        admit: Admit | None,
     ) -> tuple[AsyncGenerator[EngineEvent, None], EngineEvent, Deployment, Replica]:
         """Start the request on the first replica (of the plan's deployments) that takes it."""
         affinity = None
@@ -348,6 +400,8 @@ class Router:
                     headers={"Retry-After": str(max(1, round(wait)))},
                 )
                 continue
+            if admit is not None:
+                await admit(dep.name, info)
             routed = replace(request, model=dep.name)
             for replica in replicas:
                 if attempts >= self.max_attempts:

@@ -10,7 +10,6 @@ import secrets
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
-from dataclasses import replace
 from typing import Any
 
 from qwen_gateway.core.normalize import RequestLimits, chat_request, text_request
@@ -30,6 +29,7 @@ from qwen_gateway.errors import InternalError
 from qwen_gateway.policy.auth import check_model
 from qwen_gateway.policy.gate import Gate
 from qwen_gateway.policy.principal import ANONYMOUS, Principal
+from qwen_gateway.policy.ratelimit import Permit
 from qwen_gateway.protocol.chat import (
     ChatCompletion,
     ChatCompletionChoice,
@@ -75,24 +75,29 @@ class CompletionService:
     def model(self, name: str) -> ModelInfo:
         return self._router.info(name)
 
-    async def _route(
+    def _route(
         self, raw: Mapping[str, Any], record: RequestRecord, request: GenerationRequest
     ) -> AsyncGenerator[EngineEvent, None]:
-        """Model allowlist and limits for the caller (the permit is settled when it ends),
-        then the routed event stream; it starts the engine at its first ``anext``."""
+        """The routed event stream, for a model name the caller is allowed; it routes and
+        starts the engine at its first ``anext``. The router serves the request only from
+        deployments the caller may use, and admits it (limits) for the one it tries (the
+        permit, on the record, is settled when the request ends)."""
         self._router.check(request.model)
         record.model = request.model
         principal = record.principal if isinstance(record.principal, Principal) else ANONYMOUS
-        # an alias is its deployment: allowed when either name is, limited as the deployment
+        # an alias is its deployment: allowed when either name is
         canonical = self._router.canonical(request.model)
         if canonical == request.model or not principal.allows(canonical):
             check_model(principal, request.model)
-        if self._gate is not None:
-            admitted = request if canonical == request.model else replace(request, model=canonical)
-            record.permit = await self._gate.admit(principal, admitted)
         user = raw.get("user")
-        ctx = RouteContext(principal.id, user if isinstance(user, str) and user else None)
-        return self._router.stream(request, ctx, record)
+        ctx = RouteContext(
+            principal.id, user if isinstance(user, str) and user else None, principal.models
+        )
+        admit = None
+        if self._gate is not None:
+            asked = canonical if self._router.virtual(canonical) else None
+            admit = self._gate.admission(principal, request, record, asked)
+        return self._router.stream(request, ctx, record, admit)
 
     # ---- chat -------------------------------------------------------------
 
@@ -101,7 +106,7 @@ class CompletionService:
     ) -> ChatCompletion | AsyncGenerator[ChatCompletionChunk | bytes, None]:
         wire, request = chat_request(raw, self._limits, record.request_id)
         record.stream = wire.stream
-        events = await self._route(raw, record, request)
+        events = self._route(raw, record, request)
         ident = f"chatcmpl-{secrets.token_hex(16)}"
         created = int(self._clock())
         if wire.stream:
@@ -206,7 +211,7 @@ class CompletionService:
     ) -> Completion | AsyncGenerator[Completion, None]:
         wire, request = text_request(raw, self._limits, record.request_id)
         record.stream = wire.stream
-        events = await self._route(raw, record, request)
+        events = self._route(raw, record, request)
         ident = f"cmpl-{secrets.token_hex(16)}"
         created = int(self._clock())
         echo = request.prompt if wire.echo and isinstance(request.prompt, str) else ""
@@ -310,6 +315,8 @@ async def _recorded(
         if record.prompt_tokens == record.completion_tokens == 0:
             record.prompt_tokens = meter.prompt_tokens
             record.completion_tokens = meter.completion_tokens
+        if isinstance(record.permit, Permit):  # limits are settled on the usage recorded
+            record.permit.prompt_tokens = record.prompt_tokens
     raise InternalError("The engine stream ended without usage.")
 
 
