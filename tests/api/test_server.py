@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import resource
 import socket
 import sqlite3
 import time
@@ -272,3 +273,58 @@ def _usage_rows(server: Server, rid: str) -> list[dict[str, Any]]:
         db.row_factory = sqlite3.Row
         rows = db.execute("SELECT * FROM usage_records WHERE request_id = ?", (rid,))
         return [dict(r) for r in rows]
+
+
+HALF_SENT = {
+    "request line": b"POST /v1/chat/comp",
+    "headers": b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ",
+    "body": b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+    b'\r\nContent-Length: 100\r\n\r\n{"model": ',
+}
+
+
+def test_idle_and_half_sent_connections_are_closed_and_requests_still_served(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 4096:
+        pytest.skip(f"needs an open-file limit of 4096, the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4096), hard))  # for this process
+    env = {
+        "QWEN_GATEWAY_SERVER__HEADER_TIMEOUT_SECONDS": "2",
+        "QWEN_GATEWAY_SERVER__IDLE_TIMEOUT_SECONDS": "2",
+        "QWEN_GATEWAY_SERVER__LIMIT_CONCURRENCY": "3000",
+    }
+    try:
+        with running_server(tiny_model_dir, tmp_path / "log", env=env) as s:
+            address = ("127.0.0.1", int(s.base_url.rsplit(":", 1)[1]))
+            idle = [socket.create_connection(address) for _ in range(1000)]
+            half_sent = {kind: [] for kind in HALF_SENT}
+            for kind, data in HALF_SENT.items():
+                for _ in range(100):
+                    sock = socket.create_connection(address)
+                    sock.sendall(data)
+                    half_sent[kind].append(sock)
+            reply = httpx.post(
+                s.base_url + "/v1/chat/completions",
+                json={"model": MODEL, "messages": [{"role": "user", "content": "x"}],
+                      "max_tokens": 2},
+                timeout=60,
+            )  # fmt: skip
+            assert reply.status_code == 200
+            assert sum(_closed_by_server(sock) for sock in idle) == len(idle)
+            for kind, socks in half_sent.items():
+                assert sum(_closed_by_server(sock) for sock in socks) == len(socks), kind
+            assert httpx.get(s.base_url + "/health").status_code == 200
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server closed ``sock`` (EOF or reset) without answering; closes it."""
+    with sock:
+        sock.settimeout(60)  # a bound on the wait, not a timing assertion
+        try:
+            return sock.recv(1024) == b""
+        except ConnectionResetError:
+            return True
