@@ -19,6 +19,8 @@ import openai
 import pytest
 
 from qwen_gateway.api.app import create_app
+from qwen_gateway.api.server import FD_RESERVE, uvicorn_options
+from qwen_gateway.config import ServerSettings
 from support.fixtures import MODEL, make_container
 from support.metrics import sample
 from support.server import Server, running_server
@@ -328,3 +330,14 @@ def _closed_by_server(sock: socket.socket) -> bool:
             return sock.recv(1024) == b""
         except ConnectionResetError:
             return True
+
+
+def test_uvicorn_options_trust_no_proxy_by_default_and_fit_the_open_file_limit() -> None:
+    plain = uvicorn_options(ServerSettings(), fd_limit=100_000)
+    assert plain["proxy_headers"] is False
+    assert plain["http"].max_connections == 2048
+    proxied = ServerSettings(trusted_proxies=["10.0.0.0/8", "127.0.0.1"], limit_concurrency=5000)
+    options = uvicorn_options(proxied, fd_limit=1024)
+    assert options["proxy_headers"] is True
+    assert options["forwarded_allow_ips"] == "10.0.0.0/8,127.0.0.1/32"
+    assert options["http"].max_connections == 1024 - FD_RESERVE
