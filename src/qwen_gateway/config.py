@@ -7,6 +7,7 @@ and the deployment conventions ``MODEL_NAME`` (model to serve) and ``MAX_CONTEXT
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 ENV_PREFIX = "QWEN_GATEWAY_"
 TINY_MODEL_DIRNAME = "tiny-qwen2.5"
@@ -41,6 +42,26 @@ class ServerSettings(Section):
     # on SIGTERM: how long requests in flight may finish before they are cut off
     shutdown_grace_seconds: int = Field(default=10, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # peers (addresses or CIDRs) whose X-Forwarded-For / X-Forwarded-Proto are believed
+    trusted_proxies: list[str] = Field(default_factory=list)
+    # a connection must send its request line and headers within this time, and a request
+    # body may pause at most idle_timeout_seconds between bytes; then it is closed
+    header_timeout_seconds: float = Field(default=30.0, gt=0)
+    idle_timeout_seconds: float = Field(default=60.0, gt=0)
+    # open connections (more are closed as they are accepted) and requests in flight (more
+    # get 503); lowered at start to fit the open-file limit
+    limit_concurrency: int = Field(default=2048, ge=1)
+    docs: bool = False  # serve /openapi.json (never Swagger UI or ReDoc: they load CDN JS)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxy_list(cls, value: Any) -> Any:
+        """A list, or a comma-separated string (environment); each entry an address or CIDR."""
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list):
+            return items
+        # ValueError: reported as a config error naming the key
+        return [str(ipaddress.ip_network(str(i).strip(), strict=False)) for i in items]
 
 
 class UpstreamSettings(Section):
@@ -195,6 +216,8 @@ class AuthSettings(Section):
     jwt: JWTSettings = Field(default_factory=JWTSettings)
     tiers: dict[str, LimitSettings] = Field(default_factory=dict)  # for JWT tier claims
     failure_limit: int = Field(default=20, ge=1)  # failed attempts per address and minute
+    # enabled: false is refused on a host other than loopback unless this is set too
+    allow_unauthenticated_remote: bool = False
     key_cache_seconds: float = Field(default=1.0, gt=0, le=1.0)
 
 

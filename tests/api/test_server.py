@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import json
+import resource
+import socket
+import sqlite3
 import time
 import uuid
+from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 import openai
 import pytest
 
-from support.fixtures import MODEL
+from qwen_gateway.api.app import create_app
+from qwen_gateway.api.server import FD_RESERVE, uvicorn_options
+from qwen_gateway.config import ServerSettings
+from support.fixtures import MODEL, make_container
 from support.metrics import sample
 from support.server import Server, running_server
+
+T = TypeVar("T")
 
 
 def _metric(server: Server, name: str) -> float:
@@ -152,12 +163,8 @@ def test_operational_endpoints(server: Server) -> None:
     base = server.base_url
     assert httpx.get(base + "/health").json() == {"status": "ok"}
     assert httpx.get(base + "/ready").json() == {"status": "ready"}
-    docs = httpx.get(base + "/docs")
-    assert docs.status_code == 200 and "swagger" in docs.text.lower()
-    spec = httpx.get(base + "/openapi.json").json()
-    assert {"/v1/chat/completions", "/v1/completions", "/v1/models"} <= set(spec["paths"])
-    body = spec["paths"]["/v1/chat/completions"]["post"]["requestBody"]
-    assert "messages" in json.dumps(body)
+    for page in ("/docs", "/redoc", "/openapi.json"):  # off unless server.docs is set
+        assert httpx.get(base + page).status_code == 404, page
     metrics = httpx.get(base + "/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
     for name in (
@@ -187,3 +194,150 @@ def test_static_api_key_is_required_when_configured(tiny_model_dir: Path, tmp_pa
         good = openai.OpenAI(base_url=s.base_url + "/v1", api_key=key, max_retries=0)
         assert [m.id for m in good.models.list()] == [MODEL]
         assert key not in (tmp_path / "log").read_text()
+
+
+async def test_docs_setting_serves_the_openapi_document_and_no_cdn_pages(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    container = make_container(tiny_model_dir, tmp_path)
+    container.settings.server.docs = True
+    transport = httpx.ASGITransport(app=create_app(container))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+        spec = (await http.get("/openapi.json")).json()
+        assert {"/v1/chat/completions", "/v1/completions", "/v1/models"} <= set(spec["paths"])
+        body = spec["paths"]["/v1/chat/completions"]["post"]["requestBody"]
+        assert "messages" in json.dumps(body)
+        for page in ("/docs", "/redoc"):
+            assert (await http.get(page)).status_code == 404, page
+
+
+def _audited_client(server: Server) -> str:
+    """Create a key with a forged X-Forwarded-For; the client address the audit trail shows."""
+    created = httpx.post(
+        server.base_url + "/admin/keys",
+        json={"name": "forwarded"},
+        headers={"X-Forwarded-For": "10.9.1.1"},
+    )
+    assert created.status_code == 201, created.text
+    audit = httpx.get(server.base_url + "/admin/audit", params={"limit": 50}).json()["data"]
+    return str(next(e for e in audit if e["action"] == "key.create")["client"])
+
+
+def test_forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    with running_server(tiny_model_dir, tmp_path / "default.log") as s:
+        assert _audited_client(s) == "127.0.0.1"
+    trusted = {"QWEN_GATEWAY_SERVER__TRUSTED_PROXIES": "127.0.0.1"}
+    with running_server(tiny_model_dir, tmp_path / "proxied.log", env=trusted) as s:
+        assert _audited_client(s) == "10.9.1.1"
+
+
+def test_a_client_that_leaves_a_full_response_is_recorded_as_cancelled(
+    server: Server, tmp_path: Path
+) -> None:
+    rid = f"leave-{uuid.uuid4().hex[:12]}"
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Essay"}]})
+    host, port = server.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Request-ID: {rid}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
+        )
+        _wait_for(lambda: _metric(server, "qwen_gateway_engine_running_sequences") >= 1)
+    entry = _wait_for(lambda: _access_entry(server, rid))
+    assert entry["status"] == 499 and entry["cancelled"] is True
+    log = "\n".join(server.log_lines())
+    assert "Traceback" not in log and "Exception in ASGI application" not in log
+    rows = _wait_for(lambda: _usage_rows(server, rid))
+    assert [(r["status"], bool(r["cancelled"])) for r in rows] == [(499, True)]
+
+
+def _wait_for(condition: Callable[[], T]) -> T:
+    """Poll ``condition`` until it is truthy (a bounded wait, not a synchronisation sleep)."""
+    deadline = time.monotonic() + 60
+    while not (result := condition()):
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+    return result
+
+
+def _access_entry(server: Server, rid: str) -> dict[str, Any] | None:
+    for line in server.log_lines():
+        if '"event":"access"' in line and rid in line:
+            return dict(json.loads(line))
+    return None
+
+
+def _usage_rows(server: Server, rid: str) -> list[dict[str, Any]]:
+    database = server.log_path.with_suffix(".data") / "gateway.db"
+    with closing(sqlite3.connect(database)) as db:
+        db.row_factory = sqlite3.Row
+        rows = db.execute("SELECT * FROM usage_records WHERE request_id = ?", (rid,))
+        return [dict(r) for r in rows]
+
+
+HALF_SENT = {
+    "request line": b"POST /v1/chat/comp",
+    "headers": b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ",
+    "body": b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+    b'\r\nContent-Length: 100\r\n\r\n{"model": ',
+}
+
+
+def test_idle_and_half_sent_connections_are_closed_and_requests_still_served(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 4096:
+        pytest.skip(f"needs an open-file limit of 4096, the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4096), hard))  # for this process
+    env = {
+        "QWEN_GATEWAY_SERVER__HEADER_TIMEOUT_SECONDS": "2",
+        "QWEN_GATEWAY_SERVER__IDLE_TIMEOUT_SECONDS": "2",
+        "QWEN_GATEWAY_SERVER__LIMIT_CONCURRENCY": "3000",
+    }
+    try:
+        with running_server(tiny_model_dir, tmp_path / "log", env=env) as s:
+            address = ("127.0.0.1", int(s.base_url.rsplit(":", 1)[1]))
+            idle = [socket.create_connection(address) for _ in range(1000)]
+            half_sent = {kind: [] for kind in HALF_SENT}
+            for kind, data in HALF_SENT.items():
+                for _ in range(100):
+                    sock = socket.create_connection(address)
+                    sock.sendall(data)
+                    half_sent[kind].append(sock)
+            reply = httpx.post(
+                s.base_url + "/v1/chat/completions",
+                json={"model": MODEL, "messages": [{"role": "user", "content": "x"}],
+                      "max_tokens": 2},
+                timeout=60,
+            )  # fmt: skip
+            assert reply.status_code == 200
+            assert sum(_closed_by_server(sock) for sock in idle) == len(idle)
+            for kind, socks in half_sent.items():
+                assert sum(_closed_by_server(sock) for sock in socks) == len(socks), kind
+            assert httpx.get(s.base_url + "/health").status_code == 200
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server closed ``sock`` (EOF or reset) without answering; closes it."""
+    with sock:
+        sock.settimeout(60)  # a bound on the wait, not a timing assertion
+        try:
+            return sock.recv(1024) == b""
+        except ConnectionResetError:
+            return True
+
+
+def test_uvicorn_options_trust_no_proxy_by_default_and_fit_the_open_file_limit() -> None:
+    plain = uvicorn_options(ServerSettings(), fd_limit=100_000)
+    assert plain["proxy_headers"] is False
+    assert plain["http"].max_connections == 2048
+    proxied = ServerSettings(trusted_proxies=["10.0.0.0/8", "127.0.0.1"], limit_concurrency=5000)
+    options = uvicorn_options(proxied, fd_limit=1024)
+    assert options["proxy_headers"] is True
+    assert options["forwarded_allow_ips"] == "10.0.0.0/8,127.0.0.1/32"
+    assert options["http"].max_connections == 1024 - FD_RESERVE

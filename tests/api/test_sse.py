@@ -66,3 +66,36 @@ async def test_error_after_the_first_chunk_becomes_an_error_frame() -> None:
     assert frames[1] == b'data: {"n":2}\n\n'
     assert frames[-1].startswith(b'data: {"error":{"message":"engine went away"')
     assert DONE not in frames
+
+
+async def test_a_stream_cut_off_by_the_shutdown_ends_with_an_error_event() -> None:
+    first_sent = asyncio.Event()
+
+    async def endless() -> AsyncGenerator[dict[str, int], None]:
+        await asyncio.Event().wait()  # never produces another chunk
+        yield {"n": 2}
+
+    def on_body(body: bytes) -> None:
+        first_sent.set()
+
+    record = RequestRecord("r")
+    response = EventStreamResponse({"n": 1}, endless(), record, keepalive=5)
+    messages: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        messages.append(message)
+        on_body(message.get("body", b""))
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()  # the client stays
+        return {"type": "http.disconnect"}
+
+    task = asyncio.create_task(response({"type": "http"}, receive, send))
+    await first_sent.wait()
+    task.cancel()  # what uvicorn does at the end of the shutdown grace period
+    await task  # ends normally: the server then closes the chunked body properly
+    last = messages[-1]
+    assert last["more_body"] is False
+    assert last["body"].startswith(b'data: {"error":')
+    assert b'"code":"server_shutting_down"' in last["body"]
+    assert record.cancelled

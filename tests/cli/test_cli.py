@@ -72,3 +72,20 @@ def test_serve_without_arguments_creates_and_serves_the_embedded_model(tmp_path:
         assert "Tiny model ready" in log
         assert f"http://127.0.0.1:{port}/v1/chat/completions" in log  # the curl example
     assert (tmp_path / "data" / "tiny-qwen2.5" / "model.safetensors").is_file()
+
+
+def test_serve_without_auth_off_loopback_is_refused() -> None:
+    refused = _run("serve", "--no-auth", "--host", "0.0.0.0")
+    assert refused.returncode == 2
+    assert "Refusing to serve without authentication on 0.0.0.0" in refused.stderr
+    assert "auth.allow_unauthenticated_remote" in refused.stderr
+
+
+def test_serve_without_auth_off_loopback_runs_when_explicitly_allowed(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    args = ["--model", str(tiny_model_dir), "--host", "0.0.0.0", "--port", str(port)]
+    allow = {"QWEN_GATEWAY_AUTH__ALLOW_UNAUTHENTICATED_REMOTE": "true"}
+    with running_command(args, port, tmp_path / "log", env=allow) as server:
+        assert server.process.poll() is None

@@ -15,6 +15,8 @@ import redis.asyncio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from qwen_gateway.errors import RateLimited
+from qwen_gateway.policy.auth import FailureThrottle
 from qwen_gateway.policy.keys import KeyManager, RedisBus
 from qwen_gateway.store.keys import KeyRepository
 from support.redis_outage import eventually, proxied_redis
@@ -112,15 +114,44 @@ async def test_bad_credentials_and_attacks(tmp_path: Path) -> None:
         for header in ("Basic abc", "Bearer", "Bearer " + "x" * 10000, "Bearer sk-qg-wrong"):
             resp = await g.http.get("/v1/models", headers={"Authorization": header})
             assert resp.status_code in (401, 429), header
-        # five failures from this address within the minute: now it is slowed down, even with
-        # a good key
-        resp = await g.http.get("/v1/models", headers={"Authorization": f"Bearer {key}"})
+        # five failures from this address within the minute: its failures are slowed down
+        resp = await g.http.get("/v1/models", headers={"Authorization": "Bearer sk-qg-wrong"})
         assert resp.status_code == 429
         assert int(resp.headers["retry-after"]) >= 1
         await g.container.writer.flush()
         failures = await g.container.audit.recent(100, "auth.failure")
         assert failures and all(f["client"] == "127.0.0.1" for f in failures)
         assert all(key not in str(f) for f in failures)  # no credential in the trail
+
+
+async def test_failures_from_an_address_never_lock_out_a_valid_key(tmp_path: Path) -> None:
+    async with secured(tmp_path) as g:  # the default limit: 20 failures per address and minute
+        key = await new_key(g)
+        wrong = [
+            (await g.http.get("/v1/models", headers={"Authorization": f"Bearer sk-qg-wrong{i}"}))
+            for i in range(21)
+        ]
+        assert [r.status_code for r in wrong] == [401] * 20 + [429]
+        good = await g.http.get("/v1/models", headers={"Authorization": f"Bearer {key}"})
+        assert good.status_code == 200
+        again = await g.http.get("/v1/models", headers={"Authorization": "Bearer sk-qg-wrong"})
+        assert again.status_code == 429
+        assert again.json()["error"]["code"] == "too_many_auth_failures"
+
+
+def test_a_full_failure_table_drops_the_oldest_address_only() -> None:
+    now = [0.0]
+    throttle = FailureThrottle(2, clock=lambda: now[0], max_clients=3)
+    for address in ("a", "b", "a", "c"):
+        throttle.fail(address)
+        now[0] += 1
+    throttle.fail("d")  # four addresses: "b" failed least recently and is dropped
+    with pytest.raises(RateLimited):
+        throttle.fail("a")  # its two failures were kept
+    throttle.fail("b")
+    throttle.fail("b")
+    with pytest.raises(RateLimited):
+        throttle.fail("b")
 
 
 def _token(claims: dict[str, Any], key: Any = SECRET, alg: str = "HS256") -> str:

@@ -130,6 +130,7 @@ def test_sigterm_under_load_loses_no_usage(
     key = cli(env, "keys", "create", "--name", "load").strip()
     log = tmp_path / "serve.log"
     ids: list[str] = []
+    tails: dict[str, str] = {}  # the last event each stream received
     with replica(faulty, env, log, model="stall") as server:
 
         async def load() -> None:
@@ -149,8 +150,10 @@ def test_sigterm_under_load_loses_no_usage(
                             json=body,
                             headers={**headers, "x-request-id": rid},
                         ) as resp:
-                            async for _ in resp.aiter_lines():
+                            async for line in resp.aiter_lines():
                                 started[i].set()  # the first chunk came: it is in flight
+                                if line.startswith("data: "):
+                                    tails[rid] = line.removeprefix("data: ")
                     except httpx.HTTPError:
                         pass
                     finally:
@@ -164,6 +167,10 @@ def test_sigterm_under_load_loses_no_usage(
         asyncio.run(load())
         assert server.process.wait(timeout=60) == 0  # a graceful shutdown
         assert any("Application shutdown complete" in line for line in server.log_lines())
+    # each stream cut off at the end of the grace period ended with an in-stream error event
+    for rid in ids:
+        error = json.loads(tails[rid])["error"]
+        assert error["code"] == "server_shutting_down" and error["type"] == "server_error", rid
     rows = {r["request_id"]: r for r in table_rows(database_url)["usage_records"]}
     assert set(ids) <= set(rows), set(ids) - set(rows)
     assert all(rows[i]["prompt_tokens"] > 0 for i in ids)

@@ -36,6 +36,11 @@ def create_app(container: Container, on_ready: Callable[[], None] | None = None)
         version=__version__,
         summary="OpenAI-compatible API for Qwen2.5 models",
         lifespan=lifespan,
+        # no Swagger UI or ReDoc: both run JS from a CDN in the gateway's origin, where
+        # operators paste admin keys; server.docs serves the OpenAPI document only
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if container.settings.server.docs else None,
     )
     install_error_handlers(app)
     include_routes(app, container)

@@ -9,6 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qwen_gateway.api.errors import envelope
@@ -18,6 +19,7 @@ from qwen_gateway.observability.metrics import Metrics
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _QUIET_PATHS = frozenset({"/metrics", "/health", "/ready"})
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the response
 
 
 def _json_bytes(obj: Any) -> bytes:
@@ -89,6 +91,9 @@ class GatewayMiddleware:
             await self.app(scope, receive_wrapper, send_wrapper)
         except BodyTooLarge:
             await self._too_large(send_wrapper)
+        except ClientDisconnect:  # the client left before the response began: no one to answer
+            record.cancelled = True
+            status = CLIENT_CLOSED_REQUEST
         except asyncio.CancelledError:  # cut off (server shutting down): it did not complete
             record.cancelled = True
             raise

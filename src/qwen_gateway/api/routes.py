@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import orjson
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from qwen_gateway.api.admin import admin_router
 from qwen_gateway.api.sse import EventStreamResponse
@@ -88,7 +89,10 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
         if not task.done():
             record_of(request).cancelled = True
             task.cancel()
-        return await task
+            await asyncio.wait({task})
+            if task.cancelled():
+                raise ClientDisconnect  # the middleware records it as 499, cancelled
+        return task.result()
     finally:
         watcher.cancel()
         task.cancel()

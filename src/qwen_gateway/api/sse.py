@@ -19,12 +19,13 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from qwen_gateway.core.record import RequestRecord
-from qwen_gateway.errors import GatewayError
+from qwen_gateway.errors import EngineUnavailable, GatewayError
 
 log = logging.getLogger(__name__)
 
 DONE = b"data: [DONE]\n\n"
 KEEPALIVE = b": keep-alive\n\n"
+_CUT_OFF_SEND_SECONDS = 2.0
 
 
 def frame(obj: Mapping[str, Any] | bytes) -> bytes:
@@ -70,6 +71,7 @@ class EventStreamResponse(Response):
         self._chunks = chunks
         self._record = record
         self._keepalive = keepalive
+        self._started = False  # the response head was sent
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
@@ -110,6 +112,7 @@ class EventStreamResponse(Response):
                     ],
                 }
             )
+            self._started = True
             await send_body(frame(self._first))
             ticker = loop.call_later(self._keepalive, tick)
             try:
@@ -134,9 +137,12 @@ class EventStreamResponse(Response):
         try:
             try:
                 await asyncio.wait({pump_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
-            except asyncio.CancelledError:  # cut off from outside (the server shutting down)
+            except asyncio.CancelledError:  # cut off from outside: the shutdown grace is over
                 self._record.cancelled = True
-                raise
+                if pump_task.done() or not self._started:
+                    raise
+                await self._cut_off(pump_task, send)
+                return  # uvicorn then ends the chunked body properly
             if not pump_task.done():
                 self._record.cancelled = True  # the client left mid-stream
                 pump_task.cancel()
@@ -158,3 +164,20 @@ class EventStreamResponse(Response):
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)  # none is inside chunks now
             await chunks.aclose()
+
+    async def _cut_off(self, pump: asyncio.Future[None], send: Send) -> None:
+        """End a stream the shutdown cuts off with an in-stream error instead of a bare close."""
+        pump.cancel()
+        await asyncio.wait({pump})
+        log.info("stream cut off by the server shutting down")
+        tail = error_frame(
+            EngineUnavailable(
+                "The server is shutting down; the stream was cut off. Retry the request.",
+                code="server_shutting_down",
+            )
+        )
+        try:
+            async with asyncio.timeout(_CUT_OFF_SEND_SECONDS):  # a client that does not read
+                await send({"type": "http.response.body", "body": tail, "more_body": False})
+        except (TimeoutError, OSError) as exc:
+            log.info("could not send the shutdown error to the client: %r", exc)

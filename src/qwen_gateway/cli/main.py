@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import signal
 import sys
@@ -83,7 +84,7 @@ def _banner(settings: Settings, bootstrap_key: str | None) -> None:
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}]})
     lines = [
         f"\nqwen-gateway is ready at {base}  (model: {model})",
-        f"  docs:    {base}/docs",
+        *([f"  openapi: {base}/openapi.json"] if settings.server.docs else []),
         f"  curl:    curl {base}/v1/chat/completions{auth} \\",
         f"             -H 'Content-Type: application/json' -d '{body}'",
         f"  python:  OpenAI(base_url='{base}/v1', api_key={key})"
@@ -164,8 +165,8 @@ def serve(
         },
     }
     settings = _settings(cli, config)
-    import uvicorn
-
+    _refuse_remote_without_auth(settings)
+    from qwen_gateway.api import server
     from qwen_gateway.api.app import create_app
     from qwen_gateway.container import Container
     from qwen_gateway.observability.logging import configure_logging
@@ -190,14 +191,31 @@ def serve(
     # handlers found at start: these write the queued log lines and exit 0
     signal.signal(signal.SIGTERM, _exit_after_shutdown)
     signal.signal(signal.SIGINT, _exit_after_shutdown)
-    uvicorn.run(
-        application,
-        host=settings.server.host,
-        port=settings.server.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=settings.server.shutdown_grace_seconds,
+    server.run(application, settings.server)
+
+
+def _refuse_remote_without_auth(settings: Settings) -> None:
+    """Exit 2 for auth off on an address other than loopback, unless explicitly allowed."""
+    if settings.auth.enabled or settings.server.api_key is not None:
+        return
+    if settings.auth.allow_unauthenticated_remote or _is_loopback(settings.server.host):
+        return
+    err.print(
+        f"[red]Refusing to serve without authentication on {settings.server.host}:[/red] "
+        "anyone who can reach it could use the API and the admin endpoints. Listen on "
+        "127.0.0.1, or set auth.allow_unauthenticated_remote: true "
+        "(QWEN_GATEWAY_AUTH__ALLOW_UNAUTHENTICATED_REMOTE=true) if that is really intended."
     )
+    raise typer.Exit(2)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: assume it is reachable from elsewhere
+        return False
 
 
 def _exit_after_shutdown(signum: int, _: object) -> None:

@@ -1,7 +1,8 @@
 """Authentication: ``Authorization: Bearer`` with an API key, a JWT or the static key.
 
 Keys in the query string are refused. Failures are audited (client address and reason, never
-the credential) and an address that keeps failing is slowed down with 429s.
+the credential). The credential is checked first: a valid one is always accepted, and only the
+failures of an address that keeps failing are answered with 429s.
 """
 
 from __future__ import annotations
@@ -22,38 +23,41 @@ QUERY_CREDENTIALS = frozenset({"api_key", "api-key", "apikey", "key", "access_to
 
 
 class FailureThrottle:
-    """Counts authentication failures per client address over a sliding minute."""
+    """Counts authentication failures per client address over a sliding minute.
 
-    def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
+    Only failures are counted and only failures are refused: a valid credential always gets
+    through. The table holds at most ``max_clients`` addresses; past that, the address whose
+    last failure is the oldest is dropped (not the whole table).
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        clock: Callable[[], float] = time.monotonic,
+        max_clients: int = 100_000,
+    ) -> None:
         self._limit = limit
         self._clock = clock
-        self._failures: dict[str, deque[float]] = {}
+        self._max_clients = max_clients
+        self._failures: dict[str, deque[float]] = {}  # least recently failed first
 
-    def _recent(self, client: str) -> deque[float]:
-        times = self._failures.setdefault(client, deque())
+    def fail(self, client: str) -> None:
+        """Count a failure, or raise ``RateLimited`` if the address already failed too often."""
+        times = self._failures.pop(client, None) or deque()
         cutoff = self._clock() - 60
         while times and times[0] <= cutoff:
             times.popleft()
-        return times
-
-    def check(self, client: str) -> None:
-        if client not in self._failures:
-            return
-        times = self._recent(client)
-        if not times:
-            del self._failures[client]
-        elif len(times) >= self._limit:
+        self._failures[client] = times  # now the most recent entry
+        if len(times) >= self._limit:
             wait = max(1, int(times[0] + 60 - self._clock() + 1))
             raise RateLimited(
                 "Too many failed authentication attempts from your address; retry later.",
                 code="too_many_auth_failures",
                 headers={"Retry-After": str(wait)},
             )
-
-    def fail(self, client: str) -> None:
-        if len(self._failures) > 100_000:
-            self._failures.clear()
-        self._recent(client).append(self._clock())
+        times.append(self._clock())
+        while len(self._failures) > self._max_clients:
+            del self._failures[next(iter(self._failures))]
 
 
 class Authenticator:
@@ -79,7 +83,6 @@ class Authenticator:
     ) -> Principal:
         if not self.enabled:
             return ANONYMOUS
-        self._throttle.check(client)
         try:
             if query_keys & QUERY_CREDENTIALS:
                 raise AuthenticationFailed(
@@ -89,7 +92,7 @@ class Authenticator:
                 )
             return await self._check(authorization or "")
         except AuthenticationFailed as exc:
-            self._throttle.fail(client)
+            self._throttle.fail(client)  # 429 instead, once the address failed too often
             self._audit(
                 AuditEntry(datetime.now(UTC), "auth.failure", "anonymous", None, client[:100],
                            {"reason": exc.code, "path": path[:200]})
