@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 
 from qwen_gateway.store.db import Database
+from qwen_gateway.store.sanitise import clean_json, clean_text
 from qwen_gateway.store.tables import ApiKeyRow
 
 
@@ -77,8 +78,8 @@ class KeyRepository:
         created_at: datetime,
     ) -> KeyRecord:
         row = ApiKeyRow(
-            name=name, prefix=prefix, key_hash=key_hash, role=role,
-            models=list(models) if models is not None else None,
+            name=clean_text(name, 200), prefix=prefix, key_hash=key_hash, role=role,
+            models=clean_json(list(models)) if models is not None else None,
             rpm=limits.rpm, tpm=limits.tpm, max_concurrency=limits.max_concurrency,
             daily_tokens=limits.daily_tokens, monthly_tokens=limits.monthly_tokens,
             expires_at=expires_at, created_at=created_at,
