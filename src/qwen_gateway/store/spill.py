@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import suppress
 from dataclasses import asdict
@@ -68,7 +69,8 @@ class SpillFile:
 
     async def replay(self, store: Store, batch_size: int) -> tuple[int, bool]:
         """Store what was spilled: (entries stored, whether all of it is done)."""
-        claimed = self.path.with_name(f"{self.path.name}.{secrets.token_hex(6)}.replaying")
+        token = f"{time.time_ns():020d}-{secrets.token_hex(4)}"  # oldest first, by name
+        claimed = self.path.with_name(f"{self.path.name}.{token}.replaying")
         with suppress(FileNotFoundError):
             self.path.rename(claimed)
         stored = 0
