@@ -189,6 +189,7 @@ def build_router(
                 supports_tools=d.capabilities.tools,
                 supports_json_schema=d.capabilities.json_schema,
                 max_concurrency=d.max_concurrency,
+                default_max_tokens=d.default_max_tokens,
             )
         )
         aliases.update({a: d.name for a in d.aliases})

@@ -187,3 +187,19 @@ def test_static_api_key_is_required_when_configured(tiny_model_dir: Path, tmp_pa
         good = openai.OpenAI(base_url=s.base_url + "/v1", api_key=key, max_retries=0)
         assert [m.id for m in good.models.list()] == [MODEL]
         assert key not in (tmp_path / "log").read_text()
+
+
+def test_a_request_without_max_tokens_stops_at_the_default_output_limit(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    env = {"QWEN_GATEWAY_MODEL__DEFAULT_MAX_TOKENS": "5"}
+    with running_server(tiny_model_dir, tmp_path / "log", env=env) as s:
+        client = openai.OpenAI(base_url=s.base_url + "/v1", api_key="none", max_retries=0)
+        ask = [{"role": "user", "content": "Write forever"}]
+        chat = client.chat.completions.create(model=MODEL, messages=ask)  # type: ignore[arg-type]
+        assert chat.usage is not None and chat.usage.completion_tokens == 5
+        assert chat.choices[0].finish_reason == "length"
+        longer = client.chat.completions.create(model=MODEL, messages=ask, max_tokens=9)  # type: ignore[arg-type]
+        assert longer.usage is not None and longer.usage.completion_tokens == 9
+        card = httpx.get(f"{s.base_url}/v1/models/{MODEL}").json()
+        assert (card["default_max_tokens"], card["max_output_tokens"]) == (5, 8192)

@@ -1,8 +1,13 @@
-"""The database handle's reachability check, behind /ready: cached, and it follows an outage."""
+"""The database handle: the reachability check behind /ready (cached, follows an outage) and
+the migrations, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import secrets
+from datetime import UTC, datetime
+
 from qwen_gateway.store.db import Database
+from qwen_gateway.store.keys import KeyLimits, KeyRepository
 from store.helpers import proxied
 
 
@@ -24,3 +29,21 @@ async def test_reachable_follows_an_outage_and_is_cached_between_checks(
             assert await db.reachable()
         finally:
             await db.aclose()
+
+
+async def test_migrations_add_a_default_output_limit_to_keys(database_url: str) -> None:
+    db = Database(database_url)
+    try:
+        await db.migrate()
+        await db.migrate()  # idempotent
+        repo = KeyRepository(db)
+        record = await repo.add(
+            name="k\x00", prefix="sk-qg-abc", key_hash=secrets.token_hex(32), role="inference",
+            models=None, limits=KeyLimits(rpm=5, default_max_tokens=64), expires_at=None,
+            created_at=datetime.now(UTC),
+        )  # fmt: skip
+        again = await repo.get(record.id)
+        assert again is not None and again.limits == KeyLimits(rpm=5, default_max_tokens=64)
+        assert again.name == "k\\x00"
+    finally:
+        await db.aclose()

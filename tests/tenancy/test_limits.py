@@ -13,7 +13,7 @@ import pytest
 from qwen_gateway.errors import QuotaExceeded, RateLimited
 from qwen_gateway.policy.principal import Limits
 from qwen_gateway.policy.ratelimit import Limiter, LocalLimiter, RedisLimiter, Subject, duration
-from tenancy.helpers import ASK, client, new_key, secured
+from tenancy.helpers import ASK, admin_key, client, new_key, secured
 
 
 def limits_settings(backend: tuple[str, str | None], **extra: Any) -> dict[str, Any]:
@@ -165,3 +165,39 @@ async def test_windows_slide_with_the_clock() -> None:
 
 def test_reset_durations_read_like_openais() -> None:
     assert [duration(s) for s in (0.25, 1, 59.2, 60, 61)] == ["250ms", "1s", "1m0s", "1m0s", "1m1s"]
+
+
+async def test_a_request_without_max_tokens_gets_the_key_default_else_the_deployment_default(
+    tmp_path: Path,
+) -> None:
+    deployments = [{"name": "scripted", "default_max_tokens": 5}, {"name": "other"}]
+    async with secured(tmp_path, deployments=deployments) as g:  # the reply is 7 tokens
+        plain, limited = await new_key(g), await new_key(g, default_max_tokens=3)
+
+        async def completion(key: str, **extra: Any) -> tuple[int, str]:
+            reply = await client(g, key).chat.completions.create(
+                model="scripted", messages=ASK, **extra
+            )
+            assert reply.usage is not None
+            return reply.usage.completion_tokens, reply.choices[0].finish_reason
+
+        assert await completion(plain) == (5, "length")  # the deployment's default
+        assert await completion(limited) == (3, "length")  # the key's default wins
+        assert await completion(limited, max_tokens=4) == (4, "length")  # the client's wins
+        assert (await completion(plain, max_completion_tokens=100))[1] == "stop"
+        card = (await g.http.get("/v1/models/scripted", headers=_bearer(plain))).json()
+        assert (card["default_max_tokens"], card["max_output_tokens"]) == (5, 8192)
+        other = (await g.http.get("/v1/models/other", headers=_bearer(plain))).json()
+        assert other["default_max_tokens"] == 2048  # the documented default
+        keys = (await g.http.get("/admin/keys", headers=_bearer(await admin_key(g)))).json()
+        assert {k["default_max_tokens"] for k in keys["data"]} >= {None, 3}
+        bad = await g.http.post(
+            "/admin/keys",
+            json={"name": "x", "default_max_tokens": 0},
+            headers=_bearer(await admin_key(g)),
+        )
+        assert bad.status_code == 400
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}

@@ -78,15 +78,17 @@ def test_keys_and_usage_cli(tmp_path: Path) -> None:
     created = json.loads(run_cli(
         data, "keys", "create", "--name", "svc ünïcode", "--models", "a,b", "--rpm", "5",
         "--tpm", "100", "--max-concurrency", "2", "--daily-tokens", "1000",
-        "--monthly-tokens", "9000", "--expires", "30d", "--json",
+        "--monthly-tokens", "9000", "--default-max-tokens", "64", "--expires", "30d", "--json",
     ))  # fmt: skip
     assert created["key"].startswith("sk-qg-")
     assert (created["models"], created["rpm"], created["max_concurrency"]) == (["a", "b"], 5, 2)
+    assert created["default_max_tokens"] == 64
     listed = json.loads(run_cli(data, "keys", "list", "--json"))
     assert [k["name"] for k in listed] == ["svc ünïcode"]
     assert created["key"] not in json.dumps(listed)
     table = run_cli(data, "keys", "list")
     assert "svc ünïcode" in table and created["key"] not in table
+    assert "default_max_tokens=64" in table
     shown = json.loads(run_cli(data, "keys", "show", str(created["id"]), "--json"))
     assert shown[0]["status"] == "active"
     rotated = run_cli(data, "keys", "rotate", str(created["id"])).strip()

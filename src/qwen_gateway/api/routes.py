@@ -129,6 +129,7 @@ def _model_card(info: ModelInfo) -> Model:
         "owned_by": info.owned_by,
         "context_window": info.context_window,
         "max_output_tokens": info.max_output_tokens,
+        "default_max_tokens": info.default_max_tokens,
     }
 
 

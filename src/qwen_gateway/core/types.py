@@ -182,6 +182,8 @@ class ModelInfo:
     id: str
     context_window: int
     max_output_tokens: int
+    #: output tokens for a request that names no max_tokens (None: up to max_output_tokens)
+    default_max_tokens: int | None = None
     owned_by: str = "qwen-gateway"
     created: int = 0
     supports_tools: bool = True
