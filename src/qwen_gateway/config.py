@@ -106,6 +106,10 @@ class ModelSettings(Section):
     #: None: the model's own window (131072 when the model does not say).
     context_window: int | None = Field(default=None, ge=16)
     max_output_tokens: int = Field(default=8192, ge=1)
+    #: Output tokens for a request that sends neither max_tokens nor max_completion_tokens
+    #: (chat front ends often send none); a key's own default wins; both are capped by
+    #: max_output_tokens. None: up to max_output_tokens.
+    default_max_tokens: int | None = Field(default=2048, ge=1)
     max_n: int = Field(default=8, ge=1, le=128)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)

@@ -46,6 +46,7 @@ from qwen_gateway.service.completions import CompletionService
 from qwen_gateway.store.audit import AuditRepository
 from qwen_gateway.store.db import Database
 from qwen_gateway.store.keys import KeyRepository
+from qwen_gateway.store.spill import SpillFile
 from qwen_gateway.store.usage import UsageEntry, UsageRepository
 from qwen_gateway.store.writer import BatchWriter
 
@@ -189,6 +190,7 @@ def build_router(
                 supports_tools=d.capabilities.tools,
                 supports_json_schema=d.capabilities.json_schema,
                 max_concurrency=d.max_concurrency,
+                default_max_tokens=d.default_max_tokens,
             )
         )
         aliases.update({a: d.name for a in d.aliases})
@@ -259,8 +261,9 @@ class Tenancy:
         self.audit = AuditRepository(self.db)
         u = settings.usage
         self.writer = BatchWriter(
-            self.usage, self.audit, u.queue_size, u.batch_size, u.flush_seconds
-        )
+            self.usage, self.audit, u.queue_size, u.batch_size, u.flush_seconds,
+            spill=SpillFile(settings.data_dir / "usage-spill.jsonl"),
+        )  # fmt: skip
         self.redis: Any = None  # Redis only swaps implementations, here and in Container
         if settings.redis.url is not None:
             import redis.asyncio
@@ -343,6 +346,7 @@ class Container:
             gate=self.gate,
         )
         self.metrics.watch_engines(self._engine_stats)
+        self.metrics.watch_writer(self.writer.counts)
         self.metrics.watch_replicas(
             lambda: (
                 (s.deployment, s.replica, int(s.breaker), s.healthy, s.outstanding)
@@ -351,6 +355,7 @@ class Container:
         )
         self._loading: asyncio.Task[None] | None = None
         self.load_error: BaseException | None = None
+        self.database_up = True  # as /ready last found it
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -374,17 +379,22 @@ class Container:
         self._in_flight += 1
         self._idle.clear()
 
-    async def finish(self, record: RequestRecord, path: str, method: str, status: int) -> None:
-        """When a request has ended, however it ended: record usage, settle its limits."""
+    async def finish(
+        self, record: RequestRecord, endpoint: str | None, method: str, status: int
+    ) -> None:
+        """When a request has ended, however it ended: record usage, settle its limits.
+        ``endpoint`` is the path template of the route that took it (None: no route did)."""
         try:
-            await self._account(record, path, method, status)
+            await self._account(record, endpoint, method, status)
         finally:
             self._in_flight -= 1
             if self._in_flight <= 0:
                 self._idle.set()
 
-    async def _account(self, record: RequestRecord, path: str, method: str, status: int) -> None:
-        if method == "POST" and path.startswith("/v1/"):
+    async def _account(
+        self, record: RequestRecord, endpoint: str | None, method: str, status: int
+    ) -> None:
+        if method == "POST" and endpoint is not None and endpoint.startswith("/v1/"):
             principal = record.principal if isinstance(record.principal, Principal) else None
             ttft = record.ttft
             self.writer.put(
@@ -395,7 +405,7 @@ class Container:
                     key_id=principal.key_id if principal is not None else None,
                     model=record.model,
                     deployment=record.deployment,
-                    path=path[:200],
+                    path=endpoint,
                     status=status,
                     prompt_tokens=record.prompt_tokens,
                     completion_tokens=record.completion_tokens,
@@ -443,7 +453,8 @@ class Container:
             states = await asyncio.gather(*(r.engine.ready() for r in deployment.replicas))
             if not any(states):
                 return False
-        return True
+        self.database_up = await self.db.reachable()
+        return self.database_up
 
     async def aclose(self) -> None:
         if self._loading is not None and not self._loading.done():

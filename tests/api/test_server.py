@@ -341,3 +341,19 @@ def test_uvicorn_options_trust_no_proxy_by_default_and_fit_the_open_file_limit()
     assert options["proxy_headers"] is True
     assert options["forwarded_allow_ips"] == "10.0.0.0/8,127.0.0.1/32"
     assert options["http"].max_connections == 1024 - FD_RESERVE
+
+
+def test_a_request_without_max_tokens_stops_at_the_default_output_limit(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    env = {"QWEN_GATEWAY_MODEL__DEFAULT_MAX_TOKENS": "5"}
+    with running_server(tiny_model_dir, tmp_path / "log", env=env) as s:
+        client = openai.OpenAI(base_url=s.base_url + "/v1", api_key="none", max_retries=0)
+        ask = [{"role": "user", "content": "Write forever"}]
+        chat = client.chat.completions.create(model=MODEL, messages=ask)  # type: ignore[arg-type]
+        assert chat.usage is not None and chat.usage.completion_tokens == 5
+        assert chat.choices[0].finish_reason == "length"
+        longer = client.chat.completions.create(model=MODEL, messages=ask, max_tokens=9)  # type: ignore[arg-type]
+        assert longer.usage is not None and longer.usage.completion_tokens == 9
+        card = httpx.get(f"{s.base_url}/v1/models/{MODEL}").json()
+        assert (card["default_max_tokens"], card["max_output_tokens"]) == (5, 8192)

@@ -31,7 +31,7 @@ from routing.helpers import routed, scripted
 from support.fixtures import open_in_process
 from support.flaky import FlakyEngine
 from support.redis_outage import eventually, proxied_redis
-from tenancy.helpers import ASK, REPLY, client, new_key, secured
+from tenancy.helpers import ASK, REPLY, admin_key, client, new_key, secured
 
 
 def limits_settings(backend: tuple[str, str | None], **extra: Any) -> dict[str, Any]:
@@ -401,3 +401,39 @@ async def test_an_unreachable_limiter_is_a_503_with_retry_after(
             assert int(refused.headers["retry-after"]) >= 1
             proxy.up()
             assert (await ask(g, key)).status_code == 200
+
+
+async def test_a_request_without_max_tokens_gets_the_key_default_else_the_deployment_default(
+    tmp_path: Path,
+) -> None:
+    deployments = [{"name": "scripted", "default_max_tokens": 5}, {"name": "other"}]
+    async with secured(tmp_path, deployments=deployments) as g:  # the reply is 7 tokens
+        plain, limited = await new_key(g), await new_key(g, default_max_tokens=3)
+
+        async def completion(key: str, **extra: Any) -> tuple[int, str]:
+            reply = await client(g, key).chat.completions.create(
+                model="scripted", messages=ASK, **extra
+            )
+            assert reply.usage is not None
+            return reply.usage.completion_tokens, reply.choices[0].finish_reason
+
+        assert await completion(plain) == (5, "length")  # the deployment's default
+        assert await completion(limited) == (3, "length")  # the key's default wins
+        assert await completion(limited, max_tokens=4) == (4, "length")  # the client's wins
+        assert (await completion(plain, max_completion_tokens=100))[1] == "stop"
+        card = (await g.http.get("/v1/models/scripted", headers=_bearer(plain))).json()
+        assert (card["default_max_tokens"], card["max_output_tokens"]) == (5, 8192)
+        other = (await g.http.get("/v1/models/other", headers=_bearer(plain))).json()
+        assert other["default_max_tokens"] == 2048  # the documented default
+        keys = (await g.http.get("/admin/keys", headers=_bearer(await admin_key(g)))).json()
+        assert {k["default_max_tokens"] for k in keys["data"]} >= {None, 3}
+        bad = await g.http.post(
+            "/admin/keys",
+            json={"name": "x", "default_max_tokens": 0},
+            headers=_bearer(await admin_key(g)),
+        )
+        assert bad.status_code == 400
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}

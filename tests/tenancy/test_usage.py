@@ -3,14 +3,18 @@ CSV and through the CLI; on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import os
 import subprocess
 import sys
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from store.helpers import eventually, proxied, stored
+from support.metrics import sample
 from tenancy.helpers import ASK, admin_key, new_key, secured
 
 
@@ -74,15 +78,17 @@ def test_keys_and_usage_cli(tmp_path: Path) -> None:
     created = json.loads(run_cli(
         data, "keys", "create", "--name", "svc ünïcode", "--models", "a,b", "--rpm", "5",
         "--tpm", "100", "--max-concurrency", "2", "--daily-tokens", "1000",
-        "--monthly-tokens", "9000", "--expires", "30d", "--json",
+        "--monthly-tokens", "9000", "--default-max-tokens", "64", "--expires", "30d", "--json",
     ))  # fmt: skip
     assert created["key"].startswith("sk-qg-")
     assert (created["models"], created["rpm"], created["max_concurrency"]) == (["a", "b"], 5, 2)
+    assert created["default_max_tokens"] == 64
     listed = json.loads(run_cli(data, "keys", "list", "--json"))
     assert [k["name"] for k in listed] == ["svc ünïcode"]
     assert created["key"] not in json.dumps(listed)
     table = run_cli(data, "keys", "list")
     assert "svc ünïcode" in table and created["key"] not in table
+    assert "default_max_tokens=64" in table
     shown = json.loads(run_cli(data, "keys", "show", str(created["id"]), "--json"))
     assert shown[0]["status"] == "active"
     rotated = run_cli(data, "keys", "rotate", str(created["id"])).strip()
@@ -99,3 +105,69 @@ def test_keys_and_usage_cli(tmp_path: Path) -> None:
         env={**os.environ, "QWEN_GATEWAY_DATA_DIR": str(data)}, capture_output=True, text=True,
     )  # fmt: skip
     assert missing.returncode == 1 and "No key with id 999" in missing.stderr
+
+
+async def test_a_request_to_no_route_records_nothing_and_spoils_no_batch(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A legitimate request and an unauthenticated POST with a NUL in its path, in one flush
+    window: the legitimate record is stored, the 404 records nothing."""
+    async with secured(tmp_path, database_url, usage={"flush_seconds": 1}) as g:
+        key = await new_key(g)
+        rid = f"legit-{uuid.uuid4().hex[:8]}"
+        legit, nul = await asyncio.gather(
+            g.http.post(
+                "/v1/chat/completions",
+                json={"model": "scripted", "messages": ASK, "max_tokens": 1},
+                headers={"Authorization": f"Bearer {key}", "X-Request-ID": rid},
+            ),
+            g.http.post("/v1/x%00y"),
+        )
+        assert (legit.status_code, nul.status_code) == (200, 404)
+        await g.container.writer.flush()
+        assert rid in await g.container.usage.request_ids()
+        assert nul.headers["x-request-id"] not in await g.container.usage.request_ids()
+        assert g.container.writer.stats.dropped == 0
+        rows = await g.container.usage.report(["key"])
+        assert all(r["key"] != "anonymous" for r in rows)
+
+
+async def test_usage_of_requests_during_a_database_outage_is_stored_once_it_is_back(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    with proxied(postgres_url) as (proxy, url):
+        async with secured(
+            tmp_path, url, auth={"enabled": False}, usage={"queue_size": 10, "batch_size": 5}
+        ) as g:
+            g.container.db.ping_ttl = 0
+            headers: dict[str, str] = {}  # authentication needs the database: none here
+            body = {"model": "scripted", "messages": ASK}
+            assert (
+                await g.http.post("/v1/chat/completions", json=body, headers=headers)
+            ).status_code == 200
+            proxy.down()
+            ids = []
+            for _ in range(25):  # more than the queue holds: the rest spill
+                resp = await g.http.post("/v1/chat/completions", json=body, headers=headers)
+                assert resp.status_code == 200
+                ids.append(resp.headers["x-request-id"])
+            ready = await g.http.get("/ready")
+            assert ready.status_code == 503
+            assert ready.json()["error"]["code"] == "database_unavailable"
+            proxy.up()
+
+            async def is_ready() -> bool:
+                return (await g.http.get("/ready")).status_code == 200
+
+            await eventually(is_ready)
+
+            async def all_stored() -> bool:
+                return set(ids) <= await g.container.usage.request_ids()
+
+            await eventually(all_stored)
+            metrics = (await g.http.get("/metrics")).text
+            assert sample(metrics, "qwen_gateway_store_entries_total", outcome="spilled") > 0
+            assert sample(metrics, "qwen_gateway_store_entries_total", outcome="dropped") == 0
+            assert sample(metrics, "qwen_gateway_store_failed_batches_total") > 0
+    counts = await stored(postgres_url, "req_")
+    assert all(counts[i] == 1 for i in ids)  # nothing lost, nothing stored twice

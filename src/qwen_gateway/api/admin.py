@@ -31,6 +31,7 @@ class KeyCreate(BaseModel):
     max_concurrency: int | None = Field(default=None, ge=1)
     daily_tokens: int | None = Field(default=None, ge=1)
     monthly_tokens: int | None = Field(default=None, ge=1)
+    default_max_tokens: int | None = Field(default=None, ge=1)
     expires_at: datetime | None = None
 
 
@@ -67,7 +68,12 @@ def admin_router(container: Container, check: Any) -> APIRouter:
             role=body.role,
             models=tuple(body.models) if body.models is not None else None,
             limits=KeyLimits(
-                body.rpm, body.tpm, body.max_concurrency, body.daily_tokens, body.monthly_tokens
+                body.rpm,
+                body.tpm,
+                body.max_concurrency,
+                body.daily_tokens,
+                body.monthly_tokens,
+                body.default_max_tokens,
             ),
             expires_at=body.expires_at,
             actor=actor,

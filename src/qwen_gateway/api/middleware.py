@@ -28,6 +28,13 @@ def _json_bytes(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
+def _endpoint(scope: Scope) -> str | None:
+    """The path template of the route that took the request (None when no route matched):
+    never the raw path, which the client wrote."""
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) else None
+
+
 class BodyTooLarge(Exception):
     """Raised from ``receive`` when a streamed body passes the cap."""
 
@@ -40,7 +47,7 @@ class GatewayMiddleware:
         metrics: Metrics,
         max_body_bytes: int,
         on_start: Callable[[], None] | None = None,
-        on_finish: Callable[[RequestRecord, str, str, int], Awaitable[None]] | None = None,
+        on_finish: Callable[[RequestRecord, str | None, str, int], Awaitable[None]] | None = None,
     ) -> None:
         self.on_start = on_start
         self.app = app
@@ -101,7 +108,7 @@ class GatewayMiddleware:
             self.metrics.in_flight.dec()
             self._finish(scope, record, status)
             if self.on_finish is not None:
-                await self.on_finish(record, scope.get("path", ""), scope.get("method", ""), status)
+                await self.on_finish(record, _endpoint(scope), scope.get("method", ""), status)
 
     async def _too_large(self, send: Send) -> None:
         body = _json_bytes(

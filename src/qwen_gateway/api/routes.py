@@ -133,6 +133,7 @@ def _model_card(info: ModelInfo) -> Model:
         "owned_by": info.owned_by,
         "context_window": info.context_window,
         "max_output_tokens": info.max_output_tokens,
+        "default_max_tokens": info.default_max_tokens,
     }
 
 
@@ -189,14 +190,18 @@ def include_routes(app: FastAPI, container: Container) -> None:
         if await container.ready():
             return JSONResponse({"status": "ready"})
         status = "failed" if container.load_error is not None else "loading"
+        message, code = f"The engine is {status}.", "engine_unavailable"
+        if not container.database_up:
+            status, message = "unavailable", "The database is unreachable."
+            code = "database_unavailable"
         return JSONResponse(
             {
                 "status": status,
                 "error": {
-                    "message": f"The engine is {status}.",
+                    "message": message,
                     "type": "server_error",
                     "param": None,
-                    "code": "engine_unavailable",
+                    "code": code,
                 },
             },
             status_code=503,

@@ -82,7 +82,7 @@ def _print_keys(rows: list[dict[str, Any]], as_json: bool) -> None:
     for r in rows:
         limits = ", ".join(
             f"{k}={r[k]}" for k in ("rpm", "tpm", "max_concurrency", "daily_tokens",
-                                    "monthly_tokens") if r[k] is not None
+                                    "monthly_tokens", "default_max_tokens") if r[k] is not None
         )  # fmt: skip
         table_rows.append([
             str(r["id"]), r["name"], r["prefix"], r["role"],
@@ -119,6 +119,10 @@ def create(
     monthly_tokens: Annotated[
         int | None, typer.Option(help="Token budget per UTC month.", min=1)
     ] = None,
+    default_max_tokens: Annotated[
+        int | None,
+        typer.Option(help="Output tokens for requests that send no max_tokens.", min=1),
+    ] = None,
     expires: Annotated[
         str | None, typer.Option(help="Expiry: 30d, 12h, 90m or an ISO date/time.")
     ] = None,
@@ -135,7 +139,9 @@ def create(
             name,
             role="admin" if admin else "inference",
             models=allowed,
-            limits=KeyLimits(rpm, tpm, max_concurrency, daily_tokens, monthly_tokens),
+            limits=KeyLimits(
+                rpm, tpm, max_concurrency, daily_tokens, monthly_tokens, default_max_tokens
+            ),
             expires_at=_expiry(expires),
             actor="cli",
         ),

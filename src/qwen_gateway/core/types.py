@@ -11,7 +11,9 @@ FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "cancel
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
-    """How to pick tokens. ``max_tokens=None`` means: up to the output limit."""
+    """How to pick tokens. ``max_tokens=None`` means: up to the output limit, and at most
+    ``default_max_tokens`` when that is set (the key's or deployment's default output limit,
+    which never makes a request fail: it yields to what the context window leaves)."""
 
     max_tokens: int | None = None
     temperature: float = 1.0
@@ -22,6 +24,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    default_max_tokens: int | None = None
 
     @property
     def greedy(self) -> bool:
@@ -182,6 +185,8 @@ class ModelInfo:
     id: str
     context_window: int
     max_output_tokens: int
+    #: output tokens for a request that names no max_tokens (None: up to max_output_tokens)
+    default_max_tokens: int | None = None
     owned_by: str = "qwen-gateway"
     created: int = 0
     supports_tools: bool = True

@@ -226,6 +226,9 @@ class OpenAIUpstreamEngine:
         if isinstance(request, TextRequest):
             prompt = request.prompt
             body["prompt"] = prompt if isinstance(prompt, str) else list(prompt)
+            self._default_output(
+                body, request, len(prompt.encode() if isinstance(prompt, str) else prompt)
+            )
             return "/completions", body
         body["messages"] = [_wire_message(m) for m in request.messages]
         if request.tools:
@@ -244,7 +247,22 @@ class OpenAIUpstreamEngine:
                     "type": "json_schema",
                     "json_schema": {"name": "output", "schema": constraint.schema, "strict": True},
                 }
+        bound = len(orjson.dumps(body["messages"])) + len(orjson.dumps(body.get("tools", [])))
+        self._default_output(body, request, bound + TEMPLATE_TOKENS)
         return "/chat/completions", body
+
+    def _default_output(
+        self, body: dict[str, Any], request: GenerationRequest, prompt_bound: int
+    ) -> None:
+        """A request with no max_tokens asks the upstream for the default output limit, when
+        the prompt (at most ``prompt_bound`` tokens: its bytes, a token being one byte or more,
+        plus the template's own) surely leaves room for it; otherwise the upstream's own rule
+        (what the window leaves) applies, so a default never fails a request."""
+        default = request.sampling.default_max_tokens
+        if "max_tokens" in body or default is None:
+            return
+        if prompt_bound + default <= self.config.context_window:
+            body["max_tokens"] = default
 
     def _passthrough(self, request: GenerationRequest) -> bool:
         """Whether the upstream's chunks can go to the client as they are (no tools, no JSON)."""
@@ -530,6 +548,11 @@ async def _post(
         await asyncio.sleep(
             retry_after if retry_after is not None else cfg.backoff * 2 ** (attempt - 1)
         )
+
+
+#: an upper bound of the tokens the chat template adds: the default system prompt, the tools
+#: instructions and the role markers of a few messages beyond their JSON's length
+TEMPLATE_TOKENS = 512
 
 
 def _sampling(p: SamplingParams) -> dict[str, Any]:

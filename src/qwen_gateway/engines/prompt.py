@@ -59,9 +59,11 @@ class PromptEngine:
     def stream(self, request: GenerationRequest) -> AsyncGenerator[EngineEvent, None]:
         ids = self.prompt_ids(request)
         info = self.info
+        s = request.sampling
         budget = output_budget(
-            len(ids), request.sampling.max_tokens, info.context_window, info.max_output_tokens
-        )
+            len(ids), s.max_tokens, info.context_window, info.max_output_tokens,
+            s.default_max_tokens,
+        )  # fmt: skip
         sampling = replace(request.sampling, max_tokens=budget)
         if isinstance(request, TextRequest) and not ids:
             ids = [ENDOFTEXT_ID]

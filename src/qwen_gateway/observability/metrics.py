@@ -16,6 +16,42 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 EngineStatsSource = Callable[[], Iterable[tuple[str, Mapping[str, float]]]]
 #: (deployment, replica, breaker state 0/1/2, healthy, outstanding) per replica.
 ReplicaSource = Callable[[], Iterable[tuple[str, str, int, bool, int]]]
+#: The usage/audit writer: keys written, replayed, spilled, dropped, failed_batches (counts),
+#: queued and database_up (1 when its last attempt reached the database).
+WriterStatsSource = Callable[[], Mapping[str, float]]
+WRITER_OUTCOMES = ("written", "replayed", "spilled", "dropped")
+
+
+class _WriterCollector(Collector):
+    def __init__(self, source: WriterStatsSource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._source()
+        entries = CounterMetricFamily(
+            "qwen_gateway_store_entries",
+            "Usage and audit entries by outcome: written from the queue, replayed from the "
+            "spill file, spilled (queue full during an outage), dropped (refused or no room)",
+            labels=["outcome"],
+        )
+        for outcome in WRITER_OUTCOMES:
+            entries.add_metric([outcome], s.get(outcome, 0))
+        failed = CounterMetricFamily(
+            "qwen_gateway_store_failed_batches",
+            "Background write attempts that failed (the database unreachable) and were retried",
+            value=s.get("failed_batches", 0),
+        )
+        queued = GaugeMetricFamily(
+            "qwen_gateway_store_queue_depth",
+            "Entries waiting to be written",
+            value=s.get("queued", 0),
+        )
+        up = GaugeMetricFamily(
+            "qwen_gateway_store_database_up",
+            "1 when the writer's last attempt reached the database",
+            value=s.get("database_up", 1),
+        )
+        yield from (entries, failed, queued, up)
 
 
 class _ReplicaCollector(Collector):
@@ -172,6 +208,9 @@ class Metrics:
 
     def watch_replicas(self, source: ReplicaSource) -> None:
         self.registry.register(_ReplicaCollector(source))
+
+    def watch_writer(self, source: WriterStatsSource) -> None:
+        self.registry.register(_WriterCollector(source))
 
     # routing.router.RouteObserver
     def route_attempt(self, deployment: str, replica: str, outcome: str) -> None:

@@ -108,5 +108,8 @@ class Admission:
 def output_limit(request: GenerationRequest, info: ModelInfo, prompt_tokens: int) -> int:
     """The most completion tokens one choice may produce on this deployment: the request's
     max_tokens, or the deployment's output limit, within what its window leaves."""
-    wanted = request.sampling.max_tokens or info.max_output_tokens
+    s = request.sampling
+    wanted = s.max_tokens or min(
+        s.default_max_tokens or info.max_output_tokens, info.max_output_tokens
+    )
     return max(0, min(wanted, info.context_window - prompt_tokens))

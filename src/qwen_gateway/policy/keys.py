@@ -140,6 +140,7 @@ def principal_of(record: KeyRecord) -> Principal:
         models=frozenset(record.models) if record.models is not None else None,
         limits=Limits(lim.rpm, lim.tpm, lim.max_concurrency, lim.daily_tokens, lim.monthly_tokens),
         key_id=record.id,
+        default_max_tokens=lim.default_max_tokens,
     )
 
 
@@ -157,6 +158,7 @@ def key_view(record: KeyRecord) -> dict[str, Any]:
         "max_concurrency": lim.max_concurrency,
         "daily_tokens": lim.daily_tokens,
         "monthly_tokens": lim.monthly_tokens,
+        "default_max_tokens": lim.default_max_tokens,
         "expires_at": record.expires_at.isoformat() if record.expires_at else None,
         "created_at": record.created_at.isoformat(),
         "revoked_at": record.revoked_at.isoformat() if record.revoked_at else None,
@@ -215,7 +217,8 @@ class KeyManager:
         limits = limits or KeyLimits()
         if role not in ("inference", "admin"):
             raise InvalidRequest("role must be 'inference' or 'admin'.", param="role")
-        for field_name in ("rpm", "tpm", "max_concurrency", "daily_tokens", "monthly_tokens"):
+        for field_name in ("rpm", "tpm", "max_concurrency", "daily_tokens", "monthly_tokens",
+                           "default_max_tokens"):  # fmt: skip
             value = getattr(limits, field_name)
             if value is not None and value < 1:
                 raise InvalidRequest(f"{field_name} must be at least 1.", param=field_name)

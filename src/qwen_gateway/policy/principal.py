@@ -37,6 +37,8 @@ class Principal:
     models: frozenset[str] | None = None  # None: every model
     limits: Limits = field(default_factory=Limits)
     key_id: int | None = None
+    #: output tokens for a request that names no max_tokens (None: the deployment's default)
+    default_max_tokens: int | None = None
 
     def allows(self, model: str) -> bool:
         return self.models is None or model in self.models

@@ -64,6 +64,7 @@ class Model(TypedDict):
     owned_by: str
     context_window: NotRequired[int]
     max_output_tokens: NotRequired[int]
+    default_max_tokens: NotRequired[int | None]  # output tokens when a request names none
 
 
 class ListModelsResponse(TypedDict):

@@ -6,12 +6,16 @@ from qwen_gateway.errors import ContextLengthExceeded
 
 
 def output_budget(
-    prompt_tokens: int, requested: int | None, context_window: int, max_output: int
+    prompt_tokens: int,
+    requested: int | None,
+    context_window: int,
+    max_output: int,
+    default: int | None = None,
 ) -> int:
     """How many tokens may be generated, or raise ``context_length_exceeded``.
 
     ``requested=None`` (clients such as Open WebUI send no ``max_tokens``) means: as many as
-    the output limit and the remaining context allow.
+    the output limit, the default output limit (``default``) and the remaining context allow.
     """
     room = context_window - prompt_tokens
     if requested is None:
@@ -22,7 +26,7 @@ def output_budget(
                 "messages.",
                 param="messages",
             )
-        return min(room, max_output)
+        return min(room, max_output, default or max_output)
     if prompt_tokens + requested > context_window:
         raise ContextLengthExceeded(
             f"This model's maximum context length is {context_window} tokens. However, you "

@@ -38,6 +38,7 @@ class Deployment:
     supports_tools: bool = True
     supports_json_schema: bool = True
     max_concurrency: int | None = None
+    default_max_tokens: int | None = None
     outstanding: int = 0
 
     @property
@@ -46,7 +47,11 @@ class Deployment:
 
     @property
     def info(self) -> ModelInfo:
-        return replace(self.replicas[0].engine.info, id=self.name)
+        info = self.replicas[0].engine.info
+        default = self.default_max_tokens
+        if default is not None:
+            default = min(default, info.max_output_tokens)
+        return replace(info, id=self.name, default_max_tokens=default)
 
     def missing_capability(self, request: GenerationRequest) -> str | None:
         if not isinstance(request, ChatRequest):

@@ -164,6 +164,7 @@ class Router:
                 id=name,
                 context_window=min(c.context_window for c in cards),
                 max_output_tokens=min(c.max_output_tokens for c in cards),
+                default_max_tokens=min(c.default_max_tokens or c.max_output_tokens for c in cards),
             )
         target = self._names.get(name)
         if target is None:

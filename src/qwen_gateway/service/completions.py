@@ -10,7 +10,8 @@ import secrets
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
-from typing import Any
+from dataclasses import replace
+from typing import Any, TypeVar
 
 from qwen_gateway.core.normalize import RequestLimits, chat_request, text_request
 from qwen_gateway.core.record import RequestRecord
@@ -44,6 +45,8 @@ from qwen_gateway.protocol.completions import Completion, CompletionChoice
 from qwen_gateway.routing.registry import RouteContext
 from qwen_gateway.routing.router import Router
 
+R = TypeVar("R", bound=GenerationRequest)
+
 
 def _usage(u: Usage) -> CompletionUsage:
     return {
@@ -75,6 +78,19 @@ class CompletionService:
     def model(self, name: str) -> ModelInfo:
         return self._router.info(name)
 
+    def _default_output(self, request: R, record: RequestRecord) -> R:
+        """A request naming no max_tokens gets the caller's default, else the model's; both
+        capped by the model's output limit."""
+        if request.sampling.max_tokens is not None:
+            return request
+        principal = record.principal if isinstance(record.principal, Principal) else ANONYMOUS
+        info = self._router.info(request.model)
+        default = principal.default_max_tokens or info.default_max_tokens
+        if default is None:
+            return request
+        limit = min(default, info.max_output_tokens)
+        return replace(request, sampling=replace(request.sampling, default_max_tokens=limit))
+
     def _route(
         self, raw: Mapping[str, Any], record: RequestRecord, request: GenerationRequest
     ) -> AsyncGenerator[EngineEvent, None]:
@@ -105,6 +121,7 @@ class CompletionService:
         self, raw: Mapping[str, Any], record: RequestRecord
     ) -> ChatCompletion | AsyncGenerator[ChatCompletionChunk | bytes, None]:
         wire, request = chat_request(raw, self._limits, record.request_id)
+        request = self._default_output(request, record)
         record.stream = wire.stream
         events = self._route(raw, record, request)
         ident = f"chatcmpl-{secrets.token_hex(16)}"
@@ -210,6 +227,7 @@ class CompletionService:
         self, raw: Mapping[str, Any], record: RequestRecord
     ) -> Completion | AsyncGenerator[Completion, None]:
         wire, request = text_request(raw, self._limits, record.request_id)
+        request = self._default_output(request, record)
         record.stream = wire.stream
         events = self._route(raw, record, request)
         ident = f"cmpl-{secrets.token_hex(16)}"

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import insert, select
 
 from qwen_gateway.store.db import Database
+from qwen_gateway.store.sanitise import clean_row
 from qwen_gateway.store.tables import AuditRow
 
 
@@ -29,7 +30,9 @@ class AuditRepository:
     async def add_many(self, entries: list[AuditEntry]) -> None:
         if not entries:
             return
-        rows = [{f: getattr(e, f) for f in AuditEntry.__slots__} for e in entries]
+        rows = [
+            clean_row(AuditRow, {f: getattr(e, f) for f in AuditEntry.__slots__}) for e in entries
+        ]
         async with self._db.sessions.begin() as session:
             await session.execute(insert(AuditRow), rows)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +12,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
+log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _LOCK_ID = 7_324_115  # a PostgreSQL advisory lock: one replica migrates at a time
 
@@ -43,6 +47,27 @@ class Database:
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self.ping_ttl, self.ping_seconds = 2.0, 1.0
+        self._checked: tuple[float, bool] | None = None  # (when, reachable)
+        self._checking = asyncio.Lock()
+
+    async def reachable(self) -> bool:
+        """Whether ``SELECT 1`` answers within ``ping_seconds``. The answer is kept for
+        ``ping_ttl`` seconds and one check runs at a time, so probes cost no query each."""
+        async with self._checking:
+            now = time.monotonic()
+            if self._checked is not None and now - self._checked[0] < self.ping_ttl:
+                return self._checked[1]
+            try:
+                async with asyncio.timeout(self.ping_seconds), self.engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+                ok = True
+            except Exception as exc:
+                if self._checked is None or self._checked[1]:
+                    log.error("the database is unreachable (%s)", type(exc).__name__)
+                ok = False
+            self._checked = (time.monotonic(), ok)
+            return ok
 
     async def migrate(self) -> None:
         """Bring the schema to the newest revision (idempotent; safe with several replicas)."""

@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 
 from qwen_gateway.store.db import Database
+from qwen_gateway.store.sanitise import clean_json, clean_text
 from qwen_gateway.store.tables import ApiKeyRow
 
 
@@ -18,6 +19,8 @@ class KeyLimits:
     max_concurrency: int | None = None
     daily_tokens: int | None = None
     monthly_tokens: int | None = None
+    #: output tokens for a request that names no max_tokens (None: the deployment's default)
+    default_max_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +46,12 @@ def _record(row: ApiKeyRow) -> KeyRecord:
         role=row.role,
         models=tuple(row.models) if row.models is not None else None,
         limits=KeyLimits(
-            row.rpm, row.tpm, row.max_concurrency, row.daily_tokens, row.monthly_tokens
+            row.rpm,
+            row.tpm,
+            row.max_concurrency,
+            row.daily_tokens,
+            row.monthly_tokens,
+            row.default_max_tokens,
         ),
         expires_at=_aware(row.expires_at),
         created_at=_aware(row.created_at) or row.created_at,
@@ -77,10 +85,11 @@ class KeyRepository:
         created_at: datetime,
     ) -> KeyRecord:
         row = ApiKeyRow(
-            name=name, prefix=prefix, key_hash=key_hash, role=role,
-            models=list(models) if models is not None else None,
+            name=clean_text(name, 200), prefix=prefix, key_hash=key_hash, role=role,
+            models=clean_json(list(models)) if models is not None else None,
             rpm=limits.rpm, tpm=limits.tpm, max_concurrency=limits.max_concurrency,
             daily_tokens=limits.daily_tokens, monthly_tokens=limits.monthly_tokens,
+            default_max_tokens=limits.default_max_tokens,
             expires_at=expires_at, created_at=created_at,
         )  # fmt: skip
         async with self._db.sessions.begin() as session:

@@ -26,6 +26,7 @@ class ApiKeyRow(Base):
     max_concurrency: Mapped[int | None] = mapped_column(Integer, nullable=True)
     daily_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     monthly_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    default_max_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from sqlalchemy import Date, case, cast, func, insert, select
 
 from qwen_gateway.store.db import Database
+from qwen_gateway.store.sanitise import clean_row
 from qwen_gateway.store.tables import UsageRow
 
 GroupBy = Literal["key", "model", "deployment", "arm", "day"]
@@ -41,8 +42,8 @@ class UsageRepository:
     async def add_many(self, entries: Sequence[UsageEntry]) -> None:
         if not entries:
             return
-        rows: list[dict[str, Any]] = [
-            {f: getattr(e, f) for f in UsageEntry.__slots__} for e in entries
+        rows = [
+            clean_row(UsageRow, {f: getattr(e, f) for f in UsageEntry.__slots__}) for e in entries
         ]
         async with self._db.sessions.begin() as session:
             await session.execute(insert(UsageRow), rows)
