@@ -82,6 +82,6 @@ def test_operators_retrain_with_one_command(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "| class | precision | recall | support |" in out.stdout
     assert "**learned**: accuracy" in out.stdout and "**rules**: accuracy" in out.stdout
-    saved = LearnedClassifier.load(tmp_path / "data" / "intent-model.pkl")
+    saved = LearnedClassifier.load(tmp_path / "data" / "intent-model.json")
     assert "legal" in saved.categories
     assert saved.classify("请把合同第三条改写得更正式一些").category == "legal"
