@@ -364,15 +364,34 @@ def load_settings(
 
 
 _HIDDEN = object()
-# values under these keys may hold credentials: errors never show them
-_SECRET_HOLDERS = {"url", "base_url", "remote_url", "replicas", "env", "options", "extra_args"}
+# values under these keys may hold credentials: errors show them masked (URLs) or not at all
+_URL_HOLDERS = {"url", "base_url", "remote_url", "replicas"}
+_SECRET_HOLDERS = {"env", "options", "extra_args"}
 
 
 def _bad(key: str, value: Any, why: str) -> ConfigError:
-    parts = key.split(".")
-    if value is _HIDDEN or _SECRET_HOLDERS & set(parts) or any(looks_secret(p) for p in parts):
+    """The error for a bad value; only the values of known, non-secret keys are shown."""
+    parts = set(key.split("."))
+    if parts & _URL_HOLDERS and value is not _HIDDEN:
+        value = _masked_urls(value)
+    elif parts & _SECRET_HOLDERS or any(map(looks_secret, parts)):
+        value = _HIDDEN
+    if value is _HIDDEN:
         return ConfigError(f"Invalid config value for '{key}' (value not shown): {why}")
     return ConfigError(f"Invalid config value for '{key}' ({value!r}): {why}")
+
+
+def _masked_urls(value: Any) -> Any:
+    """A URL (or a list of them) with credentials masked; _HIDDEN for anything else that could
+    hold one."""
+    if isinstance(value, list):
+        masked = [_masked_urls(v) for v in value]
+        return _HIDDEN if _HIDDEN in masked else masked
+    if isinstance(value, str) and "://" in value:
+        return mask_url(value)
+    if isinstance(value, int | float | bool) or (isinstance(value, str) and "@" not in value):
+        return value
+    return _HIDDEN
 
 
 _HS_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}  # RFC 7518 3.2: the hash's size

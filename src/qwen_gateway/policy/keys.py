@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "sk-qg-"
 VISIBLE = len(KEY_PREFIX) + 6  # "sk-qg-AbCdEf": enough to tell keys apart, useless to attack
 MAX_NAME = 200
-MAX_ID = 2**63 - 1  # ids are BIGINT: larger ones name no key (and overflow the drivers)
+MAX_ID = 2**31 - 1  # the id column is INTEGER: larger ids name no key (and overflow drivers)
 # bidi embeddings, overrides and isolates: they reorder how a name reads in a terminal
 _BIDI = frozenset(chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A)))
 
