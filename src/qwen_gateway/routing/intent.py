@@ -15,7 +15,6 @@ follow-up ("now in Go", "再证明一下").
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import re
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from qwen_gateway.core.types import ChatMessage
+from qwen_gateway.routing.tfidf import TOKENS, TfidfLogistic
 
 log = logging.getLogger(__name__)
 
@@ -200,13 +200,12 @@ class LearnedClassifier:
     plain arrays, saved as JSON and applied here with numpy, so a saved model is data, never code.
     """
 
-    # one CJK ideograph, or a run of word characters that are not CJK ideographs
-    _TOKENS: ClassVar[str] = r"[\u3400-\u9fff\uf900-\ufaff]|[^\W\u3400-\u9fff\uf900-\ufaff]+"
+    _TOKENS: ClassVar[str] = TOKENS
 
     threshold: float = 0.45
     fallback: str = FALLBACK
     name: str = "learned"
-    _model: _Weights | None = field(default=None, repr=False)
+    _model: TfidfLogistic | None = field(default=None, repr=False)
 
     def fit(self, examples: Sequence[Example]) -> LearnedClassifier:
         from sklearn.feature_extraction.text import TfidfVectorizer
@@ -221,7 +220,7 @@ class LearnedClassifier:
         )  # fmt: skip
         model = make_pipeline(features, LogisticRegression(C=100.0, max_iter=5000))
         model.fit([e.text for e in examples], [e.label for e in examples])
-        self._model = _Weights.of(model)
+        self._model = TfidfLogistic.of(model)
         return self
 
     @property
@@ -241,7 +240,7 @@ class LearnedClassifier:
             return Intent(self.fallback, confidence, self.name)
         return Intent(weights.classes[best], confidence, self.name)
 
-    def _fitted(self) -> _Weights:
+    def _fitted(self) -> TfidfLogistic:
         if self._model is None:
             raise RuntimeError("LearnedClassifier.fit() was not called")
         return self._model
@@ -261,7 +260,7 @@ class LearnedClassifier:
             data = json.loads(path.read_text(encoding="utf-8"))
             if data.get("format") != MODEL_FORMAT:
                 raise ValueError(f"not a {MODEL_FORMAT} file")
-            return cls(threshold=float(data["threshold"]), _model=_Weights.from_json(data))
+            return cls(threshold=float(data["threshold"]), _model=TfidfLogistic.from_json(data))
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
             raise ValueError(
                 f"{path} is not an intent model written by `qwen-gateway intent train` ({exc})"
@@ -270,118 +269,6 @@ class LearnedClassifier:
 
 MODEL_FORMAT = "qwen-gateway-intent-1"
 LEGACY_MODEL_FILE = "intent-model.pkl"  # pickled models of earlier versions: never loaded
-
-
-@dataclass(frozen=True)
-class _Weights:
-    """A fitted TF-IDF + logistic regression pipeline as arrays; ``probabilities`` computes
-    what scikit-learn's ``predict_proba`` does (tested to agree)."""
-
-    char_vocabulary: dict[str, int]
-    char_idf: Any  # numpy arrays
-    word_vocabulary: dict[str, int]
-    word_idf: Any
-    coef: Any  # (classes or 1, features)
-    intercept: Any
-    classes: tuple[str, ...]
-
-    _WHITESPACE: ClassVar[re.Pattern[str]] = re.compile(r"\s\s+")
-    _TOKEN: ClassVar[re.Pattern[str]] = re.compile(LearnedClassifier._TOKENS)
-
-    @classmethod
-    def of(cls, pipeline: Any) -> _Weights:
-        import numpy as np
-
-        union, regression = pipeline.steps[0][1], pipeline.steps[-1][1]
-        char, word = (t for _, t in union.transformer_list)
-        return cls(
-            {str(k): int(v) for k, v in char.vocabulary_.items()},
-            np.asarray(char.idf_, dtype=np.float64),
-            {str(k): int(v) for k, v in word.vocabulary_.items()},
-            np.asarray(word.idf_, dtype=np.float64),
-            np.asarray(regression.coef_, dtype=np.float64),
-            np.asarray(regression.intercept_, dtype=np.float64),
-            tuple(str(c) for c in regression.classes_),
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "char_vocabulary": self.char_vocabulary, "char_idf": self.char_idf.tolist(),
-            "word_vocabulary": self.word_vocabulary, "word_idf": self.word_idf.tolist(),
-            "coef": self.coef.tolist(), "intercept": self.intercept.tolist(),
-            "classes": list(self.classes),
-        }  # fmt: skip
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> _Weights:
-        import numpy as np
-
-        def vocabulary(raw: Any) -> dict[str, int]:
-            return {str(k): int(v) for k, v in dict(raw).items()}
-
-        weights = cls(
-            vocabulary(data["char_vocabulary"]),
-            np.asarray(data["char_idf"], dtype=np.float64),
-            vocabulary(data["word_vocabulary"]),
-            np.asarray(data["word_idf"], dtype=np.float64),
-            np.asarray(data["coef"], dtype=np.float64),
-            np.asarray(data["intercept"], dtype=np.float64),
-            tuple(str(c) for c in data["classes"]),
-        )
-        features = len(weights.char_idf) + len(weights.word_idf)
-        rows = 1 if len(weights.classes) == 2 else len(weights.classes)
-        if (
-            len(weights.classes) < 2
-            or weights.coef.shape != (rows, features)
-            or weights.intercept.shape != (rows,)
-            or any(not 0 <= i < len(weights.char_idf) for i in weights.char_vocabulary.values())
-            or any(not 0 <= i < len(weights.word_idf) for i in weights.word_vocabulary.values())
-        ):
-            raise ValueError("the arrays do not fit together")
-        return weights
-
-    def _char_grams(self, text: str) -> list[str]:
-        """scikit-learn's ``char_wb`` analyzer, 1–4-grams."""
-        grams = []
-        for w in self._WHITESPACE.sub(" ", text).split():
-            w = f" {w} "
-            for n in range(1, 5):
-                if len(w) <= n:  # the whole (short) word, once, and no longer n-grams
-                    grams.append(w)
-                    break
-                grams += [w[i : i + n] for i in range(len(w) - n + 1)]
-        return grams
-
-    def _word_grams(self, text: str) -> list[str]:
-        """scikit-learn's ``word`` analyzer with our token pattern, 1–2-grams."""
-        tokens = self._TOKEN.findall(text)
-        return tokens + [f"{a} {b}" for a, b in itertools.pairwise(tokens)]
-
-    @staticmethod
-    def _tfidf(grams: list[str], vocabulary: Mapping[str, int], idf: Any) -> tuple[Any, Any]:
-        """(indices, values) of the sublinear TF-IDF vector, L2-normalised."""
-        import numpy as np
-
-        counts = Counter(vocabulary[g] for g in grams if g in vocabulary)
-        indices = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
-        tf = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
-        values = (np.log(tf) + 1.0) * idf[indices]
-        norm = float(np.sqrt(np.dot(values, values)))
-        return indices, values / norm if norm > 0 else values
-
-    def probabilities(self, text: str) -> Any:
-        import numpy as np
-
-        text = text.lower()
-        ci, cv = self._tfidf(self._char_grams(text), self.char_vocabulary, self.char_idf)
-        wi, wv = self._tfidf(self._word_grams(text), self.word_vocabulary, self.word_idf)
-        indices = np.concatenate([ci, wi + len(self.char_idf)])
-        scores = self.coef[:, indices] @ np.concatenate([cv, wv]) + self.intercept
-        if len(self.classes) == 2:  # one-vs-rest with one column, as scikit-learn does
-            p = 1.0 / (1.0 + np.exp(-scores[0]))
-            return np.array([1.0 - p, p])
-        scores = np.exp(scores - scores.max())
-        return scores / scores.sum()
 
 
 def load_saved(path: Path) -> LearnedClassifier | None:
