@@ -123,6 +123,7 @@ def test_config_show_masks_every_secret_in_model_and_deployments(tmp_path: Path)
     [
         ({}, {"QWEN_GATEWAY_REDIS__URLL": "redis://:hunter2@h/0"}, "redis.urll"),
         ({"server": {"api_key": ["hunter2"]}}, {}, "server.api_key"),
+        ({"deployments": [{"upstream": {"api_key": "hunter2"}}]}, {}, "deployments.0.name"),
         ({"auth": {"jwt": {"secret": {"v": "hunter2"}}}}, {}, "auth.jwt.secret"),
         ({"database": {"url": ["postgresql://u:hunter2@h/db"]}}, {}, "database.url"),
         ({"model": {"vllm": {"env": {"HF_TOKEN": ["hunter2"]}}}}, {}, "model.vllm.env"),

@@ -356,8 +356,14 @@ def load_settings(
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         key = ".".join(str(p) for p in err["loc"])
-        shown = err["type"] != "extra_forbidden"  # a misspelt key may well hold a secret
-        raise _bad(key, err["input"] if shown else _HIDDEN, err["msg"]) from None
+        value = err["input"]
+        # a misspelt key may well hold a secret; a mapping (e.g. the parent of a missing key)
+        # may hold one anywhere
+        plain = [value] if not isinstance(value, list) else value
+        shown = err["type"] != "extra_forbidden" and not any(
+            isinstance(v, dict) and v for v in plain
+        )
+        raise _bad(key, value if shown else _HIDDEN, err["msg"]) from None
     check_registry(settings)
     check_auth(settings)
     return settings
