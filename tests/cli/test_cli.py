@@ -12,6 +12,7 @@ from pathlib import Path
 
 import openai
 
+from qwen_gateway.cli.main import _bootstrap_notice
 from support.server import free_port, running_command
 
 CLI = [sys.executable, "-m", "qwen_gateway.cli.main"]
@@ -124,3 +125,11 @@ def test_the_first_admin_key_is_kept_in_a_private_file_even_if_the_engine_fails(
     listed = _run("keys", "list", "--json", "--data-dir", str(data), env=env)
     assert listed.returncode == 0, listed.stderr
     assert [k["prefix"] for k in json.loads(listed.stdout)] == [secret[:12] + "…"]
+
+
+def test_the_first_admin_key_is_printed_only_on_a_terminal(tmp_path: Path) -> None:
+    key_file = tmp_path / "admin-key"
+    on_tty = _bootstrap_notice("sk-qg-SECRET", key_file, tty=True)
+    in_logs = _bootstrap_notice("sk-qg-SECRET", key_file, tty=False)
+    assert "export QWEN_GATEWAY_KEY=sk-qg-SECRET" in on_tty and str(key_file) in on_tty
+    assert "sk-qg-SECRET" not in in_logs and f"$(cat {key_file})" in in_logs
