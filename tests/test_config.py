@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,7 +53,6 @@ def test_deployment_variables_model_name_and_max_context_length() -> None:
         ({"QWEN_GATEWAY_SERVER__PORT": "eighty"}, "server.port"),
         ({"MAX_CONTEXT_LENGTH": "-5"}, "model.context_window"),
         ({"QWEN_GATEWAY_MODEL__DTYPE": "int3"}, "model.dtype"),
-        ({"QWEN_GATEWAY_SERVER__NO_SUCH_THING": "1"}, "server.no_such_thing"),
     ],
 )
 def test_bad_values_name_the_key_and_value(env: dict[str, str], key: str) -> None:
@@ -75,3 +76,103 @@ def test_redacted_hides_the_api_key() -> None:
     shown = redacted(s)
     assert shown["server"]["api_key"] == "**********"
     assert "sk-secret" not in repr(shown)
+
+
+def test_the_clients_key_variable_is_not_a_setting() -> None:
+    s = load_settings(env={"QWEN_GATEWAY_KEY": "sk-qg-EXAMPLEADMINKEY"})
+    assert "sk-qg-EXAMPLEADMINKEY" not in repr(s.model_dump())
+
+
+PLANTED = [f"planted-secret-{i:02d}" for i in range(16)]
+
+
+def test_config_show_masks_every_secret_in_model_and_deployments(tmp_path: Path) -> None:
+    p = PLANTED
+
+    def model(first: int) -> dict[str, Any]:
+        return {
+            "upstream": {"api_key": p[first], "base_url": f"http://svc:{p[first + 1]}@up:1/v1"},
+            "vllm": {
+                "remote_url": f"http://{p[first + 2]}@vllm:8000/v1",
+                "env": {"HF_TOKEN": p[first + 3], "HUGGING_FACE_HUB_TOKEN": p[first + 3]},
+                "extra_args": ["--api-key", p[first + 4], f"--hf-token={p[first + 4]}", "--x"],
+            },
+            "options": {"api_key": p[first + 5], "nested": {"password": p[first + 5]}},
+        }
+
+    tree = {
+        "server": {"api_key": p[12], "metrics_token": p[13]},
+        "database": {"url": f"postgresql://gw@db/gateway?password={p[14]}&sslmode=require"},
+        "redis": {"url": f"redis://:{p[15]}@redis:6379/0"},
+        "auth": {"jwt": {"secret": p[0] * 2, "audience": "qwen"}},
+        "model": model(0),
+        "deployments": [
+            {"name": "up", "engine": "openai", **model(6),
+             "replicas": [f"http://svc:{p[11]}@10.0.0.1:8001/v1", "http://10.0.0.2:8001/v1"]},
+        ],
+    }  # fmt: skip
+    shown = json.dumps(redacted(load_settings(tree, env={})))
+    assert not [secret for secret in PLANTED if secret in shown]
+    # what is not secret stays, so the operator can still tell the URLs apart
+    for visible in ("http://svc:****@up:1/v1", "sslmode=require", "10.0.0.2:8001", "--x"):
+        assert visible in shown
+
+
+@pytest.mark.parametrize(
+    ("tree", "env", "key"),
+    [
+        ({}, {"QWEN_GATEWAY_REDIS__URLL": "redis://:hunter2@h/0"}, "redis.urll"),
+        ({"server": {"api_key": ["hunter2"]}}, {}, "server.api_key"),
+        ({"deployments": [{"upstream": {"api_key": "hunter2"}}]}, {}, "deployments.0.name"),
+        ({"auth": {"jwt": {"secret": {"v": "hunter2"}}}}, {}, "auth.jwt.secret"),
+        ({"database": {"url": ["postgresql://u:hunter2@h/db"]}}, {}, "database.url"),
+        ({"model": {"vllm": {"env": {"HF_TOKEN": ["hunter2"]}}}}, {}, "model.vllm.env"),
+        ({"model": {"upstream": {"base_url": ["http://u:hunter2@h"]}}}, {}, "model.upstream"),
+        ({"deployments": [{"name": "d", "engine": "openai",
+                           "replicas": ["ftp://u:hunter2@h/"]}]}, {}, "deployments.0.replicas.0"),
+        ({"deployments": [{"name": "d", "engine": "openai", "replicas":
+                           ["http://u:hunter2@h/", "http://u:hunter2@h/"]}]}, {}, "replicas.1"),
+    ],
+)  # fmt: skip
+def test_config_errors_never_show_secret_or_unknown_values(
+    tree: dict[str, Any], env: dict[str, str], key: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(tree, env=env)
+    assert key in str(info.value)
+    assert "hunter2" not in str(info.value)
+
+
+def _jwt(**jwt: Any) -> dict[str, Any]:
+    return {"auth": {"jwt": {"secret": "s" * 32, "audience": "qwen", **jwt}}}
+
+
+@pytest.mark.parametrize(
+    ("tree", "message"),
+    [
+        (_jwt(audience=None), "auth.jwt.audience"),
+        ({"auth": {"jwt": {"public_key": "/k.pem"}}}, "auth.jwt.audience"),
+        (_jwt(secret="short-secret-23-bytes!!"), "HS256 needs a secret of at least 32 bytes"),
+        (_jwt(algorithms=["HS512"]), "HS512 needs a secret of at least 64 bytes"),
+        (_jwt(default_tier="gold"), "auth.jwt.default_tier"),
+    ],
+)
+def test_jwt_settings_that_accept_too_much_are_refused(tree: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        load_settings(tree, env={})
+    assert "short-secret" not in str(info.value) and "s" * 32 not in str(info.value)
+
+
+def test_jwt_audience_none_accepts_any_audience_and_admin_is_off_by_default() -> None:
+    s = load_settings(_jwt(audience="none"), env={})
+    assert s.auth.jwt.audience == "none"
+    assert s.auth.jwt.admin_claim is None
+    assert s.auth.jwt.max_lifetime_seconds == 86400
+
+
+def test_replica_labels_are_one_per_replica() -> None:
+    d = {"name": "d", "engine": "openai", "replicas": ["http://a/v1", "http://b/v1"]}
+    with pytest.raises(ConfigError, match="one label per replica"):
+        load_settings({"deployments": [{**d, "replica_labels": ["a"]}]}, env={})
+    s = load_settings({"deployments": [{**d, "replica_labels": ["east", "west"]}]}, env={})
+    assert s.deployments[0].replica_labels == ["east", "west"]

@@ -3,6 +3,7 @@
 Environment variables: ``QWEN_GATEWAY_<SECTION>__<FIELD>`` (e.g. ``QWEN_GATEWAY_SERVER__PORT``),
 plus the short forms ``QWEN_GATEWAY_API_KEY``, ``QWEN_GATEWAY_DATA_DIR``, ``QWEN_GATEWAY_CONFIG``
 and the deployment conventions ``MODEL_NAME`` (model to serve) and ``MAX_CONTEXT_LENGTH``.
+``QWEN_GATEWAY_KEY`` is the variable clients read their key from: it is not a setting.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from qwen_gateway.core.redact import looks_secret, mask_url
 
 ENV_PREFIX = "QWEN_GATEWAY_"
 TINY_MODEL_DIRNAME = "tiny-qwen2.5"
@@ -62,6 +65,11 @@ class ServerSettings(Section):
             return items
         # ValueError: reported as a config error naming the key
         return [str(ipaddress.ip_network(str(i).strip(), strict=False)) for i in items]
+
+    #: true: /metrics needs an admin key or ``metrics_token`` (false: open, for a Prometheus
+    #: on a private network)
+    metrics_auth: bool = False
+    metrics_token: SecretStr | None = None  # a Bearer token for the scraper (with metrics_auth)
 
 
 class UpstreamSettings(Section):
@@ -136,6 +144,9 @@ class DeploymentSettings(ModelSettings):
     #: Base URLs of the replicas (engines ``openai`` and ``vllm``), or how many in-process
     #: copies to run (engine ``transformers``). One replica by default.
     replicas: int | list[str] = 1
+    #: Names of the replicas in metrics, logs and the route header (default: 0, 1, 2 ...);
+    #: never their URLs, which may hold credentials.
+    replica_labels: list[str] = Field(default_factory=list)
     #: Requests this deployment serves at once (all replicas together); beyond it the
     #: request goes to a fallback, or is a 503.
     max_concurrency: int | None = Field(default=None, ge=1)
@@ -173,7 +184,7 @@ class IntentSettings(Section):
     routes: dict[str, str] = Field(default_factory=dict)
     #: Rule classifier patterns per category (regexes, case-insensitive); None: built-in.
     rules: dict[str, list[str]] | None = None
-    #: A classifier written by ``qwen-gateway intent train``; None: ``intent-model.pkl`` in
+    #: A classifier written by ``qwen-gateway intent train``; None: ``intent-model.json`` in
     #: the data directory when present, else trained from the shipped examples at start.
     model_file: Path | None = None
 
@@ -203,15 +214,21 @@ class LimitSettings(Section):
 class JWTSettings(Section):
     """Bearer JWTs: set ``secret`` (HS256) or ``public_key`` (PEM text or a file path)."""
 
-    secret: SecretStr | None = None
+    secret: SecretStr | None = None  # at least 32 bytes (48 for HS384, 64 for HS512)
     public_key: str | None = None
     algorithms: list[str] = Field(default_factory=lambda: ["HS256", "RS256", "ES256"])
     issuer: str | None = None
+    #: Required with JWT: the ``aud`` the tokens must carry; ``none``: accept any audience.
     audience: str | None = None
     leeway_seconds: float = Field(default=10.0, ge=0)
+    #: Tokens valid for longer than this (``exp - iat``, or ``exp - now``) are refused.
+    max_lifetime_seconds: float = Field(default=86400.0, gt=0)
     models_claim: str = "models"
     tier_claim: str = "tier"
-    admin_claim: str = "admin"
+    #: None: no token is admin. A claim name: a token whose claim is ``true`` is admin.
+    admin_claim: str | None = None
+    #: The tier of tokens without a tier claim; None with tiers configured: such tokens are
+    #: refused.
     default_tier: str | None = None
 
 
@@ -281,7 +298,7 @@ class Settings(Section):
     @property
     def intent_model_file(self) -> Path:
         """Where ``intent train`` saves the learned classifier and routing loads it from."""
-        return self.routing.intent.model_file or self.data_dir / "intent-model.pkl"
+        return self.routing.intent.model_file or self.data_dir / "intent-model.json"
 
     @property
     def needs_tiny_model(self) -> bool:
@@ -325,7 +342,7 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         if not name.startswith(ENV_PREFIX) or name in _ALIASES:
             continue
         path = name[len(ENV_PREFIX) :].lower().split("__")
-        if path == ["config"]:
+        if path in (["config"], ["key"]):  # QWEN_GATEWAY_KEY: the clients' key, not a setting
             continue
         node = out
         for part in path[:-1]:
@@ -367,15 +384,74 @@ def load_settings(
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         key = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(
-            f"Invalid config value for '{key}' ({err['input']!r}): {err['msg']}"
-        ) from None
+        value = err["input"]
+        # a misspelt key may well hold a secret; a mapping (e.g. the parent of a missing key)
+        # may hold one anywhere
+        plain = [value] if not isinstance(value, list) else value
+        shown = err["type"] != "extra_forbidden" and not any(
+            isinstance(v, dict) and v for v in plain
+        )
+        raise _bad(key, value if shown else _HIDDEN, err["msg"]) from None
     check_registry(settings)
+    check_auth(settings)
     return settings
 
 
+_HIDDEN = object()
+# values under these keys may hold credentials: errors show them masked (URLs) or not at all
+_URL_HOLDERS = {"url", "base_url", "remote_url", "replicas"}
+_SECRET_HOLDERS = {"env", "options", "extra_args"}
+
+
 def _bad(key: str, value: Any, why: str) -> ConfigError:
+    """The error for a bad value; only the values of known, non-secret keys are shown."""
+    parts = set(key.split("."))
+    if parts & _URL_HOLDERS and value is not _HIDDEN:
+        value = _masked_urls(value)
+    elif parts & _SECRET_HOLDERS or any(map(looks_secret, parts)):
+        value = _HIDDEN
+    if value is _HIDDEN:
+        return ConfigError(f"Invalid config value for '{key}' (value not shown): {why}")
     return ConfigError(f"Invalid config value for '{key}' ({value!r}): {why}")
+
+
+def _masked_urls(value: Any) -> Any:
+    """A URL (or a list of them) with credentials masked; _HIDDEN for anything else that could
+    hold one."""
+    if isinstance(value, list):
+        masked = [_masked_urls(v) for v in value]
+        return _HIDDEN if _HIDDEN in masked else masked
+    if isinstance(value, str) and "://" in value:
+        return mask_url(value)
+    if isinstance(value, int | float | bool) or (isinstance(value, str) and "@" not in value):
+        return value
+    return _HIDDEN
+
+
+_HS_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}  # RFC 7518 3.2: the hash's size
+
+
+def check_auth(settings: Settings) -> None:
+    """JWT settings that would accept more than the operator meant: an HMAC secret too short
+    for its algorithm, no audience, an unknown default tier."""
+    j = settings.auth.jwt
+    if j.secret is None and j.public_key is None:
+        return
+    if j.secret is not None:
+        size = len(j.secret.get_secret_value().encode())
+        for alg in j.algorithms:
+            if size < _HS_MIN_BYTES.get(alg, 0):
+                raise _bad("auth.jwt.secret", _HIDDEN, f"{alg} needs a secret of at least "
+                           f"{_HS_MIN_BYTES[alg]} bytes (this one has {size})")  # fmt: skip
+    if j.audience is None:
+        raise _bad(
+            "auth.jwt.audience",
+            None,
+            "set the audience ('aud') your tokens are issued for; 'none' accepts tokens for "
+            "any audience (tokens minted for other services too)",
+        )
+    if j.default_tier is not None and j.default_tier not in settings.auth.tiers:
+        raise _bad("auth.jwt.default_tier", j.default_tier, "no tier in auth.tiers has this name")
 
 
 def check_registry(settings: Settings) -> None:
@@ -401,6 +477,14 @@ def check_registry(settings: Settings) -> None:
             claim(alias, f"deployments.{i}.aliases.{j}")
         if isinstance(d.replicas, int) and d.replicas < 1:
             raise _bad(f"deployments.{i}.replicas", d.replicas, "at least one replica is needed")
+        count = len(d.replicas) if isinstance(d.replicas, list) else d.replicas
+        if d.replica_labels and len(d.replica_labels) != count:
+            raise _bad(f"deployments.{i}.replica_labels", d.replica_labels,
+                       f"one label per replica ({count})")  # fmt: skip
+        for j, label in enumerate(d.replica_labels):
+            if not re.match(_NAME, label) or label in d.replica_labels[:j]:
+                raise _bad(f"deployments.{i}.replica_labels.{j}", label,
+                           f"labels are unique; {_NAME_RULE}")  # fmt: skip
         if isinstance(d.replicas, list):
             if not d.replicas:
                 raise _bad(f"deployments.{i}.replicas", d.replicas, "list at least one URL")
@@ -468,26 +552,52 @@ def check_registry(settings: Settings) -> None:
 def redacted(settings: Settings) -> dict[str, Any]:
     """The settings as plain data with secrets masked, for ``config show``."""
     data = settings.model_dump(mode="json")
-    if settings.server.api_key is not None:
-        data["server"]["api_key"] = "**********"
-    if settings.model.upstream.api_key is not None:
-        data["model"]["upstream"]["api_key"] = "**********"
+    for name in ("api_key", "metrics_token"):
+        if getattr(settings.server, name) is not None:
+            data["server"][name] = _MASKED
     for section in ("database", "redis"):
         if data[section]["url"] is not None:
-            data[section]["url"] = _mask_url(getattr(settings, section).url.get_secret_value())
+            data[section]["url"] = mask_url(getattr(settings, section).url.get_secret_value())
     if settings.auth.jwt.secret is not None:
-        data["auth"]["jwt"]["secret"] = "**********"
-    for shown, d in zip(data["deployments"], settings.deployments, strict=True):
-        if d.upstream.api_key is not None:
-            shown["upstream"]["api_key"] = "**********"
+        data["auth"]["jwt"]["secret"] = _MASKED
+    _mask_model(data["model"])
+    for shown in data["deployments"]:
+        _mask_model(shown)
     return data
 
 
-def _mask_url(url: str) -> str:
-    """The URL with its password masked."""
-    scheme, sep, rest = url.partition("://")
-    creds, at, host = rest.rpartition("@")
-    if not at or ":" not in creds:
-        return url
-    user = creds.split(":", 1)[0]
-    return f"{scheme}{sep}{user}:****@{host}"
+_MASKED = "**********"
+
+
+def _mask_model(shown: dict[str, Any]) -> None:
+    """Mask the secrets of a dumped ``model`` section or deployment, in place."""
+    up, vllm = shown["upstream"], shown["vllm"]
+    if up["api_key"] is not None:
+        up["api_key"] = _MASKED
+    up["base_url"] = mask_url(up["base_url"])
+    if vllm["remote_url"] is not None:
+        vllm["remote_url"] = mask_url(vllm["remote_url"])
+    vllm["env"] = {name: _MASKED for name in vllm["env"]}
+    args, secret_next = [], False
+    for arg in vllm["extra_args"]:
+        flag, eq, _ = arg.partition("=")
+        if secret_next:
+            arg = _MASKED
+        elif eq and flag.startswith("-") and looks_secret(flag.lstrip("-")):
+            arg = f"{flag}={_MASKED}"
+        secret_next = arg.startswith("-") and not eq and looks_secret(arg.lstrip("-"))
+        args.append(arg)
+    vllm["extra_args"] = args
+    shown["options"] = _mask_options(shown["options"])
+    if isinstance(shown.get("replicas"), list):
+        shown["replicas"] = [mask_url(url) for url in shown["replicas"]]
+
+
+def _mask_options(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _MASKED if looks_secret(str(k)) else _mask_options(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask_options(v) for v in value]
+    if isinstance(value, str) and "://" in value:
+        return mask_url(value)
+    return value

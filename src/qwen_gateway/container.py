@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
@@ -39,6 +40,7 @@ from qwen_gateway.routing.intent import (
     LearnedClassifier,
     RuleClassifier,
     default_classifier,
+    load_saved,
 )
 from qwen_gateway.routing.registry import Deployment, IntentRoute, Split
 from qwen_gateway.routing.router import RouteObserver, Router
@@ -118,19 +120,22 @@ def _engine_options(
 
 
 def _replica_options(d: DeploymentSettings, settings: Settings) -> list[tuple[str, dict[str, Any]]]:
-    """(replica name, engine options) for each replica of a deployment."""
+    """(replica name, engine options) for each replica of a deployment. The name (shown in
+    metrics, logs and the route header) is the operator's label or the index, never the URL."""
     path = d.model or settings.model_path
     interval = settings.routing.health_interval_seconds
     base = _engine_options(d, d.name, path, settings.data_dir, interval)
+    count = len(d.replicas) if isinstance(d.replicas, list) else d.replicas
+    names = list(d.replica_labels) or [str(i) for i in range(count)]
     if isinstance(d.replicas, list):
         key = "base_url" if d.engine == "openai" else "remote_url"
-        return [(url, {**base, key: url}) for url in d.replicas]
+        return [(name, {**base, key: url}) for name, url in zip(names, d.replicas, strict=True)]
     out = []
-    for i in range(d.replicas):
+    for i, name in enumerate(names):
         options = dict(base)
         if d.engine == "vllm" and d.replicas > 1:
             options["log_path"] = str(settings.data_dir / f"vllm-{d.name}-{i}.log")
-        out.append((str(i), options))
+        out.append((name, options))
     return out
 
 
@@ -214,14 +219,24 @@ def intent_classifier(settings: Settings) -> IntentClassifier:
     i = settings.routing.intent
     if i.classifier == "rules":
         return RuleClassifier(i.rules, fallback=i.default)
-    path = settings.intent_model_file
-    if path.is_file():
-        learned = LearnedClassifier.load(path)
+    learned = load_saved(settings.intent_model_file)
+    if learned is not None:
         learned.threshold = i.threshold
         learned.fallback = i.default
         return learned
     # the shipped model is shared by the process: a copy with this configuration's fallback
     return dataclasses.replace(default_classifier(i.threshold), fallback=i.default)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by this user only (the directory made 0700)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+    tmp.replace(path)
 
 
 def _limits(s: Any) -> Limits:
@@ -241,8 +256,9 @@ def _jwt(settings: Settings) -> JWTVerifier | None:
             public_key=public_key,
             algorithms=tuple(j.algorithms),
             issuer=j.issuer,
-            audience=j.audience,
+            audience=None if j.audience == "none" else j.audience,  # "none": any audience
             leeway=j.leeway_seconds,
+            max_lifetime=j.max_lifetime_seconds,
             models_claim=j.models_claim,
             tier_claim=j.tier_claim,
             admin_claim=j.admin_claim,
@@ -337,6 +353,8 @@ class Container:
         self.gate = Gate(self.leases, {m: _limits(v) for m, v in settings.limits.models.items()})
         self.router.count_tokens = self.gate.prompt_tokens
         self.bootstrap_key: str | None = None  # the first admin key, to show once
+        #: where the first admin key is written (0600), so that it survives a failed start
+        self.bootstrap_key_file = settings.data_dir / "admin-key"
         self.service = CompletionService(
             self.router,
             RequestLimits(
@@ -372,6 +390,12 @@ class Container:
         if self.settings.auth.enabled and await self.keys.count() == 0:
             self.bootstrap_key, _ = await self.keys.create(
                 "admin (created at first start)", role="admin", actor="bootstrap"
+            )
+            write_private(self.bootstrap_key_file, self.bootstrap_key + "\n")
+            log.warning(
+                "first start: an admin key was created and written to %s (readable by this "
+                "user only); keep it somewhere safe and delete the file",
+                self.bootstrap_key_file,
             )
         self._loading = asyncio.create_task(self._load())
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import openai
 
+from qwen_gateway.cli.main import _bootstrap_notice
 from support.server import free_port, running_command
 
 CLI = [sys.executable, "-m", "qwen_gateway.cli.main"]
@@ -89,3 +92,61 @@ def test_serve_without_auth_off_loopback_runs_when_explicitly_allowed(
     allow = {"QWEN_GATEWAY_AUTH__ALLOW_UNAUTHENTICATED_REMOTE": "true"}
     with running_command(args, port, tmp_path / "log", env=allow) as server:
         assert server.process.poll() is None
+
+
+def test_the_clients_key_variable_breaks_nothing_and_errors_show_no_secrets() -> None:
+    key = {"QWEN_GATEWAY_KEY": "sk-qg-EXAMPLEADMINKEY"}
+    done = _run("config", "show", env=key)
+    assert done.returncode == 0, done.stderr
+    assert "EXAMPLEADMINKEY" not in done.stdout + done.stderr
+    done = _run("config", "show", env={**key, "QWEN_GATEWAY_REDIS__URLL": "redis://:hunter2@h/0"})
+    assert done.returncode == 2
+    assert "redis.urll" in done.stderr
+    assert "hunter2" not in done.stderr and "EXAMPLEADMINKEY" not in done.stderr
+
+
+def test_an_expiry_too_far_ahead_is_a_clear_error(tmp_path: Path) -> None:
+    done = _run("keys", "create", "--name", "x", "--expires", "99999999999d",
+                "--data-dir", str(tmp_path))  # fmt: skip
+    assert done.returncode == 2
+    assert "too far in the future" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_first_admin_key_is_kept_in_a_private_file_even_if_the_engine_fails(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    log_path = tmp_path / "serve.log"
+    env = {**os.environ, "QWEN_GATEWAY_KEY": "sk-qg-EXAMPLEADMINKEY"}
+    args = ["serve", "--model", str(tmp_path / "no-such-model"), "--port", str(free_port()),
+            "--data-dir", str(data)]  # fmt: skip
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([*CLI, *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while "engine failed to start" not in log_path.read_text():
+            assert proc.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)  # polling the server's log
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    key_file = data / "admin-key"
+    secret = key_file.read_text().strip()
+    assert secret.startswith("sk-qg-")
+    assert secret not in log_path.read_text()  # stderr is not a terminal: only the file's path
+    assert str(key_file) in log_path.read_text()
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    assert stat.S_IMODE((data / "gateway.db").stat().st_mode) == 0o600
+    listed = _run("keys", "list", "--json", "--data-dir", str(data), env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert [k["prefix"] for k in json.loads(listed.stdout)] == [secret[:12] + "…"]
+
+
+def test_the_first_admin_key_is_printed_only_on_a_terminal(tmp_path: Path) -> None:
+    key_file = tmp_path / "admin-key"
+    on_tty = _bootstrap_notice("sk-qg-SECRET", key_file, tty=True)
+    in_logs = _bootstrap_notice("sk-qg-SECRET", key_file, tty=False)
+    assert "export QWEN_GATEWAY_KEY=sk-qg-SECRET" in on_tty and str(key_file) in on_tty
+    assert "sk-qg-SECRET" not in in_logs and f"$(cat {key_file})" in in_logs

@@ -7,17 +7,32 @@ supervisor code path that starts ``vllm.entrypoints.openai.api_server``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from qwen_gateway.config import load_settings
 from qwen_gateway.container import Container
 from qwen_gateway.engines.vllm import VLLMConfig, VLLMEngine, vllm_command
 from support.fixtures import open_in_process
+
+
+async def _child_ready(engine: VLLMEngine) -> None:
+    """Until the child has loaded its model: this fake child's /health answers before that,
+    unlike vLLM's."""
+    ready = engine.upstream.config.base_url.removesuffix("/v1") + "/ready"
+    async with asyncio.timeout(180), httpx.AsyncClient() as http:
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if (await http.get(ready)).status_code == 200:
+                    return
+            await asyncio.sleep(0.2)  # polling the child's readiness
 
 
 def _gone(pid: int) -> bool:
@@ -31,15 +46,18 @@ def _gone(pid: int) -> bool:
 async def test_managed_child_serves_restarts_after_a_crash_and_leaves_no_orphans(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
+    # the child requires the key the engine made for it (vLLM reads VLLM_API_KEY)
     command = (
+        "sh", "-c", 'exec "$0" "$@" --api-key "$VLLM_API_KEY"',
         sys.executable, "-m", "qwen_gateway.cli.main", "serve", "--model", str(tiny_model_dir),
-        "--served-name", "managed", "--port", "{port}", "--max-batch-size", "4", "--no-auth",
+        "--served-name", "managed", "--port", "{port}", "--max-batch-size", "4",
         "--data-dir", str(tmp_path / "child-data"),
     )  # fmt: skip
     engine = VLLMEngine(
         VLLMConfig(
             model=str(tiny_model_dir), served_name="managed", command=command,
             log_path=str(tmp_path / "engine.log"), startup_timeout=180,
+            env={"PYTHONPATH": os.environ.get("PYTHONPATH", "")},  # this checkout's sources
         )
     )  # fmt: skip
     supervisor = engine.supervisor
@@ -47,8 +65,12 @@ async def test_managed_child_serves_restarts_after_a_crash_and_leaves_no_orphans
     settings = load_settings({"data_dir": str(tmp_path), "auth": {"enabled": False}}, env={})
     async with open_in_process(Container(settings, engines={"managed": engine})) as g:
         ask = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+        await _child_ready(engine)
         first = await g.client.chat.completions.create(model="managed", **ask)  # type: ignore[call-overload]
         assert first.usage.completion_tokens == 3
+        child_models = engine.upstream.config.base_url + "/models"
+        async with httpx.AsyncClient() as direct:  # without the key, the child refuses
+            assert (await direct.get(child_models)).status_code == 401
         crashed = supervisor.pid
         assert crashed is not None
         os.kill(crashed, signal.SIGKILL)
@@ -56,6 +78,7 @@ async def test_managed_child_serves_restarts_after_a_crash_and_leaves_no_orphans
             while supervisor.pid == crashed or not supervisor.healthy():  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
         assert supervisor.restarts == 1
+        await _child_ready(engine)
         again = await g.client.chat.completions.create(model="managed", **ask)  # type: ignore[call-overload]
         assert again.usage.completion_tokens == 3
         child = supervisor.pid
@@ -91,3 +114,39 @@ async def test_a_child_that_dies_at_start_up_is_a_clear_error(tmp_path: Path) ->
     with pytest.raises(Exception, match="exited during start-up"):
         await engine.start()
     await engine.aclose()
+
+
+async def test_the_managed_child_gets_a_key_and_only_an_allowlisted_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    planted = {
+        "QWEN_GATEWAY_API_KEY": "sk-gateway-static", "QWEN_GATEWAY_AUTH__JWT__SECRET": "jwt",
+        "QWEN_GATEWAY_DATABASE__URL": "postgresql://gw:pw@db/gw", "AWS_SECRET_ACCESS_KEY": "aws",
+        "HF_HOME": "/cache/hf", "CUDA_VISIBLE_DEVICES": "1", "LC_ALL": "C.UTF-8",
+        "VLLM_LOGGING_LEVEL": "INFO", "TORCH_CUDA_ARCH_LIST": "9.0", "OMP_NUM_THREADS": "4",
+    }  # fmt: skip
+    for name, value in planted.items():
+        monkeypatch.setenv(name, value)
+    dump = tmp_path / "env.json"
+    script = f"import json, os; json.dump(dict(os.environ), open({str(dump)!r}, 'w'))"
+    engine = VLLMEngine(
+        VLLMConfig(
+            model="x", served_name="x", command=(sys.executable, "-c", script),
+            log_path=str(tmp_path / "e.log"), env={"HF_TOKEN": "hf-token-from-config"},
+        )
+    )  # fmt: skip
+    with pytest.raises(Exception, match="exited during start-up"):  # it only writes its env
+        await engine.start()
+    await engine.aclose()
+    seen = json.loads(dump.read_text())
+    for name in ("HF_HOME", "CUDA_VISIBLE_DEVICES", "LC_ALL", "VLLM_LOGGING_LEVEL",
+                 "TORCH_CUDA_ARCH_LIST", "OMP_NUM_THREADS", "PATH"):  # fmt: skip
+        assert seen.get(name) == os.environ[name], name
+    assert seen["HF_TOKEN"] == "hf-token-from-config"
+    for name in ("QWEN_GATEWAY_API_KEY", "QWEN_GATEWAY_AUTH__JWT__SECRET",
+                 "QWEN_GATEWAY_DATABASE__URL", "AWS_SECRET_ACCESS_KEY"):  # fmt: skip
+        assert name not in seen, name
+    key = seen["VLLM_API_KEY"]
+    assert len(key) > 40 and key == engine.upstream.config.api_key
+    other = VLLMEngine(VLLMConfig(model="x", served_name="x", command=("true",)))
+    assert other.upstream.config.api_key not in (None, key)  # a new key at each start

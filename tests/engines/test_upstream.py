@@ -16,7 +16,11 @@ import pytest
 from qwen_gateway.config import load_settings
 from qwen_gateway.container import Container
 from qwen_gateway.core.types import ChatMessage, ChatRequest, RelayedChunk
-from qwen_gateway.engines.openai_upstream import OpenAIUpstreamEngine, UpstreamConfig
+from qwen_gateway.engines.openai_upstream import (
+    OpenAIUpstreamEngine,
+    UpstreamConfig,
+    _error_from_body,
+)
 from support.faulty_upstream import BEHAVIOURS, FaultyUpstream
 from support.fixtures import MODEL, InProcess, open_in_process
 from support.metrics import sample
@@ -296,3 +300,49 @@ async def test_connections_are_reused(faulty: FaultyUpstream, tmp_path: Path) ->
             body = {"model": "ok", "messages": ASK, "stream": stream}
             assert (await g.http.post("/v1/chat/completions", json=body)).status_code == 200
         assert established_to(faulty.port) == 1  # not 0 (closed each time), not 5 (leaked)
+
+
+async def test_replica_urls_and_credentials_reach_neither_clients_nor_metrics(
+    faulty: FaultyUpstream, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    host = f"127.0.0.1:{faulty.port}"
+    replicas = [f"http://svc:TOPSECRET@{host}/v1", f"http://other:TOPSECRET@{host}/v1"]
+    tree = {
+        "data_dir": str(tmp_path), "auth": {"enabled": False},
+        "deployments": [{"name": "up", "engine": "openai", "replicas": replicas,
+                         "upstream": {"model": "ok"}}],
+    }  # fmt: skip
+    async with open_in_process(Container(load_settings(tree, env={}))) as g:
+        routes = set()
+        for _ in range(4):
+            resp = await g.http.post("/v1/chat/completions", json={"model": "up", "messages": ASK})
+            assert resp.status_code == 200, resp.text
+            routes.add(resp.headers["x-qwen-gateway-route"])
+        metrics = (await g.http.get("/metrics")).text
+    assert routes <= {"deployment=up; replica=0", "deployment=up; replica=1"}
+    assert 'replica="0"' in metrics or 'replica="1"' in metrics
+    for shown in (*routes, metrics, caplog.text):
+        assert "TOPSECRET" not in shown and host not in shown
+
+
+@pytest.mark.parametrize(
+    ("status", "raw", "code", "message"),
+    [
+        (401, {"error": {"message": "Incorrect API key provided: sk-up****"}},
+         "upstream_auth_failed", "The upstream refused the gateway's credentials (401)."),
+        (403, {"error": {"message": "forbidden", "code": "forbidden"}},
+         "upstream_auth_failed", "The upstream refused the gateway's credentials (403)."),
+        (500, {"error": {"message": "CUDA OOM at /srv/model on 10.0.0.7"}},
+         "upstream_error", "The upstream answered 500."),
+        (503, {"error": {"message": "pod qwen-7b-2 draining"}},
+         "engine_unavailable", "The upstream answered 503."),
+        (400, {"error": {"message": "bad image_url http://u:pw@img.internal/x.png"}},
+         None, "bad image_url http://img.internal/x.png"),
+    ],
+)  # fmt: skip
+def test_upstream_errors_neither_blame_the_clients_key_nor_leak_upstream_details(
+    status: int, raw: dict[str, Any], code: str | None, message: str
+) -> None:
+    error = _error_from_body(status, raw)
+    assert (error.code, error.message) == (code, message)
+    assert error.status_code not in (401, 403) and "WWW-Authenticate" not in (error.headers or {})

@@ -37,7 +37,7 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("served_name in a deployment", {"deployments": [{"name": "a", "served_name": "b"}]},
      "'deployments.0.served_name' ('b'): a deployment's `name` is the name clients use"),
     ("unknown key", {"deployments": [{"name": "a", "wieght": 3}]},
-     "'deployments.0.wieght' (3): Extra inputs are not permitted"),
+     "'deployments.0.wieght' (value not shown): Extra inputs are not permitted"),
     ("bad concurrency", {"deployments": [{"name": "a", "max_concurrency": 0}]},
      "'deployments.0.max_concurrency' (0)"),
     ("split arm unknown", {"deployments": ONE, "routing": {"splits": {"s": {"arms": {"z": 1}}}}},

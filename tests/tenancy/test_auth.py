@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,9 @@ import redis.asyncio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from qwen_gateway.errors import RateLimited
+from qwen_gateway.errors import AuthenticationFailed, RateLimited
 from qwen_gateway.policy.auth import FailureThrottle
+from qwen_gateway.policy.jwt import JWTConfig, JWTVerifier
 from qwen_gateway.policy.keys import KeyManager, RedisBus
 from qwen_gateway.store.keys import KeyRepository
 from support.redis_outage import eventually, proxied_redis
@@ -98,7 +100,7 @@ async def test_hostile_names_are_stored_and_shown_safely(tmp_path: Path, databas
         }
         for key_id, name in ids.items():
             assert listed[key_id] == name
-        for bad in ("", "x" * 201, "tab\there", None):
+        for bad in ("", "x" * 201, "tab\there", None, "a\u202eb", "a\u2067b", "a\x85b", "a\x9fb"):
             resp = await g.http.post("/admin/keys", json={"name": bad}, headers=admin)
             assert resp.status_code == 400, bad
         resp = await g.http.post("/admin/keys", json={"name": "n", "rpm": 0}, headers=admin)
@@ -167,8 +169,9 @@ async def test_jwt_principals(tmp_path: Path) -> None:
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         .decode()
     )
-    jwt_cfg = {"secret": SECRET, "issuer": "https://idp", "audience": "qwen"}
-    tiers = {"small": {"rpm": 1}}
+    jwt_cfg = {"secret": SECRET, "issuer": "https://idp", "audience": "qwen",
+               "default_tier": "standard"}  # fmt: skip
+    tiers = {"small": {"rpm": 1}, "standard": {}}
     async with secured(tmp_path, auth={"jwt": jwt_cfg, "tiers": tiers}) as g:
         ok = client(g, _token({"models": ["scripted"]}))
         assert (await ok.chat.completions.create(model="scripted", messages=ASK)).choices  # type: ignore[arg-type]
@@ -282,3 +285,102 @@ async def test_the_invalidation_listener_resubscribes_after_a_redis_outage(
             await replica.aclose()
             await behind_proxy.aclose()
     await direct.aclose()
+
+
+async def _status(g: Any, token: str, path: str = "/v1/models") -> int:
+    resp = await g.http.get(path, headers={"Authorization": f"Bearer {token}"})
+    return int(resp.status_code)
+
+
+async def test_jwt_admin_only_through_a_configured_claim(tmp_path: Path) -> None:
+    jwt_cfg = {"secret": SECRET, "audience": "qwen"}
+    async with secured(tmp_path / "off", auth={"jwt": jwt_cfg}) as g:
+        assert await _status(g, _token({"admin": True}), "/admin/keys") == 403
+    async with secured(tmp_path / "on", auth={"jwt": {**jwt_cfg, "admin_claim": "gw_admin"}}) as g:
+        assert await _status(g, _token({"admin": True}), "/admin/keys") == 403
+        assert await _status(g, _token({"gw_admin": "yes"}), "/admin/keys") == 403
+        assert await _status(g, _token({"gw_admin": True}), "/admin/keys") == 200
+
+
+async def test_jwt_audience_none_accepts_tokens_for_any_audience(tmp_path: Path) -> None:
+    async with secured(tmp_path, auth={"jwt": {"secret": SECRET, "audience": "none"}}) as g:
+        assert await _status(g, _token({"aud": "some-other-service"})) == 200
+
+
+async def test_a_token_without_a_tier_gets_the_default_or_is_refused(tmp_path: Path) -> None:
+    jwt_cfg = {"secret": SECRET, "audience": "qwen"}
+    tiers = {"free": {"rpm": 2}}
+    async with secured(tmp_path / "strict", auth={"jwt": jwt_cfg, "tiers": tiers}) as g:
+        assert await _status(g, _token({"tier": "free"})) == 200
+        assert await _status(g, _token({})) == 401
+        assert await _status(g, _token({"tier": None})) == 401
+    jwt_cfg["default_tier"] = "free"
+    async with secured(tmp_path / "default", auth={"jwt": jwt_cfg, "tiers": tiers}) as g:
+        untiered = client(g, _token({"tier": None}))
+        for _ in range(2):
+            await untiered.chat.completions.create(model="scripted", messages=ASK)  # type: ignore[arg-type]
+        with pytest.raises(openai.RateLimitError):  # the default tier's limits apply
+            await untiered.chat.completions.create(model="scripted", messages=ASK)  # type: ignore[arg-type]
+
+
+async def test_long_lived_tokens_and_unprintable_subjects_are_refused(tmp_path: Path) -> None:
+    jwt_cfg = {"secret": SECRET, "audience": "qwen", "max_lifetime_seconds": 3600}
+    now = int(time.time())
+    async with secured(tmp_path, auth={"jwt": jwt_cfg}) as g:
+        assert await _status(g, _token({"exp": now + 3000, "iat": now - 60})) == 200
+        assert await _status(g, _token({"sub": "alice@example.com / 张三"})) == 200
+        assert await _status(g, _token({"exp": 253402300799})) == 401  # year 9999
+        assert await _status(g, _token({"exp": now + 3000, "iat": now - 7200})) == 401
+        for subject in ("a\u202eb", "a\u2066b", "a\x85b", "a\x00b", "a\nb", "a\x7fb"):
+            assert await _status(g, _token({"sub": subject})) == 401, repr(subject)
+
+
+def test_a_short_hmac_secret_is_refused_without_a_warning_on_stderr() -> None:
+    short = "short-secret-23-bytes!!"  # the settings refuse it; the verifier refuses it too
+    verifier = JWTVerifier(JWTConfig(secret=short, audience="qwen"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        token = jwt.encode({"sub": "a", "exp": int(time.time()) + 60, "aud": "qwen"}, short)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(AuthenticationFailed):
+            verifier.principal(token)
+    assert not caught
+
+
+async def test_metrics_can_require_a_token_or_an_admin_key(tmp_path: Path) -> None:
+    server = {"metrics_auth": True, "metrics_token": "scrape-token"}
+    async with secured(tmp_path, server=server) as g:
+        admin, inference = await admin_key(g), await new_key(g)
+
+        async def status(key: str | None) -> int:
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            return int((await g.http.get("/metrics", headers=headers)).status_code)
+
+        assert await status(None) == 401
+        assert await status("wrong-token") == 401
+        assert await status(inference) == 403
+        assert await status("scrape-token") == 200
+        assert await status(admin) == 200
+    async with secured(tmp_path / "open") as g:  # the default: open, for a private Prometheus
+        assert await status(None) == 200
+
+
+async def test_a_key_sees_only_the_models_it_may_use(tmp_path: Path) -> None:
+    async with secured(tmp_path) as g:
+        limited = client(g, await new_key(g, models=["scripted"]))
+        assert [m.id for m in (await limited.models.list()).data] == ["scripted"]
+        assert (await limited.models.retrieve("scripted")).id == "scripted"
+        with pytest.raises(openai.PermissionDeniedError):
+            await limited.models.retrieve("other")
+        every = client(g, await new_key(g))
+        assert {m.id for m in (await every.models.list()).data} == {"scripted", "other"}
+
+
+async def test_out_of_range_key_ids_are_not_found(tmp_path: Path, database_url: str) -> None:
+    async with secured(tmp_path, database_url) as g:
+        admin = {"Authorization": f"Bearer {await admin_key(g)}"}
+        for key_id in ("9999999999", "99999999999999999999", "9223372036854775808", "0", "-1"):
+            for method, path in (("GET", ""), ("POST", "/revoke"), ("POST", "/rotate")):
+                resp = await g.http.request(method, f"/admin/keys/{key_id}{path}", headers=admin)
+                assert resp.status_code == 404, (key_id, path, resp.text)

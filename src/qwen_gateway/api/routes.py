@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import re
-from collections.abc import AsyncGenerator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import suppress
 from typing import Any, TypeVar
 
@@ -21,7 +22,8 @@ from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.core.types import ModelInfo
 from qwen_gateway.errors import InvalidRequest
 from qwen_gateway.observability.metrics import CONTENT_TYPE
-from qwen_gateway.policy.auth import require_admin
+from qwen_gateway.policy.auth import check_model, require_admin
+from qwen_gateway.policy.principal import Principal
 from qwen_gateway.protocol.chat import ChatCompletionRequest
 from qwen_gateway.protocol.common import Model
 from qwen_gateway.protocol.completions import CompletionRequest
@@ -125,6 +127,23 @@ def _headers(record: RequestRecord) -> dict[str, str] | None:
     return headers
 
 
+def _metrics_check(container: Container) -> Callable[[Request], Awaitable[None]]:
+    """/metrics: open, or (``server.metrics_auth``) the scraper's token or an admin key."""
+    server = container.settings.server
+    admin = authenticated(container, admin=True)
+    token = server.metrics_token.get_secret_value() if server.metrics_token else None
+
+    async def check(request: Request) -> None:
+        if not server.metrics_auth:
+            return
+        given = request.headers.get("authorization", "")
+        if token is not None and hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return
+        await admin(request)
+
+    return check
+
+
 def _model_card(info: ModelInfo) -> Model:
     return {
         "id": info.id,
@@ -168,16 +187,26 @@ def include_routes(app: FastAPI, container: Container) -> None:
         result = await until_disconnect(request, service.complete(raw, record_of(request)))
         return await respond(request, result, keepalive)
 
+    def allowed(request: Request, model: str) -> bool:
+        """The caller's allowlist admits the model (an alias when its deployment is)."""
+        principal = record_of(request).principal
+        if not isinstance(principal, Principal):
+            return True  # authentication is off
+        return principal.allows(model) or principal.allows(container.router.canonical(model))
+
     @v1.get("/models")
     async def list_models(request: Request) -> JSONResponse:
         await check(request)
-        cards = [_model_card(i) for i in service.models()]
+        cards = [_model_card(i) for i in service.models() if allowed(request, i.id)]
         return JSONResponse({"object": "list", "data": cards})
 
     @v1.get("/models/{model_id:path}")
     async def get_model(model_id: str, request: Request) -> JSONResponse:
         await check(request)
-        return JSONResponse(dict(_model_card(service.model(model_id))))
+        info = service.model(model_id)
+        if not allowed(request, model_id):  # 403 model_not_allowed, as for a completion
+            check_model(record_of(request).principal, model_id)
+        return JSONResponse(dict(_model_card(info)))
 
     ops = APIRouter()
 
@@ -208,8 +237,11 @@ def include_routes(app: FastAPI, container: Container) -> None:
             headers={"Retry-After": "5"},
         )
 
+    metrics_check = _metrics_check(container)
+
     @ops.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        await metrics_check(request)
         return Response(container.metrics.render(), media_type=CONTENT_TYPE)
 
     app.include_router(v1)

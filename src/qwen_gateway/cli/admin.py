@@ -65,7 +65,11 @@ def _expiry(text: str | None) -> datetime | None:
         return None
     units = {"d": "days", "h": "hours", "m": "minutes"}
     if text[:-1].isdigit() and text[-1:] in units:
-        return datetime.now(UTC) + timedelta(**{units[text[-1]]: int(text[:-1])})
+        try:
+            return datetime.now(UTC) + timedelta(**{units[text[-1]]: int(text[:-1])})
+        except OverflowError:
+            err.print(f"[red]--expires:[/red] '{text}' is too far in the future.")
+            raise typer.Exit(2) from None
     try:
         when = datetime.fromisoformat(text)
     except ValueError:

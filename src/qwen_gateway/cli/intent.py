@@ -17,6 +17,7 @@ from qwen_gateway.routing.intent import (
     RuleClassifier,
     evaluate,
     load_examples,
+    load_saved,
 )
 
 intent_app = typer.Typer(help="The offline intent classifier (code / math / general).")
@@ -90,8 +91,11 @@ def classify(
     """Classify one message with the saved (or shipped) model and the rules."""
     from qwen_gateway.routing.intent import default_classifier
 
-    saved = model_path(data_dir)
-    learned = LearnedClassifier.load(saved) if saved.is_file() else default_classifier()
+    try:
+        learned = load_saved(model_path(data_dir)) or default_classifier()
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
     for classifier in (learned, RuleClassifier()):
         intent = classifier.classify(text)
         sys.stdout.write(f"{intent.classifier}: {intent.category} ({intent.confidence:.2f})\n")

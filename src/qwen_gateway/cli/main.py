@@ -67,7 +67,21 @@ def ensure_tiny_model(settings: Settings) -> None:
     err.print(f"Tiny model ready in {target}")
 
 
-def _banner(settings: Settings, bootstrap_key: str | None) -> None:
+def _bootstrap_notice(key: str, path: Path, tty: bool) -> str:
+    """How the first admin key is shown: in full on a terminal, else only where it is written
+    (stderr is often kept by log storage)."""
+    if tty:
+        shown = f"It is shown this once:\n\n    export QWEN_GATEWAY_KEY={key}\n\n"
+    else:
+        shown = f"Read it with:\n\n    export QWEN_GATEWAY_KEY=$(cat {path})\n\n"
+    return (
+        f"\nFirst start: an admin key was created, stored only as a hash, and written to {path} "
+        f"(readable by you only; delete the file once you have stored the key). {shown}"
+        "Create inference keys with `qwen-gateway keys create --name NAME` or POST /admin/keys.\n"
+    )
+
+
+def _banner(settings: Settings, bootstrap_key: str | None, key_file: Path) -> None:
     host = settings.server.host
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     base = f"http://{shown}:{settings.server.port}"
@@ -76,11 +90,7 @@ def _banner(settings: Settings, bootstrap_key: str | None) -> None:
     key = "os.environ['QWEN_GATEWAY_KEY']" if secured else "'none'"
     auth = ' -H "Authorization: Bearer $QWEN_GATEWAY_KEY"' if secured else ""
     if bootstrap_key is not None:
-        sys.stderr.write(
-            "\nFirst start: an admin key was created. It is shown this once and stored only as "
-            f"a hash:\n\n    export QWEN_GATEWAY_KEY={bootstrap_key}\n\n"
-            "Create inference keys with `qwen-gateway keys create --name NAME` or POST /admin/keys.\n"
-        )
+        sys.stderr.write(_bootstrap_notice(bootstrap_key, key_file, sys.stderr.isatty()))
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}]})
     lines = [
         f"\nqwen-gateway is ready at {base}  (model: {model})",
@@ -172,6 +182,7 @@ def serve(
     from qwen_gateway.observability.logging import configure_logging
 
     configure_logging(settings.server.log_level)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # keys, usage, models
     if settings.needs_tiny_model:
         ensure_tiny_model(settings)  # the embedded default, also for a managed vLLM
     try:
@@ -184,7 +195,10 @@ def serve(
             "[bold red]WARNING: --no-auth: anyone who can reach this port can use the API and "
             "the admin endpoints. For local development only.[/bold red]"
         )
-    application = create_app(container, on_ready=lambda: _banner(settings, container.bootstrap_key))
+    application = create_app(
+        container,
+        on_ready=lambda: _banner(settings, container.bootstrap_key, container.bootstrap_key_file),
+    )
     names = [d.name for d in settings.deployments] or [settings.served_model_name]
     err.print(f"Loading {', '.join(names)} ...")
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again with the

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from qwen_gateway.core.redact import strip_userinfo
 from qwen_gateway.core.types import (
     ChatMessage,
     ChatRequest,
@@ -45,7 +46,6 @@ from qwen_gateway.engines.output import (
     with_tool_calls,
 )
 from qwen_gateway.errors import (
-    AuthenticationFailed,
     ContextLengthExceeded,
     EngineUnavailable,
     GatewayError,
@@ -53,7 +53,6 @@ from qwen_gateway.errors import (
     InvalidRequest,
     ModelNotFound,
     PayloadTooLarge,
-    PermissionDenied,
     RateLimited,
     UnprocessableEntity,
     UpstreamError,
@@ -664,12 +663,18 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
 def _error_from_body(
     status: int, raw: Any, headers: Mapping[str, str] | None = None
 ) -> GatewayError:
-    """Map an upstream error to ours by status and error type/code, never by message text."""
+    """Map an upstream error to ours by status and error type/code, never by message text.
+
+    A 4xx message is about the client's request and is relayed (less any URL credentials); a
+    5xx message may describe the upstream's internals and is not. The upstream refusing the
+    gateway's own credentials (401, 403) is the gateway's fault: a 502,
+    never an ``invalid_api_key`` that the client would take for its own key."""
     err = raw.get("error") if isinstance(raw, dict) else None
     if not isinstance(err, dict):
         err = raw if isinstance(raw, dict) else {}
     message = err.get("message") if isinstance(err.get("message"), str) else None
-    message = message or f"The upstream answered {status}."
+    generic = f"The upstream answered {status}."
+    message = strip_userinfo(message)[:2000] if message and status < 500 else generic
     param = err.get("param") if isinstance(err.get("param"), str) else None
     code = err.get("code") if isinstance(err.get("code"), str) else None
     extra = {}
@@ -679,10 +684,11 @@ def _error_from_body(
         if code == "context_length_exceeded":
             return ContextLengthExceeded(message, param=param)
         return InvalidRequest(message, param=param, code=code)
-    if status == 401:
-        return AuthenticationFailed(message)
-    if status == 403:
-        return PermissionDenied(message, param=param, code=code)
+    if status in (401, 403):
+        return UpstreamError(
+            f"The upstream refused the gateway's credentials ({status}).",
+            code="upstream_auth_failed",
+        )
     if status == 404:
         return ModelNotFound(message, param=param)
     if status == 413:

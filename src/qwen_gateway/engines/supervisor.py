@@ -1,7 +1,8 @@
 """Runs an engine server as a child process: health wait, log file, restart on crash, clean stop.
 
 The child gets its own process group, so stopping it also stops whatever it started (vLLM
-spawns workers); nothing is left behind when the gateway exits.
+spawns workers); nothing is left behind when the gateway exits. It inherits only an allowlist of
+the gateway's environment (see :func:`child_environment`), never the gateway's own secrets.
 """
 
 from __future__ import annotations
@@ -22,6 +23,21 @@ from qwen_gateway.errors import EngineUnavailable
 
 log = logging.getLogger(__name__)
 
+#: What the child inherits: the basics, and the GPU, Hugging Face and PyTorch/vLLM settings.
+INHERITED = frozenset({"PATH", "HOME", "LANG", "TZ", "TMPDIR", "LD_LIBRARY_PATH", "XDG_CACHE_HOME"})
+INHERITED_PREFIXES = (
+    "LC_", "CUDA_", "NVIDIA_", "HF_", "VLLM_", "TORCH", "PYTORCH_", "OMP_", "NCCL_", "TRITON_",
+)  # fmt: skip
+
+
+def child_environment(
+    extra: Mapping[str, str] | None = None, parent: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The allowlisted part of ``parent`` (the gateway's environment), plus ``extra``."""
+    parent = os.environ if parent is None else parent
+    kept = {k: v for k, v in parent.items() if k in INHERITED or k.startswith(INHERITED_PREFIXES)}
+    return {**kept, **(extra or {})}
+
 
 class ProcessSupervisor:
     def __init__(
@@ -40,7 +56,7 @@ class ProcessSupervisor:
         self.command = list(command)
         self.health_url = health_url
         self.log_path = log_path
-        self.env = {**os.environ, **(env or {})}
+        self.env = child_environment(env)
         self.startup_timeout = startup_timeout
         self.restart_backoff = restart_backoff
         self.max_restarts = max_restarts

@@ -2,11 +2,15 @@
 
 Requests are relayed by the OpenAI-upstream engine; the managed child is started with
 Qwen-right flags (hermes tool parser, prefix caching) and supervised (health wait, log file,
-restart with backoff on crash, clean stop of its whole process group).
+restart with backoff on crash, clean stop of its whole process group). It listens on loopback
+behind a random API key made at each gateway start, which only the gateway knows; the child gets
+it in ``VLLM_API_KEY`` (vLLM's equivalent of ``--api-key``), as a command line is visible to
+every local user.
 """
 
 from __future__ import annotations
 
+import secrets
 import socket
 import sys
 from collections.abc import AsyncGenerator, Mapping
@@ -38,7 +42,7 @@ class VLLMConfig:
     env: Mapping[str, str] = field(default_factory=dict)
     log_path: str = "vllm.log"
     startup_timeout: float = 900.0
-    command: tuple[str, ...] = ()  # replaces the whole command line (other servers, tests)
+    command: tuple[str, ...] = ()  # replaces the whole command line; ``{port}`` is replaced
     upstream: Mapping[str, Any] = field(default_factory=dict)  # UpstreamConfig overrides
 
 
@@ -74,11 +78,13 @@ class VLLMEngine:
     def __init__(self, config: VLLMConfig) -> None:
         self.config = config
         self.supervisor: ProcessSupervisor | None = None
+        api_key: str | None = None
         if config.remote_url:
             base_url = config.remote_url.rstrip("/")
         else:
             port = config.port or _free_port(config.host)
             base_url = f"http://{config.host}:{port}/v1"
+            api_key = "sk-vllm-" + secrets.token_urlsafe(32)
             command = [
                 part.replace("{port}", str(port)) for part in config.command
             ] or vllm_command(config, port)
@@ -86,13 +92,15 @@ class VLLMEngine:
                 command,
                 health_url=f"http://{config.host}:{port}/health",
                 log_path=Path(config.log_path),
-                env=config.env,
+                env={**config.env, "VLLM_API_KEY": api_key},
                 startup_timeout=config.startup_timeout,
             )
         options: dict[str, Any] = {
             "base_url": base_url, "served_name": config.served_name, "model": config.served_name,
             **config.upstream,
         }  # fmt: skip
+        if api_key is not None:
+            options["api_key"] = api_key
         self.upstream = OpenAIUpstreamEngine(UpstreamConfig(**options))
 
     @property

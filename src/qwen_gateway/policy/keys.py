@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "sk-qg-"
 VISIBLE = len(KEY_PREFIX) + 6  # "sk-qg-AbCdEf": enough to tell keys apart, useless to attack
 MAX_NAME = 200
+MAX_ID = 2**31 - 1  # the id column is INTEGER: larger ids name no key (and overflow drivers)
+# bidi embeddings, overrides and isolates: they reorder how a name reads in a terminal
+_BIDI = frozenset(chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A)))
 
 
 def new_secret() -> str:
@@ -236,7 +239,7 @@ class KeyManager:
         return await self._repo.list()
 
     async def get(self, key_id: int) -> KeyRecord:
-        record = await self._repo.get(key_id)
+        record = await self._repo.get(key_id) if 1 <= key_id <= MAX_ID else None
         if record is None:
             raise NotFound(f"No key with id {key_id}.", param="id")
         return record
@@ -310,6 +313,8 @@ def _clean_name(name: str) -> str:
         raise InvalidRequest("A key needs a name.", param="name")
     if len(name) > MAX_NAME:
         raise InvalidRequest(f"A key name has at most {MAX_NAME} characters.", param="name")
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise InvalidRequest("A key name cannot hold control characters.", param="name")
+    if any(ord(c) < 32 or 127 <= ord(c) <= 159 or c in _BIDI for c in name):
+        raise InvalidRequest(
+            "A key name cannot hold control or bidirectional-override characters.", param="name"
+        )
     return name

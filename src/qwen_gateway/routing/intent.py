@@ -5,7 +5,7 @@ Two classifiers behind one small interface:
 - ``RuleClassifier``: configurable keywords and regexes per category, in both languages;
 - ``LearnedClassifier``: character n-gram TF-IDF (which needs no word segmentation, so Chinese,
   English and code-switched text are alike to it) plus word n-grams, into a logistic regression
-  (scikit-learn). It trains in about a second from the labelled prompts shipped with the package
+  (scikit-learn, applied with numpy). It trains in about a second from the labelled prompts shipped with the package
   (``routing/data``, see PROVENANCE.md) or from an operator's own file; nothing is downloaded.
   Below a confidence threshold it answers the fallback category (general).
 
@@ -16,6 +16,7 @@ follow-up ("now in Go", "再证明一下").
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 from collections import Counter
@@ -25,6 +26,9 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from qwen_gateway.core.types import ChatMessage
+from qwen_gateway.routing.tfidf import TOKENS, TfidfLogistic
+
+log = logging.getLogger(__name__)
 
 DATA = Path(__file__).resolve().parent / "data"
 FALLBACK = "general"
@@ -191,15 +195,17 @@ class LearnedClassifier:
     For the word n-grams each Chinese character is a token of its own (Chinese has no spaces, so
     ``\\w+`` would make a whole clause one token); runs of other word characters are words. The
     bigrams then span Chinese character pairs and the seams of code-switched text ("用 python").
+
+    scikit-learn trains it; what it learned (vocabularies, idf weights, coefficients) is kept as
+    plain arrays, saved as JSON and applied here with numpy, so a saved model is data, never code.
     """
 
-    # one CJK ideograph, or a run of word characters that are not CJK ideographs
-    _TOKENS: ClassVar[str] = r"[\u3400-\u9fff\uf900-\ufaff]|[^\W\u3400-\u9fff\uf900-\ufaff]+"
+    _TOKENS: ClassVar[str] = TOKENS
 
     threshold: float = 0.45
     fallback: str = FALLBACK
     name: str = "learned"
-    _model: Any = field(default=None, repr=False)
+    _model: TfidfLogistic | None = field(default=None, repr=False)
 
     def fit(self, examples: Sequence[Example]) -> LearnedClassifier:
         from sklearn.feature_extraction.text import TfidfVectorizer
@@ -214,40 +220,68 @@ class LearnedClassifier:
         )  # fmt: skip
         model = make_pipeline(features, LogisticRegression(C=100.0, max_iter=5000))
         model.fit([e.text for e in examples], [e.label for e in examples])
-        self._model = model
+        self._model = TfidfLogistic.of(model)
         return self
 
     @property
     def categories(self) -> list[str]:
-        return [str(c) for c in self._model.classes_]
+        return list(self._fitted().classes)
+
+    def probabilities(self, text: str) -> Any:
+        """The probability of each of :attr:`categories` (as scikit-learn's predict_proba)."""
+        return self._fitted().probabilities(text)
 
     def classify(self, text: str) -> Intent:
-        if self._model is None:
-            raise RuntimeError("LearnedClassifier.fit() was not called")
-        probabilities = self._model.predict_proba([text])[0]
+        weights = self._fitted()
+        probabilities = weights.probabilities(text)
         best = int(probabilities.argmax())
         confidence = float(probabilities[best])
-        category = str(self._model.classes_[best])
         if confidence < self.threshold:
             return Intent(self.fallback, confidence, self.name)
-        return Intent(category, confidence, self.name)
+        return Intent(weights.classes[best], confidence, self.name)
+
+    def _fitted(self) -> TfidfLogistic:
+        if self._model is None:
+            raise RuntimeError("LearnedClassifier.fit() was not called")
+        return self._model
 
     def save(self, path: Path) -> None:
-        """Write the trained model (an operator's retrained classifier) to ``path``."""
-        import pickle
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(pickle.dumps({"threshold": self.threshold, "model": self._model}))
+        """Write the trained model (an operator's retrained classifier) to ``path`` as JSON."""
+        data = {"format": MODEL_FORMAT, "threshold": self.threshold, **self._fitted().to_json()}
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
         tmp.replace(path)
 
     @classmethod
     def load(cls, path: Path) -> LearnedClassifier:
-        """A model written by :meth:`save` (only ever from the operator's own data directory)."""
-        import pickle
+        """A model written by :meth:`save`. Raises ValueError for anything else."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("format") != MODEL_FORMAT:
+                raise ValueError(f"not a {MODEL_FORMAT} file")
+            return cls(threshold=float(data["threshold"]), _model=TfidfLogistic.from_json(data))
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+            raise ValueError(
+                f"{path} is not an intent model written by `qwen-gateway intent train` ({exc})"
+            ) from None
 
-        saved = pickle.loads(path.read_bytes())
-        return cls(threshold=float(saved["threshold"]), _model=saved["model"])
+
+MODEL_FORMAT = "qwen-gateway-intent-1"
+LEGACY_MODEL_FILE = "intent-model.pkl"  # pickled models of earlier versions: never loaded
+
+
+def load_saved(path: Path) -> LearnedClassifier | None:
+    """The model saved at ``path``, or None when there is none. A pickled model of an earlier
+    version beside it is never loaded (unpickling runs code): a warning says so."""
+    legacy = path.with_name(LEGACY_MODEL_FILE)
+    if legacy.exists():
+        log.warning(
+            "%s is a pickled intent model of an earlier version: it is ignored, never loaded; "
+            "retrain with `qwen-gateway intent train` and delete it",
+            legacy,
+        )
+    return LearnedClassifier.load(path) if path.is_file() else None
 
 
 _default: LearnedClassifier | None = None

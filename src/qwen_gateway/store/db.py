@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,10 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(self.url, **options)
         database = self.engine.url.database
         if self.is_sqlite and database and database != ":memory:":
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            path = Path(database).expanduser()
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # readable by this user only (SQLite gives its -wal and -shm files the same mode)
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
