@@ -16,6 +16,7 @@ from typing import Any
 from qwen_gateway.core.normalize import RequestLimits, chat_request, text_request
 from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.core.types import (
+    ChatRequest,
     ChoiceFinished,
     EngineEvent,
     GenerationRequest,
@@ -92,6 +93,8 @@ class CompletionService:
             record.permit = await self._gate.admit(principal, admitted)
         user = raw.get("user")
         ctx = RouteContext(principal.id, user if isinstance(user, str) and user else None)
+        if isinstance(request, ChatRequest):
+            request = replace(request, tenant=principal.id)
         return self._router.stream(request, ctx, record)
 
     # ---- chat -------------------------------------------------------------
