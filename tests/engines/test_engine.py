@@ -16,6 +16,7 @@ import torch
 from qwen_gateway.api.app import create_app
 from qwen_gateway.core.types import OutputConstraint, SamplingParams, Usage
 from qwen_gateway.engines.transformers.engine import MAX_CRASHES_IN_A_ROW
+from qwen_gateway.engines.transformers.grammar import GrammarCompiler
 from qwen_gateway.errors import InternalError, InvalidRequest
 from support.fixtures import MODEL, InProcess, make_container, open_in_process
 from support.metrics import sample
@@ -281,3 +282,48 @@ async def test_an_engine_that_keeps_crashing_stays_down(
         assert (await g.http.get("/ready")).json()["status"] == "failed"
         refused = await g.http.post("/v1/chat/completions", json=body)
         assert refused.status_code == 503
+
+
+class BlockingCompiler(GrammarCompiler):
+    """Compiling a schema with a "slow" property waits for ``release``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.release = threading.Event()
+
+    def _compile_schema(self, text: str) -> Any:
+        if '"slow' in text:
+            assert self.release.wait(120)
+        return super()._compile_schema(text)
+
+
+async def test_a_slow_compile_delays_only_its_own_tenant(own_engine: InProcess) -> None:
+    backend = own_engine.container.engines[MODEL]._backend  # type: ignore[attr-defined]
+    original = backend._grammars
+    blocking = BlockingCompiler(backend.tokenizer, original.model_vocab_size, compile_timeout_s=120)
+    params = SamplingParams(max_tokens=6, temperature=0.0)
+
+    def schema(name: str) -> OutputConstraint:
+        return OutputConstraint(kind="json", schema={"type": "object", "properties": {name: {}}})
+
+    async def run(request_id: str, tenant: str, constraint: OutputConstraint) -> Any:
+        events = backend.generate(PROMPT, params, 1, request_id, constraint, tenant=tenant)
+        return [e async for e in events][-1]
+
+    backend._grammars = blocking
+    try:
+        first = asyncio.ensure_future(run("a1", "a", schema("slow")))
+        async with asyncio.timeout(60):
+            while not blocking._flights:  # noqa: ASYNC110 - until a's compile runs
+                await asyncio.sleep(0.01)
+        second = asyncio.ensure_future(run("a2", "a", schema("quick_a")))
+        # b is served while a's compile is stuck: a new schema, then the same one (cached)
+        assert isinstance(await run("b1", "b", schema("quick_b")), Usage)
+        assert isinstance(await run("b2", "b", schema("quick_b")), Usage)
+        assert not first.done() and not second.done()  # a's next compile waits for a's first
+        blocking.release.set()
+        assert isinstance(await first, Usage)
+        assert isinstance(await second, Usage)
+    finally:
+        blocking.release.set()
+        backend._grammars = original
