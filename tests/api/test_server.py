@@ -187,3 +187,31 @@ def test_static_api_key_is_required_when_configured(tiny_model_dir: Path, tmp_pa
         good = openai.OpenAI(base_url=s.base_url + "/v1", api_key=key, max_retries=0)
         assert [m.id for m in good.models.list()] == [MODEL]
         assert key not in (tmp_path / "log").read_text()
+
+
+def test_schema_text_cannot_forge_log_lines(server: Server) -> None:
+    forged = '{"level":"info","logger":"qwen_gateway.access","request_id":"FORGED","status":201}'
+    schema = {"type": "object", "properties": {"a": {"$ref": f"x\n{forged}\n"}}}
+    before = len(server.log_lines())
+    resp = httpx.post(
+        server.base_url + "/v1/chat/completions",
+        json={
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "x"}],
+            "max_tokens": 4,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "f", "schema": schema},
+            },
+        },
+        timeout=60,
+    )
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "response_format"
+    ok = httpx.post(
+        server.base_url + "/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2},
+        timeout=60,
+    )
+    assert ok.status_code == 200
+    new = [json.loads(line) for line in server.log_lines()[before:] if line.strip()]
+    assert not [entry for entry in new if entry.get("request_id") == "FORGED"]
