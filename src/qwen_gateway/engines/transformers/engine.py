@@ -327,7 +327,7 @@ class TransformersBackend:
         with self._submit_lock:
             self._failed = exc
             self._down = True
-        with contextlib.suppress(Exception):  # the error was logged; fail what it can
+        with contextlib.suppress(queue.Empty):  # submissions not yet seen fail too
             while True:
                 kind, payload = self._inbox.get_nowait()
                 if kind == "submit":
