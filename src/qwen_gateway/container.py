@@ -470,6 +470,10 @@ class Container:
         if self._loading is not None:
             await asyncio.shield(self._loading)
 
+    def healthy(self) -> bool:
+        """False while an engine's scheduler is down (restarting, or down for good)."""
+        return not any(engine.stats().down for engine in self.engines.values())
+
     async def ready(self) -> bool:
         if self._loading is None or not self._loading.done() or self.load_error is not None:
             return False

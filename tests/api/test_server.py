@@ -357,3 +357,31 @@ def test_a_request_without_max_tokens_stops_at_the_default_output_limit(
         assert longer.usage is not None and longer.usage.completion_tokens == 9
         card = httpx.get(f"{s.base_url}/v1/models/{MODEL}").json()
         assert (card["default_max_tokens"], card["max_output_tokens"]) == (5, 8192)
+
+
+def test_schema_text_cannot_forge_log_lines(server: Server) -> None:
+    forged = '{"level":"info","logger":"qwen_gateway.access","request_id":"FORGED","status":201}'
+    schema = {"type": "object", "properties": {"a": {"$ref": f"x\n{forged}\n"}}}
+    before = len(server.log_lines())
+    resp = httpx.post(
+        server.base_url + "/v1/chat/completions",
+        json={
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "x"}],
+            "max_tokens": 4,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "f", "schema": schema},
+            },
+        },
+        timeout=60,
+    )
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "response_format"
+    ok = httpx.post(
+        server.base_url + "/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2},
+        timeout=60,
+    )
+    assert ok.status_code == 200
+    new = [json.loads(line) for line in server.log_lines()[before:] if line.strip()]
+    assert not [entry for entry in new if entry.get("request_id") == "FORGED"]

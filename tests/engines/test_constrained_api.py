@@ -155,3 +155,20 @@ async def test_langchain_structured_output_and_forced_tools(gateway: InProcess) 
     assert message.tool_calls  # type: ignore[attr-defined]
     call = message.tool_calls[0]  # type: ignore[attr-defined]
     jsonschema.validate(call["args"], PARAMS[call["name"]])
+
+
+@pytest.mark.parametrize("ref", ["http://127.0.0.1:9/s.json", "file:///etc/passwd", "#/$defs/x"])
+async def test_a_ref_outside_the_schema_is_a_400_naming_the_parameter(
+    gateway: InProcess, ref: str
+) -> None:
+    schema = {"type": "object", "properties": {"a": {"$ref": ref}}}
+    fmt = {"type": "json_schema", "json_schema": {"name": "r", "schema": schema}}
+    body = {"model": MODEL, "messages": ASK, "max_tokens": 5, "response_format": fmt}
+    refused = await gateway.http.post("/v1/chat/completions", json=body)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "response_format"
+    tool = {"type": "function", "function": {"name": "f", "parameters": schema}}
+    body = {"model": MODEL, "messages": ASK, "tools": [tool], "tool_choice": "required"}
+    refused = await gateway.http.post("/v1/chat/completions", json=body)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "tools"

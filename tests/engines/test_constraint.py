@@ -7,9 +7,11 @@ when the budget rule had to force the close.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,7 @@ from qwen_gateway.engines.transformers.grammar import (
     GrammarCompiler,
     _length_patterns,
 )
-from qwen_gateway.errors import InvalidRequest
+from qwen_gateway.errors import EngineOverloaded, InvalidRequest
 from qwen_gateway.qwen.tokenizer import ENDOFTEXT_ID, IM_END_ID, QwenTokenizer
 
 EOS = frozenset({IM_END_ID, ENDOFTEXT_ID})
@@ -497,3 +499,95 @@ def test_unicode_tool_names(
     for run in decode(slot_model, tokenizer, grammar, shortest(grammar) + 2, sampled=True):
         assert run.finished
         check_tool_calls(run, tools, parallel=True)
+
+
+# ---- references and fairness -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ref",
+    ["http://127.0.0.1:9/schema.json", "file:///etc/passwd", "#/$defs/missing", "#anchor",
+     'x\n{"request_id":"FORGED"}\n', "#/properties/a/type"],
+)  # fmt: skip
+def test_a_ref_outside_the_schema_is_refused_before_compiling(
+    compiler: GrammarCompiler, ref: str
+) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "string"}, "b": {"$ref": ref}},
+        "$defs": {"other": {"type": "integer"}},
+    }
+    with pytest.raises(InvalidRequest, match=r"\$ref \(at /properties/b/\$ref\)") as info:
+        compiler.json_schema(schema)
+    assert info.value.param == "response_format"
+    tool = {"name": "f", "parameters": {"type": "object", "properties": {"x": {"$ref": ref}}}}
+    with pytest.raises(InvalidRequest, match=r"\$ref") as info:
+        compiler.tool_calls([tool], parallel=False)
+    assert info.value.param == "tools"
+
+
+def test_local_refs_and_ref_like_data_are_accepted(compiler: GrammarCompiler) -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "a": {"$ref": "#/$defs/a~1b"},
+            "$ref": {"const": {"$ref": "http://not-a-reference"}},  # a property, and data
+        },
+        "$defs": {"a/b": {"type": "integer"}},
+    }
+    assert compiler.json_schema(schema) is not None
+
+
+class BlockingCompiler(GrammarCompiler):
+    """Compiling a schema with a "slow" property waits for ``release``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.release = threading.Event()
+
+    def _compile_schema(self, text: str) -> Any:
+        if '"slow' in text:
+            assert self.release.wait(120)
+        return super()._compile_schema(text)
+
+
+def slow(i: int) -> dict[str, Any]:
+    return {"type": "object", "properties": {f"slow{i}": {"type": "integer"}}}
+
+
+def test_a_tenants_slow_compiles_do_not_use_up_other_tenants_share(
+    tokenizer: QwenTokenizer,
+) -> None:
+    # Timeout 0: every compilation still running when it is started counts as abandoned.
+    blocking = BlockingCompiler(tokenizer, 151936, compile_timeout_s=0, max_threads=4)
+    trivial = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    job = blocking.schema_job(trivial)
+    with contextlib.suppress(InvalidRequest):
+        blocking.json_schema(trivial, tenant="b")
+    deadline = time.monotonic() + 120
+    while blocking.cached(job) is None:  # compiled in the background, then cached
+        assert time.monotonic() < deadline
+        threading.Event().wait(0.01)
+    for i in (1, 2):  # tenant a leaves two compilations running past their timeout
+        with pytest.raises(InvalidRequest, match="took longer"):
+            blocking.json_schema(slow(i), tenant="a")
+    with pytest.raises(EngineOverloaded, match="Your earlier grammars"):
+        blocking.json_schema(slow(3), tenant="a")  # a's share is used up...
+    with pytest.raises(InvalidRequest, match="took longer"):
+        blocking.json_schema(slow(4), tenant="b")  # ...b's is not
+    assert blocking.json_schema(trivial, tenant="a") is blocking.cached(job)  # cached: served
+    with pytest.raises(InvalidRequest, match="takes longer"):
+        blocking.json_schema(slow(1), tenant="c")  # the same slow schema: refused at once
+    with pytest.raises(InvalidRequest, match="took longer"):
+        blocking.json_schema(slow(5), tenant="c")  # the fourth compilation running
+    with pytest.raises(EngineOverloaded, match="busy"):
+        blocking.json_schema(slow(6), tenant="d")  # past the global cap
+    blocking.release.set()
+    for thread in threading.enumerate():
+        if thread.name == "grammar-compile":
+            thread.join(timeout=120)
+    assert blocking.cached(blocking.schema_job(slow(1))) is not None  # finished late, cached
+    blocking.release.clear()
+    with pytest.raises(InvalidRequest, match="took longer"):  # a may compile again
+        blocking.json_schema(slow(7), tenant="a")
+    blocking.release.set()

@@ -211,14 +211,17 @@ def include_routes(app: FastAPI, container: Container) -> None:
     ops = APIRouter()
 
     @ops.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> JSONResponse:
+        if container.healthy():
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "engine_down"}, status_code=503)
 
     @ops.get("/ready")
     async def ready() -> JSONResponse:
         if await container.ready():
             return JSONResponse({"status": "ready"})
-        status = "failed" if container.load_error is not None else "loading"
+        failed = container.load_error is not None or not container.healthy()
+        status = "failed" if failed else "loading"
         message, code = f"The engine is {status}.", "engine_unavailable"
         if not container.database_up:
             status, message = "unavailable", "The database is unreachable."

@@ -100,6 +100,8 @@ class ChatRequest:
     #: The client reads the output as it comes (engines may pick a single-shot call if not).
     stream: bool = False
     meter: UsageMeter = field(default_factory=UsageMeter, compare=False, repr=False)
+    #: Who asks (the principal's id): engines share per-tenant resources by it.
+    tenant: str = ""
 
     @property
     def tool_names(self) -> frozenset[str]:

@@ -32,6 +32,10 @@ class EngineStats:
     max_abort_delay_steps: int = 0
     #: Tool-call blocks in model output that could not be parsed (returned as content).
     malformed_tool_calls: int = 0
+    #: Times the engine's scheduler crashed and was restarted.
+    restarts: int = 0
+    #: The engine's scheduler is not running (restarting, or down for good): /health fails.
+    down: bool = False
 
 
 @runtime_checkable
@@ -74,8 +78,10 @@ class TokenBackend(Protocol):
         request_id: str,
         constraint: OutputConstraint | None = None,
         meter: UsageMeter | None = None,
+        tenant: str = "",
     ) -> AsyncGenerator[EngineEvent, None]:
-        """Generate ``n`` choices; enforce ``constraint`` while decoding when one is given."""
+        """Generate ``n`` choices; enforce ``constraint`` while decoding when one is given.
+        ``tenant`` (who asks) lets the backend share per-tenant resources fairly."""
         ...
 
     async def start(self) -> None: ...

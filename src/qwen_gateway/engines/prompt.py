@@ -73,7 +73,13 @@ class PromptEngine:
                 ids, sampling, request.n, request.request_id, meter=request.meter
             )
         events = self._backend.generate(
-            ids, sampling, request.n, request.request_id, request.constraint, request.meter
+            ids,
+            sampling,
+            request.n,
+            request.request_id,
+            request.constraint,
+            request.meter,
+            tenant=request.tenant,
         )
         constraint = request.constraint
         if constraint is not None and constraint.kind == "json" and not info.enforces_constraints:

@@ -65,6 +65,7 @@ class ScriptedBackend:
         request_id: str,
         constraint: OutputConstraint | None = None,
         meter: UsageMeter | None = None,
+        tenant: str = "",
     ) -> AsyncGenerator[EngineEvent, None]:
         assert self.tokenizer is not None
         self.requests.append(list(prompt))

@@ -2,21 +2,33 @@
 
 Records are formatted and written by a background thread (a queue handler in front), so a
 request pays only for putting its record on the queue.
+
+Native libraries (xgrammar's C++ warnings, which quote client schema text) write straight to
+file descriptor 2. :func:`configure_logging` makes fd 2 a pipe whose lines are logged on
+``qwen_gateway.native`` (warning level, truncated), so every line of stderr is a JSON log line
+and client text cannot forge one; Python's own stderr moves to a copy of the original fd 2.
 """
 
 from __future__ import annotations
 
 import atexit
+import io
 import logging
 import logging.handlers
+import os
 import queue
 import sys
+import threading
 import time
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
 ACCESS_LOGGER = "qwen_gateway.access"
+NATIVE_LOGGER = "qwen_gateway.native"
+#: Characters of a native stderr line kept in its log record.
+NATIVE_LINE_CHARS: Final = 300
+_NATIVE_READ: Final = 64 * 1024  # longest piece of a line read at once
 
 
 class JsonFormatter(logging.Formatter):
@@ -52,14 +64,51 @@ class _QueueHandler(logging.handlers.QueueHandler):
         return record
 
 
+class _NativeStderr:
+    """fd 2 as a pipe read by a thread that logs each line (see the module docstring)."""
+
+    def __init__(self) -> None:
+        sys.stderr.flush()
+        #: The original stderr, where Python writes from now on (sys.stderr, log handlers).
+        self.stream = io.TextIOWrapper(
+            open(os.dup(2), "wb", buffering=0),  # noqa: SIM115 - lives as long as the process
+            encoding="utf-8",
+            errors="backslashreplace",
+            line_buffering=True,
+            write_through=True,
+        )
+        read_fd, write_fd = os.pipe()
+        os.dup2(write_fd, 2)
+        os.close(write_fd)
+        sys.stderr = self.stream
+        threading.Thread(
+            target=self._pump, args=(read_fd,), name="native-stderr", daemon=True
+        ).start()
+
+    @staticmethod
+    def _pump(read_fd: int) -> None:
+        log = logging.getLogger(NATIVE_LOGGER)
+        rest_of_line = False  # the line being read was logged already (it was too long)
+        with open(read_fd, "rb", buffering=0) as pipe, io.BufferedReader(pipe) as lines:
+            while piece := lines.readline(_NATIVE_READ):
+                whole = piece.endswith(b"\n")
+                text = piece.rstrip(b"\r\n").decode("utf-8", "backslashreplace")
+                if not rest_of_line and text.strip():
+                    log.warning("%s", text[:NATIVE_LINE_CHARS])
+                rest_of_line = not whole
+
+
 _listener: logging.handlers.QueueListener | None = None
+_native: _NativeStderr | None = None
 
 
 def configure_logging(level: str = "info") -> None:
-    global _listener
+    global _listener, _native
     if _listener is not None:
         _listener.stop()
-    handler = logging.StreamHandler(sys.stderr)
+    if _native is None:
+        _native = _NativeStderr()
+    handler = logging.StreamHandler(_native.stream)
     handler.setFormatter(JsonFormatter())
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     _listener = logging.handlers.QueueListener(records, handler)

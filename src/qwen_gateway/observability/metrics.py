@@ -12,7 +12,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 #: (model, stats) pairs; stats keys: running, waiting, last_batch_size, max_batch_size,
-#: decode_steps, aborted.
+#: decode_steps, aborted, restarts.
 EngineStatsSource = Callable[[], Iterable[tuple[str, Mapping[str, float]]]]
 #: (deployment, replica, breaker state 0/1/2, healthy, outstanding) per replica.
 ReplicaSource = Callable[[], Iterable[tuple[str, str, int, bool, int]]]
@@ -115,6 +115,11 @@ class _EngineCollector(Collector):
             "Tool-call blocks in model output that could not be parsed",
             labels=["model"],
         )
+        restarts = CounterMetricFamily(
+            "qwen_gateway_engine_restarts",
+            "Times an engine's scheduler crashed and was restarted",
+            labels=["model"],
+        )
         for model, s in self._source():
             running.add_metric([model], s.get("running", 0))
             waiting.add_metric([model], s.get("waiting", 0))
@@ -124,7 +129,8 @@ class _EngineCollector(Collector):
             aborted.add_metric([model], s.get("aborted", 0))
             delay.add_metric([model], s.get("max_abort_delay_steps", 0))
             malformed.add_metric([model], s.get("malformed_tool_calls", 0))
-        yield from (running, waiting, batch, peak, steps, aborted, delay, malformed)
+            restarts.add_metric([model], s.get("restarts", 0))
+        yield from (running, waiting, batch, peak, steps, aborted, delay, malformed, restarts)
 
 
 class Metrics:

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from qwen_gateway.core.normalize import RequestLimits, chat_request, text_request
 from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.core.types import (
+    ChatRequest,
     ChoiceFinished,
     EngineEvent,
     GenerationRequest,
@@ -109,6 +110,8 @@ class CompletionService:
         ctx = RouteContext(
             principal.id, user if isinstance(user, str) and user else None, principal.models
         )
+        if isinstance(request, ChatRequest):
+            request = replace(request, tenant=principal.id)
         admit = None
         if self._gate is not None:
             asked = canonical if self._router.virtual(canonical) else None

@@ -15,11 +15,12 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from collections import deque
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal
 
 from qwen_gateway.core.stop import StopMatcher
 from qwen_gateway.core.types import (
@@ -46,6 +47,15 @@ _LOAD_LOCK = threading.Lock()
 log = logging.getLogger(__name__)
 
 DEFAULT_CONTEXT_WINDOW = 131072
+#: Scheduler crashes in a row (nothing served in between) after which the engine stays down.
+MAX_CRASHES_IN_A_ROW: Final = 3
+
+#: The stages of a request's work on the scheduler thread; a failure in one fails only that
+#: request. "loop" is the scheduler's own work (a failure there restarts the scheduler) and
+#: "restart" the moment before it is restarted.
+Stage = Literal["admit", "prefill", "sample", "constrain", "detokenise", "loop", "restart"]
+#: Called with (stage, request id) as the scheduler enters a stage: a seam for fault injection.
+Probe = Callable[[Stage, str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +114,15 @@ class _Group:
 
 
 class TransformersBackend:
-    """A :class:`~qwen_gateway.engines.base.TokenBackend` over a Hugging Face Qwen2 model."""
+    """A :class:`~qwen_gateway.engines.base.TokenBackend` over a Hugging Face Qwen2 model.
+
+    One request cannot stop the scheduler: whatever fails while a request is admitted,
+    prefilled, sampled, constrained or detokenised fails that request only (400 when its
+    parameters are at fault, else 500, logged with the traceback). A failure of the scheduler
+    itself fails the requests in flight (503) and restarts it, at most
+    :data:`MAX_CRASHES_IN_A_ROW` times without serving a request in between; then the engine
+    stays down (``stats().down``) so that /health fails and the process gets restarted.
+    """
 
     def __init__(self, config: LocalEngineConfig) -> None:
         self.config = config
@@ -118,11 +136,17 @@ class TransformersBackend:
         )
         self.tokenizer: QwenTokenizer | None = None
         self.template: ChatTemplate | None = None
+        #: Fault injection seam: called as the scheduler enters each stage (see Stage).
+        self.probe: Probe | None = None
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._submit_lock = threading.Lock()  # no submission slips in after the engine failed
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
-        self._failed: BaseException | None = None
+        self._failed: BaseException | None = None  # failed to load, or down for good
+        self._down = False  # the scheduler is not running: restarting, or down for good
+        self._restarts = 0
+        self._crashes_in_row = 0  # reset when a request is served
         self._ids = itertools.count()
         # Scheduler-thread state.
         self._waiting: deque[_Group] = deque()
@@ -132,8 +156,11 @@ class TransformersBackend:
         self._outbox: list[tuple[_Sink, EngineEvent | GatewayError]] = []
         self._eos: frozenset[int] = frozenset({IM_END_ID, ENDOFTEXT_ID})
         self._model: Any = None
-        self._grammars: Any = None  # constraint.GrammarCompiler, created with the model
-        self._compile_lock = asyncio.Lock()
+        self._grammars: Any = None  # grammar.GrammarCompiler, created with the model
+        # One compilation at a time per tenant (a lock lives while someone holds it).
+        self._compile_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
         # Counters read by stats().
         self._steps = 0
         self._last_batch = 0
@@ -158,7 +185,7 @@ class TransformersBackend:
             raise EngineUnavailable(f"The model failed to load: {self._failed}") from self._failed
 
     async def ready(self) -> bool:
-        return self._ready.is_set() and self._failed is None
+        return self._ready.is_set() and self._failed is None and not self._down
 
     async def aclose(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -174,6 +201,8 @@ class TransformersBackend:
             max_batch_size=self._max_batch,
             aborted=self._aborted,
             max_abort_delay_steps=self._max_abort_delay,
+            restarts=self._restarts,
+            down=self._down,
         )
 
     # ---- request side (event loop) ---------------------------------------
@@ -186,9 +215,11 @@ class TransformersBackend:
         request_id: str,
         constraint: OutputConstraint | None = None,
         meter: UsageMeter | None = None,
+        tenant: str = "",
     ) -> AsyncGenerator[EngineEvent, None]:
-        if not self._ready.is_set() or self._failed is not None:
+        if not self._ready.is_set():
             raise EngineUnavailable("The model is still loading.", headers={"Retry-After": "5"})
+        self._check_up()
         if self._submitted - self._dequeued >= self.config.max_waiting:
             raise EngineOverloaded(
                 "The engine's queue is full; retry shortly.", headers={"Retry-After": "1"}
@@ -197,13 +228,14 @@ class TransformersBackend:
             raise EngineOverloaded(f"n={n} exceeds the engine's batch size.")
         grammar = None
         if constraint is not None:
-            async with self._compile_lock:  # compiled grammars are cached: mostly instant
-                grammar = await asyncio.to_thread(self._compile, constraint)
+            grammar = await self._grammar(constraint, tenant)
         rid = f"{request_id or 'req'}-{next(self._ids)}"
         kind = constraint.kind if constraint is not None else None
         group = _Group(rid, list(prompt), sampling, n, _Sink(), grammar, kind, meter=meter)
-        self._submitted += 1
-        self._inbox.put(("submit", group))
+        with self._submit_lock:
+            self._check_up()
+            self._submitted += 1
+            self._inbox.put(("submit", group))
         finished = False
         try:
             while True:
@@ -218,6 +250,31 @@ class TransformersBackend:
         finally:
             if not finished:
                 self._inbox.put(("abort", (rid, self._steps)))
+
+    def _check_up(self) -> None:
+        if self._failed is not None or self._down:
+            raise EngineUnavailable(
+                "The engine is down; retry shortly.", headers={"Retry-After": "5"}
+            )
+
+    async def _grammar(self, constraint: OutputConstraint, tenant: str) -> Any:
+        """The compiled grammar: a cached one at once, else compiled after the tenant's earlier
+        compilations (one at a time per tenant), so a slow schema delays only its sender."""
+        compiler = self._grammars
+        job = await asyncio.to_thread(self._job, constraint)
+        hit = compiler.cached(job)
+        if hit is not None:
+            return hit
+        lock = self._compile_locks.get(tenant)
+        if lock is None:
+            lock = self._compile_locks[tenant] = asyncio.Lock()
+        async with lock:
+            return await compiler.compile_async(job, tenant)
+
+    def _job(self, constraint: OutputConstraint) -> Any:
+        if constraint.kind == "tool_calls":
+            return self._grammars.tools_job(constraint.tools, parallel=constraint.parallel)
+        return self._grammars.schema_job(constraint.schema)
 
     # ---- scheduler thread -------------------------------------------------
 
@@ -234,11 +291,57 @@ class TransformersBackend:
 
         with torch.inference_mode():
             try:
+                self._serve()
+            except BaseException as exc:
+                log.exception("engine scheduler failed for good")
+                self._give_up(exc)
+
+    def _serve(self) -> None:
+        """Run the scheduler; after a crash fail what was in flight and start it again."""
+        while True:
+            try:
                 self._schedule()
-            except BaseException:
+                return  # stopped
+            except Exception:
                 log.exception("engine scheduler crashed")
-                self._failed = RuntimeError("engine scheduler crashed")
-                self._fail_all(EngineUnavailable("The engine stopped."))
+            self._down = True
+            self._crashes_in_row += 1
+            self._reset(
+                EngineUnavailable("The engine restarted; retry.", headers={"Retry-After": "1"})
+            )
+            if self._crashes_in_row >= MAX_CRASHES_IN_A_ROW:
+                raise RuntimeError(f"the scheduler crashed {self._crashes_in_row} times in a row")
+            self._enter("restart", "")
+            self._restarts += 1
+            log.warning("engine scheduler restarted (%d restarts so far)", self._restarts)
+            self._down = False
+
+    def _reset(self, error: GatewayError) -> None:
+        """Fail every request in flight and start from empty scheduler state."""
+        self._fail_all(error)
+        self._running.clear()
+        self._groups.clear()
+        self._free_slots = list(range(self.config.max_batch_size))
+
+    def _give_up(self, exc: BaseException) -> None:
+        with self._submit_lock:
+            self._failed = exc
+            self._down = True
+        with contextlib.suppress(queue.Empty):  # submissions not yet seen fail too
+            while True:
+                kind, payload = self._inbox.get_nowait()
+                if kind == "submit":
+                    self._groups[payload.request_id] = payload
+                    self._dequeued += 1
+        error = EngineUnavailable("The engine is down.", headers={"Retry-After": "5"})
+        try:
+            self._fail_all(error)
+        except Exception:
+            log.exception("failing the requests in flight failed")
+
+    def _enter(self, stage: Stage, request_id: str) -> None:
+        if self.probe is not None:
+            self.probe(stage, request_id)
 
     def _load(self) -> None:
         with _LOAD_LOCK:  # engines of several deployments or replicas load one at a time
@@ -280,16 +383,12 @@ class TransformersBackend:
         ids = eos if isinstance(eos, list) else [eos] if isinstance(eos, int) else []
         self._eos = frozenset({IM_END_ID, ENDOFTEXT_ID, *ids})
 
-    def _compile(self, constraint: OutputConstraint) -> Any:
-        if constraint.kind == "tool_calls":
-            return self._grammars.tool_calls(constraint.tools, parallel=constraint.parallel)
-        return self._grammars.json_schema(constraint.schema)
-
     def _schedule(self) -> None:
         while True:
             idle = not self._running and not self._waiting
             if not self._drain_inbox(block=idle):
                 return
+            self._enter("loop", "")
             self._admit()
             if self._running:
                 self._decode_step()
@@ -330,43 +429,55 @@ class TransformersBackend:
         self._max_abort_delay = max(self._max_abort_delay, self._steps - requested_at_step)
 
     def _admit(self) -> None:
-        from qwen_gateway.engines.transformers.constraint import Constraint
-        from qwen_gateway.engines.transformers.sampler import SequenceSampler
-
-        model = self._model
-        assert self.tokenizer is not None
         while self._waiting and len(self._free_slots) >= self._waiting[0].n:
             group = self._waiting.popleft()
             self._dequeued += 1
             slots = [self._free_slots.pop(0) for _ in range(group.n)]
             try:
-                logits = model.prefill(slots[0], group.prompt)
-                for slot in slots[1:]:
-                    model.copy_slot(slots[0], slot, len(group.prompt))
-            except Exception:
-                log.exception("prefill failed")
-                self._free_slots = sorted(self._free_slots + slots)
-                self._fail_group(group)
+                logits = self._start(group, slots)
+            except Exception as exc:
+                owned = {c.slot for c in group.choices}  # freed with the choices
+                self._free_slots = sorted(self._free_slots + [s for s in slots if s not in owned])
+                self._fail_request(group, "admit", exc)
                 continue
-            group.open_choices = group.n
-            for i, slot in enumerate(slots):
-                sampler = SequenceSampler(group.sampling, group.prompt, model.device, i)
-                choice = _Choice(
-                    group=group,
-                    index=i,
-                    sampler=sampler,
-                    decoder=self.tokenizer.decoder(),
-                    stop=StopMatcher(group.sampling.stop),
-                    slot=slot,
-                    position=len(group.prompt),
-                )
-                if group.grammar is not None:
-                    choice.constraint = Constraint(group.grammar, group.sampling.max_tokens or 1)
-                group.choices.append(choice)
-            self._sample_and_advance(group.choices, logits.unsqueeze(0).expand(group.n, -1).clone())
+            self._sample_and_advance(group.choices, logits)
             self._running.extend(c for c in group.choices if not c.done)
 
+    def _start(self, group: _Group, slots: list[int]) -> Any:
+        """Prefill ``group``'s prompt and make its choices; the first token's logits [n, V]."""
+        from qwen_gateway.engines.transformers.constraint import Constraint
+        from qwen_gateway.engines.transformers.sampler import SequenceSampler
+
+        model = self._model
+        assert self.tokenizer is not None
+        self._enter("admit", group.request_id)
+        samplers = [
+            SequenceSampler(group.sampling, group.prompt, model.device, i) for i in range(group.n)
+        ]
+        self._enter("prefill", group.request_id)
+        logits = model.prefill(slots[0], group.prompt)
+        for slot in slots[1:]:
+            model.copy_slot(slots[0], slot, len(group.prompt))
+        group.open_choices = group.n
+        for i, slot in enumerate(slots):
+            choice = _Choice(
+                group=group,
+                index=i,
+                sampler=samplers[i],
+                decoder=self.tokenizer.decoder(),
+                stop=StopMatcher(group.sampling.stop),
+                slot=slot,
+                position=len(group.prompt),
+            )
+            if group.grammar is not None:
+                choice.constraint = Constraint(group.grammar, group.sampling.max_tokens or 1)
+            group.choices.append(choice)
+        return logits.unsqueeze(0).expand(group.n, -1).clone()
+
     def _decode_step(self) -> None:
+        # The forward pass takes no request's parameters (tokens come from the vocabulary,
+        # positions are bounded by the window): when it fails, the device or the code is at
+        # fault, not one request, so the requests in the step fail and the engine goes on.
         batch = sorted(self._running, key=lambda c: c.slot)
         try:
             logits = self._model.decode(
@@ -385,21 +496,43 @@ class TransformersBackend:
         self._sample_and_advance(batch, logits)
 
     def _sample_and_advance(self, choices: list[_Choice], logits: Any) -> None:
-        from qwen_gateway.engines.transformers.sampler import sample
+        """One token for each choice; a failure at any stage fails that choice's request."""
+        from qwen_gateway.engines.transformers.sampler import greedy_batch
 
         for i, choice in enumerate(choices):
             if choice.constraint is not None and not choice.done:
-                budget = (choice.group.sampling.max_tokens or 1) - choice.generated
-                choice.constraint.apply(logits[i], budget)
-        tokens = sample(logits, [c.sampler for c in choices])
+                try:
+                    self._enter("constrain", choice.group.request_id)
+                    budget = (choice.group.sampling.max_tokens or 1) - choice.generated
+                    choice.constraint.apply(logits[i], budget)
+                except Exception as exc:
+                    self._fail_request(choice.group, "constrain", exc)
+        try:  # one argmax for the batch; it takes no request's parameters
+            batch = greedy_batch(logits, [c.sampler for c in choices])
+        except Exception:
+            log.exception("sampling step failed")
+            for group in {c.group for c in choices}:
+                self._fail_group(group)
+            return
         vocab = logits.shape[-1]
-        for choice, token in zip(choices, tokens, strict=True):
+        for i, choice in enumerate(choices):
             if choice.done:
                 continue
-            if choice.constraint is not None and token not in self._eos:
-                choice.constraint.accept(token)
-            choice.sampler.observe(token, vocab, self._model.device)
-            self._advance(choice, token)
+            stage: Stage = "sample"
+            try:
+                self._enter(stage, choice.group.request_id)
+                token = batch[i] if batch is not None else choice.sampler.pick(logits[i])
+                if choice.constraint is not None and token not in self._eos:
+                    stage = "constrain"
+                    self._enter(stage, choice.group.request_id)
+                    choice.constraint.accept(token)
+                stage = "sample"
+                choice.sampler.observe(token, vocab, self._model.device)
+                stage = "detokenise"
+                self._enter(stage, choice.group.request_id)
+                self._advance(choice, token)
+            except Exception as exc:
+                self._fail_request(choice.group, stage, exc)
 
     def _advance(self, choice: _Choice, token: int) -> None:
         group = choice.group
@@ -436,6 +569,7 @@ class TransformersBackend:
             self._groups.pop(group.request_id, None)
             usage = Usage(len(group.prompt), group.completion_tokens)
             self._outbox.append((group.sink, usage))
+            self._crashes_in_row = 0  # the scheduler served a request
 
     def _release(self, choice: _Choice) -> None:
         if choice in self._running:
@@ -444,6 +578,17 @@ class TransformersBackend:
             self._free_slots.append(choice.slot)
             self._free_slots.sort()
             choice.slot = -1
+
+    def _fail_request(self, group: _Group, stage: Stage, exc: Exception) -> None:
+        """Fail ``group`` for an exception at ``stage``: the client's own error when its
+        request is at fault (a :class:`GatewayError`, e.g. a parameter the sampler refuses),
+        else a 500 with the traceback in the log."""
+        if isinstance(exc, GatewayError):
+            log.info("request %s refused at %s: %s", group.request_id, stage, exc.code)
+            self._fail_group(group, exc)
+            return
+        log.exception("request %s failed at %s", group.request_id, stage, exc_info=exc)
+        self._fail_group(group)
 
     def _fail_group(self, group: _Group, error: GatewayError | None = None) -> None:
         """End ``group`` with an error its client sees (a 5xx or an in-stream error frame)."""

@@ -16,11 +16,15 @@ match it; the tool-call grammar refers to them by id. Ids past the tokenizer's v
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 import jsonschema
@@ -32,7 +36,7 @@ import xgrammar as xgr
 from qwen_gateway.errors import EngineOverloaded, InvalidRequest
 from qwen_gateway.qwen.tokenizer import ENDOFTEXT_ID, IM_END_ID, QwenTokenizer
 
-__all__ = ["CompiledGrammar", "GrammarCompiler"]
+__all__ = ["CompiledGrammar", "GrammarCompiler", "GrammarJob"]
 
 TOOL_CALL_OPEN: Final = "<tool_call>"
 TOOL_CALL_CLOSE: Final = "</tool_call>"
@@ -46,8 +50,11 @@ _HIDDEN_PREFIX: Final = b"\xff"
 MAX_SCHEMA_DEPTH: Final = 128
 #: Serialised size past which a schema or tool set is refused before compiling.
 MAX_SCHEMA_BYTES: Final = 1 << 20
-#: Compilations past their timeout that may still be running before new ones are refused.
+#: Compilations of one tenant past their timeout that may still be running before that
+#: tenant's new ones are refused.
 MAX_ABANDONED_COMPILES: Final = 2
+#: Compilations running at once (abandoned ones included) before new ones are refused.
+MAX_COMPILE_THREADS: Final = 8
 
 # Budget rule.
 _NEAR_WINDOW: Final = 8  # within this many tokens of the budget, candidates are checked
@@ -66,6 +73,27 @@ _MASK_ENTRY_IDS: Final = 1 << 17  # masks needing more ids than this use the ker
 # String length bounds up to this are compiled as a regex (see _length_patterns).
 _PATTERN_MAX_LENGTH: Final = 128
 _DATA_KEYWORDS: Final = frozenset({"enum", "const", "default", "examples"})
+# Where a JSON Schema holds subschemas: maps of them, lists of them, or one (or, for the old
+# "items", a list); every other keyword holds data or annotations.
+_SCHEMA_MAPS: Final = frozenset(
+    {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
+)
+_SCHEMA_LISTS: Final = frozenset({"prefixItems", "allOf", "anyOf", "oneOf", "items"})
+_SCHEMA_VALUES: Final = frozenset(
+    {
+        "items",
+        "additionalItems",
+        "additionalProperties",
+        "not",
+        "if",
+        "then",
+        "else",
+        "contains",
+        "propertyNames",
+        "unevaluatedItems",
+        "unevaluatedProperties",
+    }
+)
 _STRING_FORMS: Final = frozenset({"pattern", "format", "enum", "const"})
 
 _NEG_INF: Final = float("-inf")
@@ -203,14 +231,50 @@ class CompiledGrammar:
         return f"CompiledGrammar({self.description})"
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class GrammarJob:
+    """A grammar to compile (made by :meth:`GrammarCompiler.schema_job`/``tools_job``)."""
+
+    key: Hashable
+    description: str
+    param: str
+    build: Callable[[], xgr.CompiledGrammar]
+    check: Callable[[], None]
+
+
+class _Flight:
+    """One compilation, in its own thread; everyone who needs the grammar waits for it."""
+
+    __slots__ = ("abandoned", "deadline", "future", "tenant")
+
+    def __init__(self, tenant: Hashable, deadline: float) -> None:
+        self.tenant = tenant
+        self.deadline = deadline
+        self.abandoned = False  # a waiter gave up on it: it still runs, and is cached after
+        self.future: concurrent.futures.Future[CompiledGrammar] = concurrent.futures.Future()
+        self.future.set_running_or_notify_cancel()  # a waiter that leaves cannot cancel it
+
+    @classmethod
+    def done(cls, grammar: CompiledGrammar) -> _Flight:
+        flight = cls("", 0.0)
+        flight.future.set_result(grammar)
+        return flight
+
+    def remaining(self) -> float:
+        return max(self.deadline - time.monotonic(), 0.0)
+
+
 class GrammarCompiler:
     """Compiles response formats and tool sets for one model's vocabulary, with an LRU cache.
 
     Safe to call from several threads. A compilation runs in its own thread; past
     ``compile_timeout_s`` the request fails with :class:`InvalidRequest` (the compilation
     cannot be interrupted: it finishes in the background and is cached then, and while it
-    runs the same request fails at once). Call it off the decode loop where possible: a cache
-    miss blocks the caller for the compile time.
+    runs the same request fails at once). Requests for a grammar already being compiled wait
+    for that compilation. Each tenant may leave at most ``max_abandoned`` compilations running
+    past their timeout, and at most ``max_threads`` run at once; past either, new
+    compilations get :class:`EngineOverloaded` (cached grammars are always served).
+    :meth:`compile` blocks for the compile time; :meth:`compile_async` waits without a thread.
     """
 
     def __init__(
@@ -221,6 +285,8 @@ class GrammarCompiler:
         cache_size: int = 128,
         compile_timeout_s: float = 10.0,
         compile_threads: int = 1,
+        max_abandoned: int = MAX_ABANDONED_COMPILES,
+        max_threads: int = MAX_COMPILE_THREADS,
     ) -> None:
         added = dict(tokenizer.added_tokens)
         size = min(tokenizer.vocab_size, model_vocab_size)
@@ -246,8 +312,10 @@ class GrammarCompiler:
         )
         self._cache_size = cache_size
         self._timeout = compile_timeout_s
+        self._max_abandoned = max_abandoned
+        self._max_threads = max_threads
         self._cache: OrderedDict[Hashable, CompiledGrammar] = OrderedDict()
-        self._running: set[Hashable] = set()  # compilations past their timeout
+        self._flights: dict[Hashable, _Flight] = {}  # compilations running, by grammar
         self._lock = threading.Lock()
 
     @property
@@ -257,29 +325,23 @@ class GrammarCompiler:
     # ---- public entry points ------------------------------------------------
 
     def json_schema(
-        self, schema: Mapping[str, Any] | None, *, param: str = "response_format"
+        self,
+        schema: Mapping[str, Any] | None,
+        *,
+        param: str = "response_format",
+        tenant: Hashable = "",
     ) -> CompiledGrammar:
         """Output one JSON value valid for ``schema`` (strict: no undeclared properties);
         ``None`` means any JSON object (``response_format={"type": "json_object"}``)."""
-        if schema is None:
-            return self._get(
-                ("json_object",),
-                lambda: self._compile_schema('{"type": "object"}'),
-                "JSON object",
-                param,
-            )
-        what = "response_format.json_schema.schema"
-        text = _schema_text(schema, param, what)
-        return self._get(
-            ("json_schema", text),
-            lambda: self._compile_schema(text),
-            "JSON schema",
-            param,
-            check=lambda: _validate_schema(text, param, what),
-        )
+        return self.compile(self.schema_job(schema, param=param), tenant)
 
     def tool_calls(
-        self, tools: Sequence[Mapping[str, Any]], *, parallel: bool, param: str = "tools"
+        self,
+        tools: Sequence[Mapping[str, Any]],
+        *,
+        parallel: bool,
+        param: str = "tools",
+        tenant: Hashable = "",
     ) -> CompiledGrammar:
         """Output Qwen's Hermes tool calls, one (or, with ``parallel``, one or more separated by
         a newline) of::
@@ -289,6 +351,34 @@ class GrammarCompiler:
         ``tools`` are OpenAI function definitions (``{"name", "parameters"}``, optionally inside
         ``{"type": "function", "function": ...}``): the ones the model may call here.
         """
+        return self.compile(self.tools_job(tools, parallel=parallel, param=param), tenant)
+
+    def schema_job(
+        self, schema: Mapping[str, Any] | None, *, param: str = "response_format"
+    ) -> GrammarJob:
+        """The job for :meth:`json_schema` (the schema is checked for size, not compiled)."""
+        if schema is None:
+            return GrammarJob(
+                ("json_object",),
+                "JSON object",
+                param,
+                lambda: self._compile_schema('{"type": "object"}'),
+                lambda: None,
+            )
+        what = "response_format.json_schema.schema"
+        text = _schema_text(schema, param, what)
+        return GrammarJob(
+            ("json_schema", text),
+            "JSON schema",
+            param,
+            lambda: self._compile_schema(text),
+            lambda: _validate_schema(text, param, what),
+        )
+
+    def tools_job(
+        self, tools: Sequence[Mapping[str, Any]], *, parallel: bool, param: str = "tools"
+    ) -> GrammarJob:
+        """The job for :meth:`tool_calls` (the tools are checked for size, not compiled)."""
         if not tools:
             raise InvalidRequest("No tool can be called here.", param=param)
         calls: list[tuple[str, str]] = []
@@ -312,15 +402,38 @@ class GrammarCompiler:
             for name, text in calls:
                 _validate_schema(text, param, f"parameters of tool {name!r}")
 
-        return self._get(
+        return GrammarJob(
             ("tools", parallel, tuple(calls)),
-            lambda: self._compile_tools(calls, parallel),
             "tool set",
             param,
-            check=check,
+            lambda: self._compile_tools(calls, parallel),
+            check,
         )
 
-    # ---- compilation ----------------------------------------------------------
+    def cached(self, job: GrammarJob) -> CompiledGrammar | None:
+        """The compiled grammar if it is in the cache (no waiting for compilations)."""
+        with self._lock:
+            return self._hit(job.key)
+
+    def compile(self, job: GrammarJob, tenant: Hashable = "") -> CompiledGrammar:
+        """The compiled grammar for ``job``; blocks for up to the compile timeout."""
+        flight = self._start(job, tenant)
+        concurrent.futures.wait([flight.future], timeout=flight.remaining())
+        return self._outcome(flight, job)
+
+    async def compile_async(self, job: GrammarJob, tenant: Hashable = "") -> CompiledGrammar:
+        """:meth:`compile` for the event loop: the wait holds no thread."""
+        flight = await asyncio.to_thread(self._start, job, tenant)  # the schema check runs here
+        waited = asyncio.wrap_future(flight.future)
+        try:
+            done, _ = await asyncio.wait([waited], timeout=flight.remaining())
+            if done:
+                waited.exception()  # read here; _outcome reports it
+        finally:
+            waited.cancel()  # no-op when done; the compilation itself goes on
+        return self._outcome(flight, job)
+
+        # ---- compilation ----------------------------------------------------------
 
     def _compile_schema(self, text: str) -> xgr.CompiledGrammar:
         return self._xgr.compile_json_schema(
@@ -355,78 +468,86 @@ class GrammarCompiler:
         structural = json.dumps({"type": "structural_tag", "format": fmt}, ensure_ascii=False)
         return self._xgr.compile_structural_tag(structural)
 
-    def _get(
-        self,
-        key: Hashable,
-        build: Callable[[], xgr.CompiledGrammar],
-        description: str,
-        param: str,
-        *,
-        check: Callable[[], None] | None = None,
-    ) -> CompiledGrammar:
+    def _hit(self, key: Hashable) -> CompiledGrammar | None:
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+        return hit
+
+    def _start(self, job: GrammarJob, tenant: Hashable) -> _Flight:
+        """Start compiling ``job`` for ``tenant``, or join the compilation of the same grammar
+        that is running; a cached grammar comes back as a finished flight."""
         with self._lock:
-            hit = self._cache.get(key)
+            hit = self._hit(job.key)
+        if hit is not None:
+            return _Flight.done(hit)
+        job.check()
+        with self._lock:
+            hit = self._hit(job.key)
             if hit is not None:
-                self._cache.move_to_end(key)
-                return hit
-            if key in self._running:
-                raise InvalidRequest(
-                    f"The {description} is too complex: compiling it takes longer than "
-                    f"{self._timeout:g}s.",
-                    param=param,
+                return _Flight.done(hit)
+            flight = self._flights.get(job.key)
+            if flight is not None:
+                if flight.abandoned:
+                    raise InvalidRequest(
+                        f"The {job.description} is too complex: compiling it takes longer "
+                        f"than {self._timeout:g}s.",
+                        param=job.param,
+                    )
+                return flight
+            abandoned = sum(f.abandoned and f.tenant == tenant for f in self._flights.values())
+            if abandoned >= self._max_abandoned:
+                raise EngineOverloaded(
+                    "Your earlier grammars are still compiling past the time limit; retry shortly.",
+                    headers={"Retry-After": "5"},
                 )
-            if len(self._running) >= MAX_ABANDONED_COMPILES:
+            if len(self._flights) >= self._max_threads:
                 raise EngineOverloaded(
                     "The grammar compiler is busy with slow schemas; retry shortly.",
                     headers={"Retry-After": "5"},
                 )
-        if check is not None:
-            check()
-        outcome: list[CompiledGrammar | BaseException] = []
-        finished = threading.Event()
-        abandoned = threading.Event()
+            flight = self._flights[job.key] = _Flight(tenant, time.monotonic() + self._timeout)
+        threading.Thread(
+            target=self._run, args=(job, flight), name="grammar-compile", daemon=True
+        ).start()
+        return flight
 
-        def run() -> None:
-            from qwen_gateway.engines.transformers.constraint import Constraint
+    def _run(self, job: GrammarJob, flight: _Flight) -> None:
+        from qwen_gateway.engines.transformers.constraint import Constraint
 
-            try:
-                grammar = CompiledGrammar(build(), self._runtime, description)
-                Constraint(grammar, 1)  # computes the shared initial plan, within the timeout
-                result: CompiledGrammar | BaseException = grammar
-            except BaseException as exc:
-                result = exc
+        try:
+            grammar = CompiledGrammar(job.build(), self._runtime, job.description)
+            Constraint(grammar, 1)  # computes the shared initial plan, within the timeout
+        except BaseException as exc:
             with self._lock:
-                outcome.append(result)
-                finished.set()
-                if abandoned.is_set():
-                    self._running.discard(key)
-                    if isinstance(result, CompiledGrammar):
-                        self._store(key, result)
-
-        worker = threading.Thread(target=run, name="grammar-compile", daemon=True)
-        worker.start()
-        finished.wait(self._timeout)
+                del self._flights[job.key]
+            flight.future.set_exception(exc)
+            return
         with self._lock:
-            if not outcome:
-                abandoned.set()
-                self._running.add(key)
+            del self._flights[job.key]
+            self._store(job.key, grammar)
+        flight.future.set_result(grammar)
+
+    def _outcome(self, flight: _Flight, job: GrammarJob) -> CompiledGrammar:
+        """What waiting for ``flight`` gave: the grammar, or the error for the request."""
+        with self._lock:
+            if not flight.future.done():
+                flight.abandoned = True
                 raise InvalidRequest(
-                    f"The {description} is too complex: compiling it took longer than "
+                    f"The {job.description} is too complex: compiling it took longer than "
                     f"{self._timeout:g}s.",
-                    param=param,
+                    param=job.param,
                 )
-            result = outcome[0]
-            if isinstance(result, CompiledGrammar):
-                return self._store(key, result)
-        if isinstance(result, InvalidRequest):
-            raise result
-        if isinstance(result, RecursionError | MemoryError | RuntimeError | ValueError):
-            detail = _LOG_PREFIX.sub("", str(result)).strip()
+        error = flight.future.exception()
+        if error is None:
+            return flight.future.result()
+        if isinstance(error, RecursionError | MemoryError | RuntimeError | ValueError):
+            detail = _LOG_PREFIX.sub("", str(error)).strip()
             raise InvalidRequest(
-                f"The {description} cannot be used to constrain the output: {detail}",
-                param=param,
-            ) from result
-        raise result
+                f"The {job.description} cannot be used to constrain the output: {detail}",
+                param=job.param,
+            ) from error
+        raise error
 
     def _store(self, key: Hashable, grammar: CompiledGrammar) -> CompiledGrammar:
         self._cache[key] = grammar
@@ -467,6 +588,52 @@ def _validate_schema(text: str, param: str, what: str) -> None:
         ) from exc
     except RecursionError as exc:
         raise InvalidRequest(f"The {what} cannot be checked: {exc}", param=param) from exc
+    _check_refs(schema, param, what)
+
+
+def _check_refs(schema: object, param: str, what: str) -> None:
+    """Refuse a ``$ref`` that is not a JSON pointer (``#`` or ``#/...``) to a schema within
+    ``schema``: nothing is fetched, and an unresolved reference would not constrain anything."""
+    stack: list[tuple[object, str]] = [(schema, "")]
+    while stack:
+        node, where = stack.pop()
+        if not isinstance(node, dict):
+            continue
+        for key, value in node.items():
+            at = f"{where}/{key}"
+            if key == "$ref":
+                if not isinstance(value, str) or not _resolves(schema, value):
+                    raise InvalidRequest(
+                        f"The {what} has a $ref (at {at}) that is not a JSON pointer ('#/...') "
+                        "to a schema within it.",
+                        param=param,
+                    )
+            elif key in _SCHEMA_MAPS and isinstance(value, dict):
+                stack.extend((v, f"{at}/{k}") for k, v in value.items())
+            elif key in _SCHEMA_LISTS and isinstance(value, list):
+                stack.extend((v, f"{at}/{i}") for i, v in enumerate(value))
+            elif key in _SCHEMA_VALUES:
+                stack.append((value, at))
+
+
+def _resolves(schema: object, ref: str) -> bool:
+    if ref == "#":
+        return True
+    if not ref.startswith("#/"):
+        return False
+    node = schema
+    for token in ref[2:].split("/"):
+        token = token.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and token in node:
+            node = node[token]
+        elif isinstance(node, list) and token.isascii() and token.isdigit():
+            index = int(token)
+            if index >= len(node):
+                return False
+            node = node[index]
+        else:
+            return False
+    return isinstance(node, dict | bool)
 
 
 def _length_patterns(text: str) -> str:
