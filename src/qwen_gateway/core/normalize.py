@@ -41,6 +41,7 @@ MAX_LOGIT_BIAS = 100
 #: Temperatures below this sample greedily (dividing logits by less overflows them).
 MIN_TEMPERATURE = 1e-5
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SCALAR_TYPES = frozenset({"str", "int", "float", "bool"})
 _TOKEN_ID = re.compile(r"[0-9]{1,9}")
 
 M = TypeVar("M", bound=BaseModel)
@@ -60,6 +61,11 @@ def param_path(loc: Sequence[int | str]) -> str:
     return ".".join(parts)
 
 
+def _union_member(part: int | str) -> bool:
+    """Whether a pydantic error location part names a member of a union type, not a field."""
+    return isinstance(part, str) and ("[" in part or part in _SCALAR_TYPES)
+
+
 def parse_wire(model: type[M], raw: Any) -> M:
     """Validate a decoded JSON body; the first error becomes a 400 naming its field."""
     if not isinstance(raw, dict):
@@ -68,7 +74,7 @@ def parse_wire(model: type[M], raw: Any) -> M:
         return model.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
-        loc = [p for p in first["loc"] if not (isinstance(p, str) and "[" in p)]
+        loc = [p for p in first["loc"] if not _union_member(p)]
         where = param_path(loc) or None
         msg = first["msg"]
         if first["type"] == "missing":
