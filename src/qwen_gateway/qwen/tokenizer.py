@@ -221,15 +221,17 @@ class QwenTokenizer:
 
 
 def _unpanicked(encode: Callable[[str], list[int]], text: str) -> list[int]:
-    """``encode(text)``, with a panic of tiktoken's Rust code (``pyo3_runtime.PanicException``,
-    a BaseException that cannot be imported by name) turned into a 400: its regex overflows
-    its stack on a single run of about a million whitespace characters."""
+    """``encode(text)``, where tiktoken's regex failing on a pathological text (a single run of
+    about a million whitespace characters overflows its backtracking stack) is a 400. Plain
+    encoding then panics (``pyo3_runtime.PanicException``, a BaseException that cannot be
+    imported by name); encoding with special tokens raises a ValueError."""
     try:
         return encode(text)
     except BaseException as exc:
-        if type(exc).__name__ != "PanicException":
+        regex_failed = isinstance(exc, ValueError) and str(exc).startswith("Regex error")
+        if not regex_failed and type(exc).__name__ != "PanicException":
             raise
-        log.warning("the tokenizer panicked on a text of %d characters: %s", len(text), exc)
+        log.warning("the tokenizer failed on a text of %d characters: %s", len(text), exc)
         raise InvalidRequest(
             "The prompt could not be tokenized: it holds a pathological run of characters "
             "(such as hundreds of thousands of spaces). Please shorten it.",
