@@ -49,7 +49,7 @@ async def test_text_far_beyond_the_window_is_refused_untokenised() -> None:
         await gate.prompt_tokens(TextRequest("m", too_long))
     assert tokenizer.calls == 0
     assert await gate.prompt_tokens(TextRequest("m", "hello world")) == 2
-    long_enough = "word " * 2000  # tokenised in a worker thread
+    long_enough = " word" * 2000  # tokenised in a worker thread
     assert await gate.prompt_tokens(TextRequest("m", long_enough)) == 2000
     assert tokenizer.calls == 2
 
