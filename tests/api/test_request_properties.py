@@ -65,6 +65,10 @@ CHAT_PATHS = [
 COMPLETION_PATHS = [
     *SAMPLING, "prompt", "prompt.0", "prompt.0.0", "echo", "suffix", "logprobs", "best_of",
 ]  # fmt: skip
+NUMBERS = [
+    "temperature", "top_p", "n", "presence_penalty", "frequency_penalty", "seed", "top_k",
+    "repetition_penalty", "logit_bias.42", "max_tokens",
+]  # fmt: skip
 #: Fields whose large values make the tiny model generate for long: kept small (or refused).
 GENERATION_LENGTH = {"max_tokens", "max_completion_tokens", "n"}
 
@@ -140,7 +144,7 @@ async def _check(
     assert after.status_code == 200, after.text[:500]
 
 
-@settings(max_examples=110, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=80, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(path=st.sampled_from(CHAT_PATHS), value=JSON_VALUES | st.just(_ABSENT))
 async def test_any_value_in_any_chat_field_is_not_a_server_error(
     gateway: InProcess, path: str, value: Any
@@ -149,10 +153,20 @@ async def test_any_value_in_any_chat_field_is_not_a_server_error(
     await _check(gateway, "/v1/chat/completions", _set(CHAT, path, value), CHAT)
 
 
-@settings(max_examples=70, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=50, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(path=st.sampled_from(COMPLETION_PATHS), value=JSON_VALUES | st.just(_ABSENT))
 async def test_any_value_in_any_completions_field_is_not_a_server_error(
     gateway: InProcess, path: str, value: Any
 ) -> None:
     assume(not _long_generation(path, value))
     await _check(gateway, "/v1/completions", _set(COMPLETION, path, value), COMPLETION)
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(NUMBERS), value=SCALARS, chat=st.booleans())
+async def test_any_scalar_in_any_sampling_field_is_not_a_server_error(
+    gateway: InProcess, path: str, value: Any, chat: bool
+) -> None:
+    assume(not _long_generation(path, value))
+    url, body = ("/v1/chat/completions", CHAT) if chat else ("/v1/completions", COMPLETION)
+    await _check(gateway, url, _set(body, path, value), body)
