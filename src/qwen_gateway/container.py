@@ -323,7 +323,9 @@ class Container:
         )
         self.gate = Gate(limiter, {m: _limits(v) for m, v in settings.limits.models.items()})
         self.router.count_tokens = self.gate.prompt_tokens
-        self.gate.context_window = lambda name: self.router.info(name).context_window
+        self.gate.context_window = lambda: max(
+            d.info.context_window for d in self.router.deployments
+        )
         self.bootstrap_key: str | None = None  # the first admin key, to show once
         self.service = CompletionService(
             self.router,

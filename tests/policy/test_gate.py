@@ -33,7 +33,7 @@ class CountingTokenizer:
 async def _gate(window: int = WINDOW) -> tuple[Gate, CountingTokenizer]:
     gate = Gate(LocalLimiter(60), {})
     await gate.start()
-    gate.context_window = lambda _model: window
+    gate.context_window = lambda: window
     tokenizer = CountingTokenizer()
     gate._tokenizer = tokenizer  # type: ignore[assignment]
     return gate, tokenizer

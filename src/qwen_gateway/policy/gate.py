@@ -19,8 +19,9 @@ class Gate:
         self._model_limits = {k: v for k, v in model_limits.items() if v.any}
         self._tokenizer: QwenTokenizer | None = None
         self._template: ChatTemplate | None = None
-        #: The context window of a model name: prompts far beyond it are refused untokenised.
-        self.context_window: Callable[[str], int] | None = None
+        #: The largest context window served (a request may fall back to any deployment):
+        #: prompts far beyond it are refused untokenised.
+        self.context_window: Callable[[], int] | None = None
 
     async def start(self) -> None:
         self._template = ChatTemplate(packaged_template_source())
@@ -42,9 +43,7 @@ class Gate:
             return len(request.prompt)
         window = self.context_window
         chars = (
-            check_prompt_size(request, window(request.model))
-            if window is not None
-            else prompt_chars(request)
+            check_prompt_size(request, window()) if window is not None else prompt_chars(request)
         )
         if self._tokenizer is None:
             self._tokenizer = await asyncio.to_thread(QwenTokenizer.builtin)
