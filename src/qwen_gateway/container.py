@@ -352,6 +352,9 @@ class Container:
         self.metrics.watch_pending_settles(lambda: self.leases.pending)
         self.gate = Gate(self.leases, {m: _limits(v) for m, v in settings.limits.models.items()})
         self.router.count_tokens = self.gate.prompt_tokens
+        self.gate.context_window = lambda: max(
+            d.info.context_window for d in self.router.deployments
+        )
         self.bootstrap_key: str | None = None  # the first admin key, to show once
         #: where the first admin key is written (0600), so that it survives a failed start
         self.bootstrap_key_file = settings.data_dir / "admin-key"

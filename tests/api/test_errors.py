@@ -117,7 +117,7 @@ CHAT_CASES: list[tuple[str, dict[str, Any], int, str, str | None, str | None, ty
         400,
         "invalid_request_error",
         "invalid_value",
-        "max_tokens",
+        "max_completion_tokens",
         openai.BadRequestError,
     ),
     (
@@ -279,6 +279,23 @@ async def test_chat_errors(
         pytest.param(
             b"\xff\xfe", {"content-type": "application/json"}, 400, "invalid_json", id="not utf-8"
         ),
+        pytest.param(
+            b'{"model": "x", "seed": ' + b"7" * 5000 + b"}",
+            {"content-type": "application/json"},
+            400,
+            "invalid_json",
+            id="5000-digit integer",
+        ),
+        *(
+            pytest.param(
+                b'{"model": "x", "temperature": ' + literal + b"}",
+                {"content-type": "application/json"},
+                400,
+                "invalid_json",
+                id=f"{literal.decode()} literal",
+            )
+            for literal in (b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e400")
+        ),
     ],
 )
 async def test_malformed_bodies(
@@ -341,3 +358,93 @@ async def test_completion_errors(gateway: InProcess, body: dict[str, Any], param
     assert resp.json()["error"]["param"] == param
     with pytest.raises(openai.BadRequestError):
         await gateway.client.completions.create(**{"prompt": openai.omit, **body})
+
+
+# (case id, endpoint, changes to a valid body, the param the 400 names)
+FIELD_CASES: list[tuple[str, str, dict[str, Any], str]] = [
+    ("seed above int64", "chat", {"seed": 2**70}, "seed"),
+    ("seed below int64", "chat", {"seed": -(2**63) - 1}, "seed"),
+    ("seed + n - 1 above int64", "chat", {"seed": 2**63 - 1, "n": 2}, "seed"),
+    ("repetition penalty near zero", "text", {"repetition_penalty": 1e-300}, "repetition_penalty"),
+    ("repetition penalty below 0.01", "chat", {"repetition_penalty": 0.001}, "repetition_penalty"),
+    ("top_k beyond int32", "chat", {"top_k": 2**40}, "top_k"),
+    ("n beyond OpenAI's 128", "text", {"n": 129}, "n"),
+    ("n as a fraction", "chat", {"n": 1.5}, "n"),
+    ("max_tokens as a string", "chat", {"max_tokens": "3"}, "max_tokens"),
+    ("max_tokens as a float", "text", {"max_tokens": 2.0}, "max_tokens"),
+    ("max_tokens beyond int32", "chat", {"max_tokens": 2**40}, "max_tokens"),
+    ("stream as 0", "chat", {"stream": 0}, "stream"),
+    ("stream as a string", "text", {"stream": "true"}, "stream"),
+    ("temperature as a string", "chat", {"temperature": "1"}, "temperature"),
+    ("temperature as a boolean", "chat", {"temperature": True}, "temperature"),
+    (
+        "include_usage as 1",
+        "chat",
+        {"stream_options": {"include_usage": 1}},
+        "stream_options.include_usage",
+    ),
+    ("logit_bias key not a token id", "chat", {"logit_bias": {"abc": 1}}, "logit_bias.abc"),
+    ("logit_bias value above 100", "chat", {"logit_bias": {"42": 101}}, "logit_bias.42"),
+    ("logit_bias value not an integer", "text", {"logit_bias": {"42": 1.5}}, "logit_bias.42"),
+    ("logit_bias is not applied", "chat", {"logit_bias": {"42": 5}}, "logit_bias"),
+    ("logprobs as 1", "chat", {"logprobs": 1}, "logprobs"),
+    (
+        "parallel_tool_calls as a string",
+        "chat",
+        {"parallel_tool_calls": "yes"},
+        "parallel_tool_calls",
+    ),
+    (
+        "tool strict as 1",
+        "chat",
+        {"tools": [{"type": "function", "function": {"name": "f", "strict": 1}}]},
+        "tools.[0].function.strict",
+    ),
+    (
+        "content as a number",
+        "chat",
+        {"messages": [{"role": "user", "content": 5}]},
+        "messages.[0].content",
+    ),
+    ("best_of above 20", "text", {"best_of": 21}, "best_of"),
+    ("logprobs above 5", "text", {"logprobs": 6}, "logprobs"),
+    ("echo as 1", "text", {"echo": 1}, "echo"),
+    ("prompt token as a float", "text", {"prompt": [1.5]}, "prompt"),
+]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "changes", "param"), [pytest.param(*c[1:], id=c[0]) for c in FIELD_CASES]
+)
+async def test_out_of_range_or_mistyped_fields_are_400s_naming_the_field(
+    gateway: InProcess, endpoint: str, changes: dict[str, Any], param: str
+) -> None:
+    if endpoint == "chat":
+        url, body = "/v1/chat/completions", {**OK, "max_tokens": 2, **changes}
+    else:
+        url, body = "/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": 2, **changes}
+    resp = await gateway.http.post(url, json=body)
+    assert resp.status_code == 400, resp.text
+    _check_envelope(resp.json(), "invalid_request_error", resp.json()["error"]["code"], param)
+
+
+@pytest.mark.parametrize(
+    ("changes", "url"),
+    [
+        pytest.param({"seed": 2**63 - 1}, "/v1/chat/completions", id="largest seed"),
+        pytest.param({"seed": -(2**63), "n": 2}, "/v1/completions", id="smallest seed, n=2"),
+        pytest.param({"temperature": 1e-300}, "/v1/chat/completions", id="tiny temperature"),
+        pytest.param({"temperature": 0, "top_p": 1}, "/v1/completions", id="integers for numbers"),
+        pytest.param({"repetition_penalty": 0.01}, "/v1/completions", id="smallest penalty"),
+        pytest.param({"logit_bias": {}}, "/v1/chat/completions", id="empty logit_bias"),
+    ],
+)
+async def test_extreme_values_in_range_are_served(
+    gateway: InProcess, changes: dict[str, Any], url: str
+) -> None:
+    body = {"model": MODEL, "max_tokens": 2, **changes}
+    body.update({"messages": OK["messages"]} if "chat" in url else {"prompt": "hi"})
+    resp = await gateway.http.post(url, json=body)
+    assert resp.status_code == 200, resp.text
+    again = await gateway.http.post("/v1/chat/completions", json={**OK, "max_tokens": 2})
+    assert again.status_code == 200, again.text

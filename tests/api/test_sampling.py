@@ -22,6 +22,12 @@ async def test_top_k_one_and_tiny_top_p_are_greedy(gateway: InProcess) -> None:
     assert await _text(gateway, temperature=1.5, seed=5, top_p=1e-6) == greedy
 
 
+async def test_temperatures_too_small_to_divide_by_are_greedy(gateway: InProcess) -> None:
+    greedy = await _text(gateway, temperature=0)
+    for temperature in (1e-300, 1e-45, 9e-6):
+        assert await _text(gateway, temperature=temperature, seed=5) == greedy, temperature
+
+
 async def test_penalties_change_greedy_output(gateway: InProcess) -> None:
     greedy = await _text(gateway, temperature=0)
     assert len(set(greedy)) < len(greedy)  # the random model repeats itself

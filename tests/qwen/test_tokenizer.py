@@ -98,3 +98,13 @@ def test_incremental_decoder_holds_back_split_utf8() -> None:
     parts = [decoder.push(i) for i in ids]
     assert parts[:-1] == [""] * (len(ids) - 1)
     assert parts[-1] == "𓀀"
+
+
+def test_a_million_spaces_is_a_client_error_not_a_panic() -> None:
+    from qwen_gateway.errors import InvalidRequest
+
+    tokenizer = QwenTokenizer.builtin()
+    for encode in (tokenizer.encode_text, tokenizer.encode_raw, tokenizer.count_text):
+        with pytest.raises(InvalidRequest):
+            encode(" " * 1_000_000)
+    assert tokenizer.encode_text("still  works") == tokenizer.encode_raw("still  works")

@@ -26,7 +26,7 @@ from qwen_gateway.core.types import (
 )
 from qwen_gateway.errors import InvalidRequest
 from qwen_gateway.protocol.chat import ChatCompletionMessage, ChatCompletionRequest
-from qwen_gateway.protocol.common import SamplingFields
+from qwen_gateway.protocol.common import INT64_MAX, SamplingFields
 from qwen_gateway.protocol.completions import CompletionRequest
 
 _ROLES: dict[str, Role] = {
@@ -37,7 +37,12 @@ _ROLES: dict[str, Role] = {
     "tool": "tool",
 }
 MAX_STOP = 4
+MAX_LOGIT_BIAS = 100
+#: Temperatures below this sample greedily (dividing logits by less overflows them).
+MIN_TEMPERATURE = 1e-5
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SCALAR_TYPES = frozenset({"str", "int", "float", "bool"})
+_TOKEN_ID = re.compile(r"[0-9]{1,9}")
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -56,6 +61,11 @@ def param_path(loc: Sequence[int | str]) -> str:
     return ".".join(parts)
 
 
+def _union_member(part: int | str) -> bool:
+    """Whether a pydantic error location part names a member of a union type, not a field."""
+    return isinstance(part, str) and ("[" in part or part in _SCALAR_TYPES)
+
+
 def parse_wire(model: type[M], raw: Any) -> M:
     """Validate a decoded JSON body; the first error becomes a 400 naming its field."""
     if not isinstance(raw, dict):
@@ -64,7 +74,7 @@ def parse_wire(model: type[M], raw: Any) -> M:
         return model.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
-        loc = [p for p in first["loc"] if not (isinstance(p, str) and "[" in p)]
+        loc = [p for p in first["loc"] if not _union_member(p)]
         where = param_path(loc) or None
         msg = first["msg"]
         if first["type"] == "missing":
@@ -75,13 +85,13 @@ def parse_wire(model: type[M], raw: Any) -> M:
 
 
 def _sampling(
-    wire: SamplingFields, max_tokens: int | None, limits: RequestLimits
+    wire: SamplingFields, max_tokens: int | None, limits: RequestLimits, max_param: str
 ) -> SamplingParams:
     if max_tokens is not None and max_tokens > limits.max_output_tokens:
         raise InvalidRequest(
-            f"max_tokens is too large: {max_tokens}. This model supports at most "
+            f"{max_param} is too large: {max_tokens}. This model supports at most "
             f"{limits.max_output_tokens} completion tokens.",
-            param="max_tokens",
+            param=max_param,
             code="invalid_value",
         )
     if wire.n > limits.max_n:
@@ -90,6 +100,14 @@ def _sampling(
             param="n",
             code="invalid_value",
         )
+    if wire.seed is not None and wire.seed + wire.n - 1 > INT64_MAX:
+        raise InvalidRequest(
+            f"seed is too large for n={wire.n}: choice i is seeded with seed + i, which must "
+            f"stay at most {INT64_MAX}.",
+            param="seed",
+            code="invalid_value",
+        )
+    _check_logit_bias(wire.logit_bias)
     stop: tuple[str, ...]
     if wire.stop is None:
         stop = ()
@@ -101,9 +119,11 @@ def _sampling(
                 f"stop may hold at most {MAX_STOP} sequences.", param="stop", code="invalid_value"
             )
         stop = tuple(wire.stop)
+    temperature = 1.0 if wire.temperature is None else wire.temperature
     return SamplingParams(
         max_tokens=max_tokens,
-        temperature=1.0 if wire.temperature is None else wire.temperature,
+        # dividing logits by a temperature this small overflows: it means greedy anyway
+        temperature=0.0 if temperature < MIN_TEMPERATURE else temperature,
         top_p=1.0 if wire.top_p is None else wire.top_p,
         top_k=-1 if wire.top_k is None else wire.top_k,
         presence_penalty=wire.presence_penalty or 0.0,
@@ -112,6 +132,28 @@ def _sampling(
         seed=wire.seed,
         stop=stop,
     )
+
+
+def _check_logit_bias(bias: Mapping[str, int] | None) -> None:
+    """Token ids (decimal strings) with biases in [-100, 100], as OpenAI takes them; then
+    refused, since no engine applies a bias (ignoring one would change the answer silently)."""
+    if not bias:
+        return
+    for key, value in bias.items():
+        if not _TOKEN_ID.fullmatch(key):
+            raise InvalidRequest(
+                f"Invalid logit_bias key {key[:32]!r}: keys are token ids (decimal strings).",
+                param=f"logit_bias.{key[:32]}",
+                code="invalid_value",
+            )
+        if not -MAX_LOGIT_BIAS <= value <= MAX_LOGIT_BIAS:
+            raise InvalidRequest(
+                f"Invalid logit_bias value for token {key}: biases are between "
+                f"-{MAX_LOGIT_BIAS} and {MAX_LOGIT_BIAS}.",
+                param=f"logit_bias.{key}",
+                code="invalid_value",
+            )
+    raise InvalidRequest("logit_bias is not supported.", param="logit_bias")
 
 
 def _content(m: ChatCompletionMessage, i: int) -> str | None:
@@ -198,8 +240,10 @@ def chat_request(
     wire = parse_wire(ChatCompletionRequest, raw)
     if wire.logprobs:
         raise InvalidRequest("logprobs are not supported.", param="logprobs")
-    max_tokens = wire.max_completion_tokens or wire.max_tokens
-    sampling = _sampling(wire, max_tokens, limits)
+    if wire.max_completion_tokens is not None:
+        sampling = _sampling(wire, wire.max_completion_tokens, limits, "max_completion_tokens")
+    else:
+        sampling = _sampling(wire, wire.max_tokens, limits, "max_tokens")
     tools = _tools(raw.get("tools"))
     choice = _tool_choice(raw.get("tool_choice"), tools)
     messages = _messages(wire.messages)
@@ -373,7 +417,7 @@ def text_request(
         raise InvalidRequest("logprobs are not supported.", param="logprobs")
     if wire.best_of not in (None, 1):
         raise InvalidRequest("best_of is not supported.", param="best_of")
-    sampling = _sampling(wire, wire.max_tokens, limits)
+    sampling = _sampling(wire, wire.max_tokens, limits, "max_tokens")
     core_prompt: str | tuple[int, ...] = (
         prompt if isinstance(prompt, str) else tuple(int(t) for t in cast(list[int], prompt))
     )

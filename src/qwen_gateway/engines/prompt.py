@@ -6,7 +6,9 @@ tokenizer (control-token text in messages stays text) and the context/output lim
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import replace
 
 from qwen_gateway.core.types import (
@@ -19,9 +21,9 @@ from qwen_gateway.core.types import (
 from qwen_gateway.engines.base import EngineStats, TokenBackend
 from qwen_gateway.engines.output import checked_json, with_tool_calls
 from qwen_gateway.errors import EngineUnavailable, InvalidRequest
-from qwen_gateway.qwen.limits import output_budget
+from qwen_gateway.qwen.limits import check_prompt_size, output_budget
 from qwen_gateway.qwen.template import ChatTemplate
-from qwen_gateway.qwen.tokenizer import ENDOFTEXT_ID, QwenTokenizer
+from qwen_gateway.qwen.tokenizer import ENDOFTEXT_ID, THREAD_MIN_CHARS, QwenTokenizer
 
 
 class PromptEngine:
@@ -57,7 +59,23 @@ class PromptEngine:
         return list(request.prompt)
 
     def stream(self, request: GenerationRequest) -> AsyncGenerator[EngineEvent, None]:
-        ids = self.prompt_ids(request)
+        """Text far beyond the window is refused untokenised; long text is tokenised in a
+        worker thread, so that the event loop serves other requests meanwhile."""
+        if check_prompt_size(request, self.info.context_window) > THREAD_MIN_CHARS:
+            return self._tokenized_in_thread(request)
+        return self._events(request, self.prompt_ids(request))
+
+    async def _tokenized_in_thread(
+        self, request: GenerationRequest
+    ) -> AsyncGenerator[EngineEvent, None]:
+        ids = await asyncio.to_thread(self.prompt_ids, request)
+        async with aclosing(self._events(request, ids)) as events:
+            async for event in events:
+                yield event
+
+    def _events(
+        self, request: GenerationRequest, ids: list[int]
+    ) -> AsyncGenerator[EngineEvent, None]:
         info = self.info
         s = request.sampling
         budget = output_budget(

@@ -6,7 +6,7 @@ from typing import Any, Literal, NotRequired, TypedDict
 
 from pydantic import Field
 
-from qwen_gateway.protocol.common import CompletionUsage, SamplingFields, WireModel
+from qwen_gateway.protocol.common import INT32_MAX, CompletionUsage, SamplingFields, WireModel
 
 
 class FunctionCall(WireModel):
@@ -44,7 +44,7 @@ class ChatCompletionTool(WireModel):
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatCompletionMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
     tools: list[ChatCompletionTool] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None

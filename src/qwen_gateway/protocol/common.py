@@ -6,11 +6,21 @@ from typing import Literal, NotRequired, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field
 
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+INT32_MAX = 2**31 - 1
+
 
 class WireModel(BaseModel):
-    """Base for request bodies: unknown fields are ignored, as OpenAI clients send extras."""
+    """Base for request bodies: unknown fields are ignored, as OpenAI clients send extras.
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    Types are strict, as in OpenAI's schema: no ``0``/``"true"`` for a boolean, no ``1.5`` or
+    ``"3"`` for an integer (a number field takes an integer), and numbers are finite.
+    """
+
+    model_config = ConfigDict(
+        extra="ignore", populate_by_name=True, strict=True, allow_inf_nan=False
+    )
 
 
 class StreamOptions(WireModel):
@@ -24,20 +34,23 @@ class SamplingFields(WireModel):
     """Sampling fields accepted by both chat and legacy completions."""
 
     model: str = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    n: int = Field(default=1, ge=1)
+    n: int = Field(default=1, ge=1, le=128)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: StopParam = None
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    seed: int | None = None
+    #: the engines seed choice ``i`` with ``seed + i``: core.normalize keeps that in range too
+    seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
     user: str | None = None
+    #: token id (a decimal string) -> bias; checked, but no engine applies one (a 400 if set)
+    logit_bias: dict[str, int] | None = None
     # Extensions understood by vLLM and the in-process engine.
-    top_k: int | None = Field(default=None, ge=-1)
-    repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
+    top_k: int | None = Field(default=None, ge=-1, le=INT32_MAX)
+    repetition_penalty: float | None = Field(default=None, ge=0.01, le=2.0)
 
 
 class CompletionUsage(TypedDict):

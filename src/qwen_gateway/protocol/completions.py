@@ -6,16 +6,16 @@ from typing import Literal, NotRequired, TypedDict
 
 from pydantic import Field
 
-from qwen_gateway.protocol.common import CompletionUsage, SamplingFields
+from qwen_gateway.protocol.common import INT32_MAX, CompletionUsage, SamplingFields
 
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]] = Field(...)
-    max_tokens: int | None = Field(default=16, ge=1)
+    max_tokens: int | None = Field(default=16, ge=1, le=INT32_MAX)
     echo: bool = False
     suffix: str | None = None
-    logprobs: int | None = None
-    best_of: int | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+    best_of: int | None = Field(default=None, ge=0, le=20)
 
 
 class CompletionChoice(TypedDict):

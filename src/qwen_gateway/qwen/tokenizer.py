@@ -13,17 +13,26 @@ Three ways in:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import logging
 import threading
 import unicodedata
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TypeVar
 
 import tiktoken
+
+from qwen_gateway.errors import InvalidRequest
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 QWEN2_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
@@ -58,6 +67,9 @@ QWEN25_ADDED_TOKENS: tuple[str, ...] = (
 FIRST_ADDED_ID = 151643
 _CACHE_MIN_CHARS = 2048  # system turns with tool definitions repeat across requests
 _CACHE_ENTRIES = 64
+#: Texts longer than this are tokenised in a worker thread (tiktoken releases the GIL): below
+#: it, encoding (~0.7 ms for 8K characters) costs little more than the hop to a thread.
+THREAD_MIN_CHARS = 8192
 ENDOFTEXT_ID = 151643
 IM_START_ID = 151644
 IM_END_ID = 151645
@@ -117,6 +129,7 @@ class QwenTokenizer:
         self._bytes = table
         self.vocab_size = size
         self._piece_cache: OrderedDict[str, list[int]] = OrderedDict()
+        self._cache_lock = threading.Lock()  # prompts may be encoded in worker threads
 
     # ---- construction -----------------------------------------------------
 
@@ -157,12 +170,13 @@ class QwenTokenizer:
 
     def encode_text(self, text: str) -> list[int]:
         """Plain text: added-token text is split into ordinary tokens."""
-        return self._enc.encode_ordinary(unicodedata.normalize("NFC", text))
+        return _unpanicked(self._enc.encode_ordinary, unicodedata.normalize("NFC", text))
 
     def encode_raw(self, text: str) -> list[int]:
         """Text in which added tokens (``<|im_start|>``, ``<tool_call>``...) are recognised."""
-        return self._enc.encode(
-            unicodedata.normalize("NFC", text), allowed_special="all", disallowed_special=()
+        return _unpanicked(
+            lambda t: self._enc.encode(t, allowed_special="all", disallowed_special=()),
+            unicodedata.normalize("NFC", text),
         )
 
     def encode_pieces(self, pieces: Iterable[Piece]) -> list[int]:
@@ -179,14 +193,16 @@ class QwenTokenizer:
 
     def _encode_cached(self, text: str) -> list[int]:
         cache = self._piece_cache
-        hit = cache.get(text)
-        if hit is not None:
-            cache.move_to_end(text)
-            return hit
+        with self._cache_lock:
+            hit = cache.get(text)
+            if hit is not None:
+                cache.move_to_end(text)
+                return hit
         ids = self.encode_text(text)
-        cache[text] = ids
-        if len(cache) > _CACHE_ENTRIES:
-            cache.popitem(last=False)
+        with self._cache_lock:
+            cache[text] = ids
+            if len(cache) > _CACHE_ENTRIES:
+                cache.popitem(last=False)
         return ids
 
     def count_text(self, text: str) -> int:
@@ -202,6 +218,33 @@ class QwenTokenizer:
 
     def decoder(self) -> IncrementalDecoder:
         return IncrementalDecoder(self)
+
+
+def _unpanicked(encode: Callable[[str], list[int]], text: str) -> list[int]:
+    """``encode(text)``, where tiktoken's regex failing on a pathological text (a single run of
+    about a million whitespace characters overflows its backtracking stack) is a 400. Plain
+    encoding then panics (``pyo3_runtime.PanicException``, a BaseException that cannot be
+    imported by name); encoding with special tokens raises a ValueError."""
+    try:
+        return encode(text)
+    except BaseException as exc:
+        regex_failed = isinstance(exc, ValueError) and str(exc).startswith("Regex error")
+        if not regex_failed and type(exc).__name__ != "PanicException":
+            raise
+        log.warning("the tokenizer failed on a text of %d characters: %s", len(text), exc)
+        raise InvalidRequest(
+            "The prompt could not be tokenized: it holds a pathological run of characters "
+            "(such as hundreds of thousands of spaces). Please shorten it.",
+            code="invalid_value",
+        ) from None
+
+
+async def tokenized(work: Callable[[], T], chars: int) -> T:
+    """``work()``, which tokenises ``chars`` characters of text: in a worker thread when the
+    text is long enough to stall the event loop, else right here."""
+    if chars > THREAD_MIN_CHARS:
+        return await asyncio.to_thread(work)
+    return work()
 
 
 class IncrementalDecoder:
