@@ -125,6 +125,13 @@ def test_tools_are_accepted_and_calls_normalised(vllm_gateway: VLLMGateway) -> N
         assert json.loads(call.function.arguments)["city"] in ("Paris", "Oslo")
 
 
+def test_the_managed_vllm_answers_only_the_gateway(vllm_gateway: VLLMGateway) -> None:
+    """The child's loopback port needs the random key the gateway gave it."""
+    direct = httpx.get(vllm_gateway.vllm_url + "/v1/models", timeout=60)
+    assert direct.status_code == 401
+    assert _client(vllm_gateway).models.list().data[0].id == MODEL  # the gateway holds the key
+
+
 def test_errors_are_mapped(vllm_gateway: VLLMGateway) -> None:
     client = _client(vllm_gateway)
     with pytest.raises(openai.BadRequestError):

@@ -384,3 +384,16 @@ async def test_out_of_range_key_ids_are_not_found(tmp_path: Path, database_url: 
             for method, path in (("GET", ""), ("POST", "/revoke"), ("POST", "/rotate")):
                 resp = await g.http.request(method, f"/admin/keys/{key_id}{path}", headers=admin)
                 assert resp.status_code == 404, (key_id, path, resp.text)
+
+
+async def test_key_limits_beyond_their_columns_are_400s(tmp_path: Path, database_url: str) -> None:
+    async with secured(tmp_path, database_url) as g:
+        admin = {"Authorization": f"Bearer {await admin_key(g)}"}
+        for field, value in (("rpm", 2**31), ("max_concurrency", 2**40), ("daily_tokens", 2**63)):
+            resp = await g.http.post(
+                "/admin/keys", json={"name": "big", field: value}, headers=admin
+            )
+            assert resp.status_code == 400, (field, resp.text)
+            assert resp.json()["error"]["param"] == field
+        largest = {"name": "big", "rpm": 2**31 - 1, "daily_tokens": 2**63 - 1}
+        assert (await g.http.post("/admin/keys", json=largest, headers=admin)).status_code == 201

@@ -114,6 +114,7 @@ async def test_a_request_to_no_route_records_nothing_and_spoils_no_batch(
     window: the legitimate record is stored, the 404 records nothing."""
     async with secured(tmp_path, database_url, usage={"flush_seconds": 1}) as g:
         key = await new_key(g)
+        started = datetime.now(UTC)  # PostgreSQL's database is shared with earlier tests
         rid = f"legit-{uuid.uuid4().hex[:8]}"
         legit, nul = await asyncio.gather(
             g.http.post(
@@ -128,7 +129,8 @@ async def test_a_request_to_no_route_records_nothing_and_spoils_no_batch(
         assert rid in await g.container.usage.request_ids()
         assert nul.headers["x-request-id"] not in await g.container.usage.request_ids()
         assert g.container.writer.stats.dropped == 0
-        rows = await g.container.usage.report(["key"])
+        rows = await g.container.usage.report(["key"], since=started)
+        assert [r["requests"] for r in rows] == [1]  # the legitimate request only
         assert all(r["key"] != "anonymous" for r in rows)
 
 

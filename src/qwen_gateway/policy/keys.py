@@ -47,6 +47,13 @@ def looks_like_key(token: str) -> bool:
     return token.startswith(KEY_PREFIX)
 
 
+#: the largest value each key limit can hold (its database column's range)
+LIMIT_RANGES = {
+    "rpm": MAX_ID, "tpm": MAX_ID, "max_concurrency": MAX_ID, "daily_tokens": 2**63 - 1,
+    "monthly_tokens": 2**63 - 1, "default_max_tokens": MAX_ID,
+}  # fmt: skip
+
+
 class InvalidationBus(Protocol):
     async def publish(self, key_hash: str) -> None: ...
 
@@ -220,11 +227,12 @@ class KeyManager:
         limits = limits or KeyLimits()
         if role not in ("inference", "admin"):
             raise InvalidRequest("role must be 'inference' or 'admin'.", param="role")
-        for field_name in ("rpm", "tpm", "max_concurrency", "daily_tokens", "monthly_tokens",
-                           "default_max_tokens"):  # fmt: skip
+        for field_name, most in LIMIT_RANGES.items():
             value = getattr(limits, field_name)
-            if value is not None and value < 1:
-                raise InvalidRequest(f"{field_name} must be at least 1.", param=field_name)
+            if value is not None and not 1 <= value <= most:
+                raise InvalidRequest(
+                    f"{field_name} must be between 1 and {most}.", param=field_name
+                )
         if expires_at is not None and expires_at.tzinfo is None:
             expires_at = expires_at.replace(tzinfo=UTC)
         secret = new_secret()

@@ -318,8 +318,7 @@ class Router:
         finally:
             replica.outstanding -= 1
             dep.outstanding -= 1
-            with suppress(Exception):
-                await events.aclose()
+            await _close(events)
 
     async def _too_long(
         self, request: GenerationRequest, plan: list[Deployment], step: int, window: int
@@ -479,8 +478,15 @@ class Router:
         replica.outstanding -= 1
         dep.outstanding -= 1
         if events is not None:
-            with suppress(Exception):
-                await events.aclose()
+            await _close(events)
+
+
+async def _close(events: AsyncGenerator[EngineEvent, None]) -> None:
+    """Close an engine stream; a failure to clean up is logged, not raised over the answer."""
+    try:
+        await events.aclose()
+    except Exception:
+        log.exception("closing an engine stream failed")
 
 
 async def _probe(replica: Replica, seconds: float) -> bool:
