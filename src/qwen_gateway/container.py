@@ -477,15 +477,21 @@ class Container:
         """False while an engine's scheduler is down (restarting, or down for good)."""
         return not any(engine.stats().down for engine in self.engines.values())
 
+    @property
+    def loading(self) -> bool:
+        return self._loading is None or not self._loading.done()
+
     async def ready(self) -> bool:
-        if self._loading is None or not self._loading.done() or self.load_error is not None:
+        """The database answers and every deployment has a replica up (``database_up`` and
+        ``loading`` tell which is missing)."""
+        self.database_up = await self.db.reachable()
+        if not self.database_up or self.loading or self.load_error is not None:
             return False
         for deployment in self.router.deployments:  # each needs one replica up
             states = await asyncio.gather(*(r.engine.ready() for r in deployment.replicas))
             if not any(states):
                 return False
-        self.database_up = await self.db.reachable()
-        return self.database_up
+        return True
 
     async def aclose(self) -> None:
         if self._loading is not None and not self._loading.done():

@@ -346,3 +346,22 @@ def test_upstream_errors_neither_blame_the_clients_key_nor_leak_upstream_details
     error = _error_from_body(status, raw)
     assert (error.code, error.message) == (code, message)
     assert error.status_code not in (401, 403) and "WWW-Authenticate" not in (error.headers or {})
+
+
+async def test_the_default_output_limit_is_sent_when_the_prompt_leaves_room_for_it(
+    faulty: FaultyUpstream, tmp_path: Path
+) -> None:
+    """No max_tokens from the client: the upstream is asked for the default (2048) when the
+    window (4096) surely has room for it, for what the window leaves when that is less, and the
+    bytes of a CJK prompt (3 per character) do not hide the room its tokens leave."""
+    async with relay(faulty.base_url, tmp_path, context_window=4096) as g:
+        for content, fits in (("Hello", True), ("你好" * 500, True), ("你好" * 2500, False)):
+            ask = [{"role": "user", "content": content}]
+            await g.client.chat.completions.create(model="relayed", messages=ask)  # type: ignore[arg-type]
+            sent = faulty.max_tokens["relayed"]
+            if fits:
+                assert sent == 2048, (len(content), sent)
+            else:
+                assert sent is None or sent < 2048, sent
+        await g.client.chat.completions.create(model="relayed", messages=ASK, max_tokens=7)  # type: ignore[arg-type]
+        assert faulty.max_tokens["relayed"] == 7

@@ -158,3 +158,15 @@ async def test_the_settle_queue_is_bounded_and_counts_what_it_drops() -> None:
     await keeper.acquire([ONE], 1)
     await keeper.renew_live()  # a failed renewal is logged, not raised
     await keeper.aclose()
+
+
+async def test_a_settle_retried_after_a_lost_reply_counts_once(redis_url: str, direct: Any) -> None:
+    prefix = f"t{secrets.token_hex(4)}"
+    limiter = RedisLimiter(direct, lease_seconds=30, prefix=prefix)
+    who = Subject("key:1", Limits(daily_tokens=10_000))
+    permit = await limiter.acquire([who], 100, reserve=1_000)
+    await limiter.settle(permit, 50)
+    permit.settled = False  # as a retry does when it never saw the first reply
+    await limiter.settle(permit, 50)
+    day = [k for k in await direct.keys(f"{prefix}:*:d:*")]
+    assert [int(await direct.get(k)) for k in day] == [150]  # charged once, refunded once

@@ -34,7 +34,8 @@ async def test_a_replay_cut_short_resumes_where_it_stopped(tmp_path: Path) -> No
         return []
 
     assert await spill.replay(up, 3) == (6, True)
-    assert got == [*entries, audit, later]
+    # the batch the database refused was spilled again, behind the rest of its file
+    assert got == [*entries[:6], entries[9], audit, *entries[6:9], later]
     assert not spill.pending and not os.listdir(tmp_path)
 
 
@@ -53,3 +54,24 @@ async def test_two_processes_never_replay_the_same_file(tmp_path: Path) -> None:
         f"r{i}" for i in range(4)
     ]
     assert await theirs.replay(store, 2) == (0, True)
+
+
+async def test_a_batch_stored_in_part_is_never_stored_twice(tmp_path: Path) -> None:
+    spill = SpillFile(tmp_path / "spill.jsonl")
+    spill.append([usage(f"r{i}") for i in range(4)])
+    got: list[Entry] = []
+
+    async def first_row_then_down(batch: list[Entry]) -> list[Entry]:
+        got.append(batch[0])  # the database went away after the first row of the batch
+        return batch[1:]
+
+    assert await spill.replay(first_row_then_down, 4) == (1, False)
+
+    async def up(batch: list[Entry]) -> list[Entry]:
+        got.extend(batch)
+        return []
+
+    assert await spill.replay(up, 4) == (3, True)
+    assert sorted(e.request_id for e in got if not isinstance(e, AuditEntry)) == [
+        f"r{i}" for i in range(4)
+    ]

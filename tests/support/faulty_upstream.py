@@ -128,6 +128,7 @@ class FaultyUpstream:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.attempts: Counter[str] = Counter()
+        self.max_tokens: dict[str, int | None] = {}  # what each model was last asked for
         self.disconnected = threading.Event()
         self.release = threading.Event()  # lets 'stall' and 'slow-first' finish when the test ends
         app = Starlette(
@@ -154,6 +155,7 @@ class FaultyUpstream:
         model = body["model"]
         stream = bool(body.get("stream"))
         self.attempts[model] += 1
+        self.max_tokens[model] = body.get("max_tokens")
         first = self.attempts[model] % 2 == 1  # the "-then-ok" faults hit every other try
         if model == "429-then-ok" and first:
             return JSONResponse(

@@ -247,12 +247,16 @@ def include_routes(app: FastAPI, container: Container) -> None:
     async def ready() -> JSONResponse:
         if await container.ready():
             return JSONResponse({"status": "ready"})
-        failed = container.load_error is not None or not container.healthy()
-        status = "failed" if failed else "loading"
-        message, code = f"The engine is {status}.", "engine_unavailable"
+        code = "engine_unavailable"
         if not container.database_up:
             status, message = "unavailable", "The database is unreachable."
             code = "database_unavailable"
+        elif container.load_error is not None or not container.healthy():
+            status, message = "failed", "The engine is failed."
+        elif container.loading:
+            status, message = "loading", "The engine is loading."
+        else:
+            status, message = "unavailable", "A deployment has no replica ready."
         return JSONResponse(
             {
                 "status": status,

@@ -225,9 +225,6 @@ class OpenAIUpstreamEngine:
         if isinstance(request, TextRequest):
             prompt = request.prompt
             body["prompt"] = prompt if isinstance(prompt, str) else list(prompt)
-            self._default_output(
-                body, request, len(prompt.encode() if isinstance(prompt, str) else prompt)
-            )
             return "/completions", body
         body["messages"] = [_wire_message(m) for m in request.messages]
         if request.tools:
@@ -246,22 +243,45 @@ class OpenAIUpstreamEngine:
                     "type": "json_schema",
                     "json_schema": {"name": "output", "schema": constraint.schema, "strict": True},
                 }
-        bound = len(orjson.dumps(body["messages"])) + len(orjson.dumps(body.get("tools", [])))
-        self._default_output(body, request, bound + TEMPLATE_TOKENS)
         return "/chat/completions", body
 
-    def _default_output(
-        self, body: dict[str, Any], request: GenerationRequest, prompt_bound: int
-    ) -> None:
-        """A request with no max_tokens asks the upstream for the default output limit, when
-        the prompt (at most ``prompt_bound`` tokens: its bytes, a token being one byte or more,
-        plus the template's own) surely leaves room for it; otherwise the upstream's own rule
-        (what the window leaves) applies, so a default never fails a request."""
+    async def _default_output(self, body: dict[str, Any], request: GenerationRequest) -> None:
+        """A request with no max_tokens asks the upstream for its default output limit, or
+        for what the window leaves when that is less, so a default never fails a request.
+        Whether the prompt leaves room is told by its length in bytes (a token is one byte or
+        more) when that is enough, else by counting its tokens (off the event loop)."""
         default = request.sampling.default_max_tokens
         if "max_tokens" in body or default is None:
             return
-        if prompt_bound + default <= self.config.context_window:
+        if isinstance(request, TextRequest):
+            p = request.prompt
+            bound = len(p.encode()) if isinstance(p, str) else len(p)
+        else:
+            texts = orjson.dumps(body["messages"]) + orjson.dumps(body.get("tools", []))
+            bound = len(texts) + TEMPLATE_TOKENS
+        window = self.config.context_window
+        if bound + default <= window:
             body["max_tokens"] = default
+            return
+        tokenizer = await self._qwen_tokenizer()
+        room = window - await asyncio.to_thread(self._prompt_tokens, tokenizer, request)
+        if room >= 1:  # else the upstream explains that the prompt is too long
+            body["max_tokens"] = min(default, room)
+
+    async def _qwen_tokenizer(self) -> QwenTokenizer:
+        """The vocabulary (~60 MB) is loaded the first time it is needed."""
+        if self._tokenizer is None:
+            self._tokenizer = await asyncio.to_thread(QwenTokenizer.builtin)
+        return self._tokenizer
+
+    def _prompt_tokens(self, tokenizer: QwenTokenizer, request: GenerationRequest) -> int:
+        template = self._template
+        assert template is not None
+        if isinstance(request, ChatRequest):
+            return len(tokenizer.encode_pieces(template.render(request.messages, request.tools)))
+        if isinstance(request.prompt, str):
+            return len(tokenizer.encode_raw(request.prompt))
+        return len(request.prompt)
 
     def _passthrough(self, request: GenerationRequest) -> bool:
         """Whether the upstream's chunks can go to the client as they are (no tools, no JSON)."""
@@ -277,6 +297,7 @@ class OpenAIUpstreamEngine:
         if session is None:
             raise EngineUnavailable("The upstream engine is not started.")
         path, body = self._body(request)
+        await self._default_output(body, request)
         cfg = self.config
         choices: dict[int, _Choice] = {}
         usage: Usage | None = None
@@ -426,17 +447,9 @@ class OpenAIUpstreamEngine:
         self, request: GenerationRequest, choices: Mapping[int, _Choice]
     ) -> Usage:
         """Usage counted with the Qwen tokenizer, for upstreams that report none and for
-        streams cut off. The vocabulary (~60 MB) is loaded the first time it is needed."""
-        if self._tokenizer is None:
-            self._tokenizer = await asyncio.to_thread(QwenTokenizer.builtin)
-        tokenizer, template = self._tokenizer, self._template
-        assert template is not None
-        if isinstance(request, ChatRequest):
-            prompt = len(tokenizer.encode_pieces(template.render(request.messages, request.tools)))
-        elif isinstance(request.prompt, str):
-            prompt = len(tokenizer.encode_raw(request.prompt))
-        else:
-            prompt = len(request.prompt)
+        streams cut off."""
+        tokenizer = await self._qwen_tokenizer()
+        prompt = self._prompt_tokens(tokenizer, request)
         completion = sum(
             len(tokenizer.encode_raw("".join(c.parts)))
             + sum(

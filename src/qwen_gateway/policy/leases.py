@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 OUTAGE: tuple[type[Exception], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
+    redis.exceptions.ReadOnlyError,  # a replica during a failover
+    redis.exceptions.BusyLoadingError,
     ConnectionError,
     TimeoutError,
 )
@@ -159,7 +161,7 @@ class LeaseKeeper:
         await self._inner.aclose()
 
     def _defer(self, permit: Permit, completion_tokens: int | None) -> None:
-        permit.settled = False
+        # it stays marked settled: only the queue settles it (the retry clears the mark)
         if len(self._pending) >= self._queue_size:
             self._pending.popleft()
             log.error("settle queue full (%d): dropping the oldest", self._queue_size)

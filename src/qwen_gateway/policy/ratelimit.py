@@ -390,6 +390,8 @@ local n = tonumber(ARGV[3])
 local seqs = tonumber(ARGV[4])
 local second = ARGV[5]
 local refund_request = tonumber(ARGV[6])
+-- once per permit: a settle retried after a lost reply must not refund (or charge) again
+if not redis.call('SET', KEYS[#KEYS], 1, 'NX', 'EX', 172800) then return 1 end
 local function refund(key, field, tokens)
   local v = tonumber((field and redis.call('HGET', key, field)) or
                      (not field and redis.call('GET', key)) or '0')
@@ -513,7 +515,9 @@ class RedisLimiter:
             lim = s.limits
             args += [_n(lim.tpm), _n(lim.max_concurrency), _n(lim.daily_tokens),
                      _n(lim.monthly_tokens)]  # fmt: skip
-        await self._settle(keys=self._keys(permit.subjects, permit.at), args=args)
+        keys = self._keys(permit.subjects, permit.at)
+        done = f"{self._prefix}:{{{permit.subjects[0].id}}}:done:{permit.lease}"
+        await self._settle(keys=[*keys, done], args=args)
 
     async def settle(self, permit: Permit, completion_tokens: int) -> None:
         delta = permit.prompt_tokens + completion_tokens - permit.charged

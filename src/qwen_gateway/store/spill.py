@@ -94,14 +94,20 @@ class SpillFile:
             if os.fstat(handle.fileno()).st_nlink == 0:
                 return 0, True  # replayed and removed while we waited for the lock
             marker = path.with_name(path.name + ".offset")
-            offset = int(marker.read_text()) if marker.exists() else 0
+            try:
+                offset = int(marker.read_text()) if marker.exists() else 0
+            except ValueError:  # a marker cut short: from the start (duplicates, nothing lost)
+                log.error("spill file: unreadable offset in %s; replaying from the start", marker)
+                offset = 0
             handle.seek(offset)
             stored = 0
             for batch, end in _batches(handle, batch_size):
                 left = await store(batch)
-                if left:
+                stored += len(batch) - len(left)
+                if left:  # part of the batch may be stored: only the rest is spilled again
+                    self.append(left)
+                    _mark(marker, end)
                     return stored, False
-                stored += len(batch)
                 _mark(marker, end)
             _remove(path, marker)
             return stored, True
