@@ -29,6 +29,7 @@ from qwen_gateway.engines.transformers.grammar import (
 )
 from qwen_gateway.errors import EngineOverloaded, InvalidRequest
 from qwen_gateway.qwen.tokenizer import ENDOFTEXT_ID, IM_END_ID, QwenTokenizer
+from support.blocking_compiler import BlockingCompiler
 
 EOS = frozenset({IM_END_ID, ENDOFTEXT_ID})
 TOOL_OPEN_ID = 151657
@@ -536,19 +537,6 @@ def test_local_refs_and_ref_like_data_are_accepted(compiler: GrammarCompiler) ->
         "$defs": {"a/b": {"type": "integer"}},
     }
     assert compiler.json_schema(schema) is not None
-
-
-class BlockingCompiler(GrammarCompiler):
-    """Compiling a schema with a "slow" property waits for ``release``."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.release = threading.Event()
-
-    def _compile_schema(self, text: str) -> Any:
-        if '"slow' in text:
-            assert self.release.wait(120)
-        return super()._compile_schema(text)
 
 
 def slow(i: int) -> dict[str, Any]:

@@ -16,8 +16,8 @@ import torch
 from qwen_gateway.api.app import create_app
 from qwen_gateway.core.types import OutputConstraint, SamplingParams, Usage
 from qwen_gateway.engines.transformers.engine import MAX_CRASHES_IN_A_ROW
-from qwen_gateway.engines.transformers.grammar import GrammarCompiler
 from qwen_gateway.errors import InternalError, InvalidRequest
+from support.blocking_compiler import BlockingCompiler
 from support.fixtures import MODEL, InProcess, make_container, open_in_process
 from support.metrics import sample
 
@@ -282,19 +282,6 @@ async def test_an_engine_that_keeps_crashing_stays_down(
         assert (await g.http.get("/ready")).json()["status"] == "failed"
         refused = await g.http.post("/v1/chat/completions", json=body)
         assert refused.status_code == 503
-
-
-class BlockingCompiler(GrammarCompiler):
-    """Compiling a schema with a "slow" property waits for ``release``."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.release = threading.Event()
-
-    def _compile_schema(self, text: str) -> Any:
-        if '"slow' in text:
-            assert self.release.wait(120)
-        return super()._compile_schema(text)
 
 
 async def test_a_slow_compile_delays_only_its_own_tenant(own_engine: InProcess) -> None:

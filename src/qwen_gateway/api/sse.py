@@ -123,9 +123,11 @@ class EventStreamResponse(Response):
                 tail = error_frame(exc)
             finishing = True
             ticker.cancel()
-            for task in keepalive_tasks:
-                with suppress(BaseException):
+            for task in list(keepalive_tasks):  # each removes itself from the set when done
+                try:
                     await task
+                except OSError:  # the connection broke: the tail's own send fails the same way
+                    log.debug("a keep-alive could not be sent")
             await send({"type": "http.response.body", "body": tail, "more_body": False})
 
         async def watch() -> None:
