@@ -255,6 +255,8 @@ class DatabaseSettings(Section):
 
 class RedisSettings(Section):
     url: SecretStr | None = None  # e.g. redis://127.0.0.1:6379/0; needed for several replicas
+    #: connections per gateway process; a request finding all busy waits for one (up to 5 s)
+    max_connections: int = Field(default=512, ge=2)
 
 
 class UsageSettings(Section):

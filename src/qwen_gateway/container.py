@@ -284,10 +284,16 @@ class Tenancy:
         if settings.redis.url is not None:
             import redis.asyncio
 
-            # a Redis that stops answering fails calls (503, queued settles) instead of hanging
-            self.redis = redis.asyncio.from_url(
-                settings.redis.url.get_secret_value(), socket_connect_timeout=5, socket_timeout=5
+            # a Redis that stops answering fails calls (503, queued settles) instead of hanging;
+            # a burst beyond the pool waits for a connection instead of failing
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
+                settings.redis.url.get_secret_value(),
+                max_connections=settings.redis.max_connections,
+                timeout=5,
+                socket_connect_timeout=5,
+                socket_timeout=5,
             )
+            self.redis = redis.asyncio.Redis.from_pool(pool)  # closed with the client
         bus: InvalidationBus = (
             RedisBus(self.redis, settings.limits.redis_prefix)
             if self.redis is not None

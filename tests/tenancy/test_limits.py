@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+from collections import Counter
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
@@ -437,3 +438,20 @@ async def test_a_request_without_max_tokens_gets_the_key_default_else_the_deploy
 
 def _bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+async def test_a_burst_beyond_the_redis_pool_waits_for_connections(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """More limited requests at once than Redis connections: they queue for a connection
+    (no 503 'limits cannot be checked'), and the limit is exact."""
+    redis_settings = {"url": redis_url, "max_connections": 2}
+    prefix = {"redis_prefix": f"t{secrets.token_hex(4)}"}
+    async with secured(tmp_path, redis=redis_settings, limits=prefix) as g:
+        key = await new_key(g, rpm=10)
+        body = {"model": "scripted", "messages": ASK, "max_tokens": 1}
+        headers = {"Authorization": f"Bearer {key}"}
+        replies = await asyncio.gather(
+            *(g.http.post("/v1/chat/completions", json=body, headers=headers) for _ in range(40))
+        )
+        assert Counter(r.status_code for r in replies) == {200: 10, 429: 30}
