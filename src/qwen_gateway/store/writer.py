@@ -101,6 +101,7 @@ class BatchWriter:
         finally:
             joined.cancel()
             outage.cancel()
+            await asyncio.gather(joined, outage, return_exceptions=True)  # none left running
 
     async def _run(self) -> None:
         await self._replay()  # what an earlier run spilled
