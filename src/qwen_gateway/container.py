@@ -37,7 +37,6 @@ from qwen_gateway.routing.balancer import Balancer, Replica
 from qwen_gateway.routing.breaker import CircuitBreaker
 from qwen_gateway.routing.intent import (
     IntentClassifier,
-    LearnedClassifier,
     RuleClassifier,
     default_classifier,
     load_saved,
@@ -472,7 +471,6 @@ class Container:
         if intent is None or intent.classifier is not None:
             return
         classifier = await asyncio.to_thread(intent_classifier, self.settings)
-        intent.blocking = isinstance(classifier, LearnedClassifier)
         intent.classifier = classifier
 
     async def wait_loaded(self) -> None:

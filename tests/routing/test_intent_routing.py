@@ -3,11 +3,15 @@ Chinese, English and mixed text, follow-ups, the rule classifier and the confide
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import openai
 import pytest
 
+from qwen_gateway.core.types import ChatMessage, ChatRequest
+from qwen_gateway.routing.intent import INLINE_CHARS, Intent
+from qwen_gateway.routing.registry import IntentRoute
 from routing.helpers import routed
 from support.metrics import sample
 
@@ -104,3 +108,27 @@ async def test_an_intent_route_may_lead_to_a_split(tmp_path: Path) -> None:
             await g.client.chat.completions.create(
                 model="auto-unknown", messages=[{"role": "user", "content": "hi"}]
             )
+
+
+class _Where:
+    """A classifier that notes the thread it runs in."""
+
+    name = "where"
+
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+
+    def classify(self, text: str) -> Intent:
+        self.threads.append(threading.get_ident())
+        return Intent("code", 1.0, self.name)
+
+
+async def test_a_prompt_is_classified_on_the_event_loop_unless_it_is_long() -> None:
+    where = _Where()
+    route = IntentRoute("auto", ROUTES, classifier=where)
+    for text in ("用 Python 写一个快速排序", "x" * (INLINE_CHARS + 1)):
+        request = ChatRequest("auto", (ChatMessage("user", text),))
+        assert (await route.classify(request)).category == "code"
+    loop_thread = threading.get_ident()
+    assert where.threads[0] == loop_thread  # no hop to a worker thread: no wait for the GIL
+    assert where.threads[1] != loop_thread  # a long text would hold up the event loop

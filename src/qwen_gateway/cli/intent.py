@@ -83,6 +83,15 @@ def train(
     err.print(f"Saved the model to {target}; gateways using this data directory load it at start.")
 
 
+@intent_app.command("ship", hidden=True)
+def ship_model() -> None:
+    """For maintainers: retrain on the shipped examples and rewrite the shipped model."""
+    from qwen_gateway.routing.intent import SHIPPED_MODEL, ship
+
+    ship()
+    err.print(f"Wrote {SHIPPED_MODEL} ({SHIPPED_MODEL.stat().st_size} bytes).")
+
+
 @intent_app.command("classify")
 def classify(
     text: Annotated[str, typer.Argument(help="A user message.")],

@@ -4,10 +4,12 @@ Two classifiers behind one small interface:
 
 - ``RuleClassifier``: configurable keywords and regexes per category, in both languages;
 - ``LearnedClassifier``: character n-gram TF-IDF (which needs no word segmentation, so Chinese,
-  English and code-switched text are alike to it) plus word n-grams, into a logistic regression
-  (scikit-learn, applied with numpy). It trains in about a second from the labelled prompts shipped with the package
-  (``routing/data``, see PROVENANCE.md) or from an operator's own file; nothing is downloaded.
-  Below a confidence threshold it answers the fallback category (general).
+  English and code-switched text are alike to it), word n-grams and markers of code and maths
+  notation, into a logistic regression. scikit-learn trains it in seconds from the labelled
+  prompts shipped with the package (``routing/data``, see PROVENANCE.md) or from an operator's
+  own file; nothing is downloaded. The model of the shipped prompts ships too, so serving
+  applies it in pure Python without training. Below a confidence threshold it answers the
+  fallback category (general).
 
 The text classified is the last user turn, with the turn before it when the last one reads like a
 follow-up ("now in Go", "再证明一下").
@@ -15,6 +17,9 @@ follow-up ("now in Go", "再证明一下").
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
+import hashlib
 import json
 import logging
 import re
@@ -26,12 +31,19 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from qwen_gateway.core.types import ChatMessage
-from qwen_gateway.routing.tfidf import TOKENS, TfidfLogistic
+from qwen_gateway.routing.tfidf import TOKENS, TfidfLogistic, markers
 
 log = logging.getLogger(__name__)
 
 DATA = Path(__file__).resolve().parent / "data"
 FALLBACK = "general"
+#: The views of the text the learned classifier reads (see routing/tfidf.py).
+VIEWS = ("char", "word", "marker")
+#: The marker view's weight against the n-gram views (each L2-normalised to 1).
+MARKER_WEIGHT = 0.25
+#: The model trained on ``intent_train.jsonl``, shipped so that serving needs no training
+#: (nor scikit-learn); ``qwen-gateway intent ship`` rewrites it after the examples change.
+SHIPPED_MODEL = DATA / "intent_model.json.gz"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +89,11 @@ _FOLLOW_UP = re.compile(
     r"再|那|然后|换成|改成|用\w{1,8}(写|实现)|继续|同样|还有)",
     re.IGNORECASE,
 )
+
+
+#: Texts up to this long are classified on the event loop (well under a millisecond); longer
+#: ones (up to ``conversation_text``'s 2000 characters, a few ms) in a worker thread.
+INLINE_CHARS = 1000
 
 
 def conversation_text(messages: Sequence[ChatMessage], max_chars: int = 2000) -> str:
@@ -189,15 +206,17 @@ class RuleClassifier:
 
 @dataclass
 class LearnedClassifier:
-    """TF-IDF (character 1–4-grams within word boundaries, plus word 1–2-grams) into a logistic
-    regression; below ``threshold`` the fallback category answers.
+    """TF-IDF views of the text (character 1–4-grams within word boundaries, word 1–2-grams,
+    and the markers of code and maths notation, see :mod:`~qwen_gateway.routing.tfidf`) into
+    a logistic regression; below ``threshold`` the fallback category answers.
 
     For the word n-grams each Chinese character is a token of its own (Chinese has no spaces, so
     ``\\w+`` would make a whole clause one token); runs of other word characters are words. The
     bigrams then span Chinese character pairs and the seams of code-switched text ("用 python").
 
     scikit-learn trains it; what it learned (vocabularies, idf weights, coefficients) is kept as
-    plain arrays, saved as JSON and applied here with numpy, so a saved model is data, never code.
+    plain data, saved as JSON and applied in pure Python, so a saved model is data, never code,
+    and classifying needs neither scikit-learn nor numpy.
     """
 
     _TOKENS: ClassVar[str] = TOKENS
@@ -206,36 +225,43 @@ class LearnedClassifier:
     fallback: str = FALLBACK
     name: str = "learned"
     _model: TfidfLogistic | None = field(default=None, repr=False)
+    views: tuple[str, ...] = VIEWS
 
     def fit(self, examples: Sequence[Example]) -> LearnedClassifier:
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline, make_union
+        from sklearn.pipeline import FeatureUnion, make_pipeline
 
-        features = make_union(
-            TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 4), sublinear_tf=True,
-                            min_df=1, lowercase=True),
-            TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True,
-                            token_pattern=self._TOKENS, lowercase=True),
-        )  # fmt: skip
+        vectorizers = {
+            "char": lambda: TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 4),
+                                            sublinear_tf=True, min_df=1, lowercase=True),
+            "word": lambda: TfidfVectorizer(analyzer="word", ngram_range=(1, 2),
+                                            sublinear_tf=True, token_pattern=self._TOKENS,
+                                            lowercase=True),
+            "marker": lambda: TfidfVectorizer(analyzer=markers, sublinear_tf=True),
+        }  # fmt: skip
+        weights = {"marker": MARKER_WEIGHT} if "marker" in self.views else None
+        features = FeatureUnion(
+            [(v, vectorizers[v]()) for v in self.views], transformer_weights=weights
+        )
         model = make_pipeline(features, LogisticRegression(C=100.0, max_iter=5000))
         model.fit([e.text for e in examples], [e.label for e in examples])
-        self._model = TfidfLogistic.of(model)
+        self._model = TfidfLogistic.of(model, self.views)
         return self
 
     @property
     def categories(self) -> list[str]:
         return list(self._fitted().classes)
 
-    def probabilities(self, text: str) -> Any:
+    def probabilities(self, text: str) -> list[float]:
         """The probability of each of :attr:`categories` (as scikit-learn's predict_proba)."""
         return self._fitted().probabilities(text)
 
     def classify(self, text: str) -> Intent:
         weights = self._fitted()
         probabilities = weights.probabilities(text)
-        best = int(probabilities.argmax())
-        confidence = float(probabilities[best])
+        best = max(range(len(probabilities)), key=probabilities.__getitem__)
+        confidence = probabilities[best]
         if confidence < self.threshold:
             return Intent(self.fallback, confidence, self.name)
         return Intent(weights.classes[best], confidence, self.name)
@@ -245,9 +271,12 @@ class LearnedClassifier:
             raise RuntimeError("LearnedClassifier.fit() was not called")
         return self._model
 
+    def to_json(self) -> dict[str, Any]:
+        return {"format": MODEL_FORMAT, "threshold": self.threshold, **self._fitted().to_json()}
+
     def save(self, path: Path) -> None:
         """Write the trained model (an operator's retrained classifier) to ``path`` as JSON."""
-        data = {"format": MODEL_FORMAT, "threshold": self.threshold, **self._fitted().to_json()}
+        data = self.to_json()
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
@@ -258,16 +287,24 @@ class LearnedClassifier:
         """A model written by :meth:`save`. Raises ValueError for anything else."""
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            if data.get("format") != MODEL_FORMAT:
-                raise ValueError(f"not a {MODEL_FORMAT} file")
-            return cls(threshold=float(data["threshold"]), _model=TfidfLogistic.from_json(data))
+            return cls.from_json(data)
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
             raise ValueError(
                 f"{path} is not an intent model written by `qwen-gateway intent train` ({exc})"
             ) from None
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LearnedClassifier:
+        if data.get("format") not in MODEL_FORMATS:
+            raise ValueError(f"not a {MODEL_FORMAT} file")
+        model = TfidfLogistic.from_json(data)
+        views = tuple(v.name for v in model.views)
+        return cls(threshold=float(data["threshold"]), _model=model, views=views)
 
-MODEL_FORMAT = "qwen-gateway-intent-1"
+
+#: Format 2 names its views (format 1, from earlier versions, has the char and word ones).
+MODEL_FORMAT = "qwen-gateway-intent-2"
+MODEL_FORMATS = frozenset({"qwen-gateway-intent-1", MODEL_FORMAT})
 LEGACY_MODEL_FILE = "intent-model.pkl"  # pickled models of earlier versions: never loaded
 
 
@@ -284,16 +321,53 @@ def load_saved(path: Path) -> LearnedClassifier | None:
     return LearnedClassifier.load(path) if path.is_file() else None
 
 
+def training_fingerprint(path: Path = DATA / "intent_train.jsonl") -> str:
+    """The SHA-256 of the shipped training examples, recorded in the shipped model."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def ship(path: Path = SHIPPED_MODEL) -> LearnedClassifier:
+    """Train on the shipped examples and write the shipped model (for maintainers)."""
+    learned = LearnedClassifier().fit(load_examples(DATA / "intent_train.jsonl"))
+    data = {**learned.to_json(), "trained_on": training_fingerprint()}
+    raw = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+    path.write_bytes(gzip.compress(raw, compresslevel=9, mtime=0))
+    return learned
+
+
+def shipped_classifier(path: Path = SHIPPED_MODEL) -> LearnedClassifier | None:
+    """The shipped model, or None when it is missing or was trained on other examples than
+    the shipped ones (then a warning says to run ``qwen-gateway intent ship``)."""
+    try:
+        data = json.loads(gzip.decompress(path.read_bytes()))
+    except FileNotFoundError:
+        log.warning("%s is missing: the intent classifier is trained at start", path.name)
+        return None
+    if data.get("trained_on") != training_fingerprint():
+        log.warning(
+            "%s was trained on other examples than intent_train.jsonl: the classifier is trained "
+            "at start instead; run `qwen-gateway intent ship` to rewrite it",
+            path.name,
+        )
+        return None
+    return LearnedClassifier.from_json(data)
+
+
 _default: LearnedClassifier | None = None
 _default_lock = threading.Lock()
 
 
 def default_classifier(threshold: float = 0.45) -> LearnedClassifier:
-    """The learned classifier trained on the shipped examples (once per process)."""
+    """The learned classifier of the shipped examples (loaded once per process; trained, which
+    takes scikit-learn and a few seconds, only when the shipped model is out of date)."""
     global _default
     with _default_lock:
-        if _default is None or _default.threshold != threshold:
-            _default = LearnedClassifier(threshold).fit(load_examples(DATA / "intent_train.jsonl"))
+        if _default is None:
+            _default = shipped_classifier() or LearnedClassifier().fit(
+                load_examples(DATA / "intent_train.jsonl")
+            )
+        if _default.threshold != threshold:
+            _default = dataclasses.replace(_default, threshold=threshold)
         return _default
 
 
