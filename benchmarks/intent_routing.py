@@ -15,9 +15,18 @@ prompt pipeline, chat template and tokenizer, a fixed one-word reply) behind the
   per-prompt difference are reported. Both requests run the same pipeline apart from the
   classification, so the difference is what ``auto`` costs.
 
+* **where the time goes**, in the benchmark's own process: one ``classify()`` call, and the same
+  handed to a worker thread (as the gateway did before issue 18) with the GIL free and with a
+  thread busy in Python (as an in-process engine's thread is while it decodes).
+
+``--engine transformers`` serves the embedded tiny model in process (an engine thread per
+deployment) instead of scripted replies; ``--background N`` keeps N streams running against
+``qwen-general`` while the latencies are measured.
+
 Not a test: the latencies depend on the machine. Usage:
 
     python benchmarks/intent_routing.py [--rounds 3] [--data FILE] [--threshold 0.45]
+        [--engine scripted|transformers] [--background N] [--out FILE]
     python benchmarks/intent_routing.py --smoke   # one tiny iteration; exits 1 on any error
 """
 

@@ -91,7 +91,7 @@ def markers(text: str) -> list[str]:
     """The marker tokens of ``text``, one per match (the ``marker`` view's analyzer)."""
     out: list[str] = []
     for name, pattern in _MARKERS:
-        out += [name] * sum(1 for _ in pattern.finditer(text))
+        out += [name] * len(pattern.findall(text))
     return out
 
 
@@ -130,13 +130,12 @@ ANALYZERS: dict[str, tuple[Callable[[str], list[str]], bool]] = {
 
 @dataclass(frozen=True)
 class View:
-    """One vectorizer's part of the model: its vocabulary (n-gram -> column), the idf of each
-    column, and each regression row's coefficients for its columns."""
+    """One vectorizer's part of the model: its vocabulary (n-gram -> column) and, for each
+    n-gram, its idf and each regression row's coefficient."""
 
     name: str
     vocabulary: dict[str, int]
-    idf: tuple[float, ...]
-    columns: tuple[tuple[float, ...], ...]  # one per regression row
+    weights: dict[str, tuple[float, ...]]  # n-gram -> (idf, coefficient of each row)
 
     @classmethod
     def build(
@@ -150,26 +149,39 @@ class View:
     ) -> View:
         """The view whose columns are ``coef[:, offset : offset + len(idf)]``; ``scale`` is its
         weight in the union (folded into the coefficients)."""
-        end = offset + len(idf)
         vocab = {str(k): int(v) for k, v in vocabulary.items()}
         if any(not 0 <= i < len(idf) for i in vocab.values()):
             raise ValueError(f"the {name} vocabulary does not fit its idf")
-        columns = tuple(tuple(scale * float(x) for x in row[offset:end]) for row in coef)
-        return cls(name, vocab, tuple(float(x) for x in idf), columns)
+        weights = {
+            g: (float(idf[i]), *(scale * float(row[offset + i]) for row in coef))
+            for g, i in vocab.items()
+        }
+        return cls(name, vocab, weights)
+
+    @property
+    def size(self) -> int:
+        return len(self.vocabulary)
+
+    def column(self, field: int) -> list[float]:
+        """Field ``field`` of every column's weights (0: idf, r + 1: row r), by column."""
+        out = [0.0] * self.size
+        for g, i in self.vocabulary.items():
+            out[i] = self.weights[g][field]
+        return out
 
     def add_scores(self, grams: Iterable[str], totals: list[float]) -> None:
         """Adds this view's L2-normalised sublinear TF-IDF vector times each row's
         coefficients to ``totals`` (C-level loops: this runs for every ``auto`` request)."""
-        vocabulary = self.vocabulary
-        found = [(vocabulary[g], n) for g, n in Counter(grams).items() if g in vocabulary]
-        if not found:
+        get = self.weights.get
+        hits = [(w, n) for g, n in Counter(grams).items() if (w := get(g)) is not None]
+        if not hits:
             return
-        columns = [i for i, _ in found]
-        tf = [1.0 if n == 1 else math.log(n) + 1.0 for _, n in found]
-        values = list(map(operator.mul, tf, map(self.idf.__getitem__, columns)))
+        fields = list(zip(*(w for w, _ in hits), strict=True))  # idf, then each row
+        tf = [1.0 if n == 1 else math.log(n) + 1.0 for _, n in hits]
+        values = list(map(operator.mul, tf, fields[0]))
         norm = math.sqrt(sum(map(operator.mul, values, values)))
-        for r, row in enumerate(self.columns):
-            totals[r] += sum(map(operator.mul, values, map(row.__getitem__, columns))) / norm
+        for r in range(len(totals)):
+            totals[r] += sum(map(operator.mul, values, fields[r + 1])) / norm
 
 
 @dataclass(frozen=True)
@@ -204,8 +216,10 @@ class TfidfLogistic:
         data: dict[str, Any] = {"views": [v.name for v in self.views]}
         for v in self.views:
             data[f"{v.name}_vocabulary"] = v.vocabulary
-            data[f"{v.name}_idf"] = list(v.idf)
-        coef = [[x for v in self.views for x in v.columns[r]] for r in range(len(self.intercept))]
+            data[f"{v.name}_idf"] = v.column(0)
+        coef = [
+            [x for v in self.views for x in v.column(r + 1)] for r in range(len(self.intercept))
+        ]
         data.update(coef=coef, intercept=list(self.intercept), classes=list(self.classes))
         return data
 
