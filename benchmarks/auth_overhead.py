@@ -22,7 +22,7 @@ from pathlib import Path
 from qwen_gateway.config import load_settings
 from qwen_gateway.container import Container
 from qwen_gateway.core.types import ChatMessage, ChatRequest
-from qwen_gateway.engines.scripted import create_engine
+from qwen_gateway.engines.scripted import scripted_engine
 from qwen_gateway.policy.auth import check_model
 from qwen_gateway.store.keys import KeyLimits
 
@@ -35,7 +35,7 @@ async def measure(backend: str, redis_url: str | None, requests: int) -> tuple[f
         }
         if redis_url:
             tree["redis"] = {"url": redis_url}
-        engines = {"m": create_engine({"served_name": "m", "replies": ["ok"]})}
+        engines = {"m": scripted_engine("m", ["ok"])}
         container = Container(load_settings(tree, env={}), engines=engines)  # type: ignore[arg-type]
         await container.start()
         try:

@@ -7,14 +7,13 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from qwen_gateway.config import (
-    ConfigError,
     DeploymentSettings,
     ModelSettings,
     Settings,
@@ -22,9 +21,9 @@ from qwen_gateway.config import (
 )
 from qwen_gateway.core.normalize import RequestLimits
 from qwen_gateway.core.record import RequestRecord
-from qwen_gateway.engines.base import Engine
-from qwen_gateway.engines.registry import engine_factory
-from qwen_gateway.errors import InvalidRequest
+from qwen_gateway.engines.base import QUIET, Engine, EngineObserver
+from qwen_gateway.engines.plugin import EngineContext
+from qwen_gateway.engines.registry import PendingEngine, configure
 from qwen_gateway.observability.metrics import Metrics
 from qwen_gateway.policy.auth import Authenticator, FailureThrottle
 from qwen_gateway.policy.gate import Gate
@@ -54,87 +53,33 @@ from qwen_gateway.store.writer import BatchWriter
 log = logging.getLogger(__name__)
 
 
-def _engine_options(
-    m: ModelSettings,
-    served_name: str,
-    model_path: str,
-    data_dir: Path,
-    health_interval: float = 5.0,
-) -> dict[str, Any]:
-    """The options the engine kind's factory takes, for one replica."""
-    if m.engine == "openai":
-        up = m.upstream
-        return {
-            "base_url": up.base_url,
-            "served_name": served_name,
-            "model": up.model or m.model or served_name,
-            "api_key": up.api_key.get_secret_value() if up.api_key else None,
-            "connect_timeout": up.connect_timeout,
-            "first_token_timeout": up.first_token_timeout,
-            "idle_timeout": up.idle_timeout,
-            "total_timeout": up.total_timeout,
-            "max_retries": up.max_retries,
-            "max_response_bytes": up.max_response_bytes,
-            "context_window": m.context_window or 131072,
-            "max_output_tokens": m.max_output_tokens,
-            "health_interval": health_interval,
-        }
-    if m.engine == "vllm":
-        v = m.vllm
-        options: dict[str, Any] = {
-            "model": model_path,
-            "served_name": served_name,
-            "remote_url": v.remote_url,
-            "port": v.port,
-            "max_model_len": v.max_model_len or m.context_window,
-            "gpu_memory_utilization": v.gpu_memory_utilization,
-            "tensor_parallel_size": v.tensor_parallel_size,
-            "quantization": v.quantization,
-            "enable_prefix_caching": v.enable_prefix_caching,
-            "extra_args": tuple(v.extra_args),
-            "env": dict(v.env),
-            "log_path": str(data_dir / "vllm.log"),
-            "startup_timeout": v.startup_timeout,
-            "upstream": {
-                "max_output_tokens": m.max_output_tokens,
-                "context_window": v.max_model_len or m.context_window or 131072,
-                "health_interval": health_interval,
-            },
-        }
-        if v.python:
-            options["python"] = v.python
-        return options
-    if m.engine == "transformers":
-        return {
-            "model": model_path,
-            "served_name": served_name,
-            "device": m.device,
-            "dtype": m.dtype,
-            "max_batch_size": m.max_batch_size,
-            "max_waiting": m.max_waiting,
-            "context_window": m.context_window,
-            "max_output_tokens": m.max_output_tokens,
-        }
-    return {"model": model_path, "served_name": served_name, **m.options}
-
-
-def _replica_options(d: DeploymentSettings, settings: Settings) -> list[tuple[str, dict[str, Any]]]:
-    """(replica name, engine options) for each replica of a deployment. The name (shown in
-    metrics, logs and the route header) is the operator's label or the index, never the URL."""
-    path = d.model or settings.model_path
-    interval = settings.routing.health_interval_seconds
-    base = _engine_options(d, d.name, path, settings.data_dir, interval)
-    count = len(d.replicas) if isinstance(d.replicas, list) else d.replicas
+def _replica_options(
+    d: DeploymentSettings,
+    key: str,
+    settings: Settings,
+    observer: Callable[[str], EngineObserver] = lambda name: QUIET,
+) -> list[tuple[str, Engine]]:
+    """(replica name, engine still to build) for each replica of a deployment, validated by
+    its engine kind's plug-in (errors name ``key``, where the deployment is configured). The
+    name (shown in the route header) is the operator's label or the index, never the URL;
+    metrics name the engine after the deployment, or ``deployment[i]`` with several."""
+    urls, count = (
+        (d.replicas, len(d.replicas)) if isinstance(d.replicas, list) else ([], d.replicas)
+    )
+    plugin, configs = configure(d.engine, d.model_dump(), key, urls)
     names = list(d.replica_labels) or [str(i) for i in range(count)]
-    if isinstance(d.replicas, list):
-        key = "base_url" if d.engine == "openai" else "remote_url"
-        return [(name, {**base, key: url}) for name, url in zip(names, d.replicas, strict=True)]
-    out = []
+    out: list[tuple[str, Engine]] = []
     for i, name in enumerate(names):
-        options = dict(base)
-        if d.engine == "vllm" and d.replicas > 1:
-            options["log_path"] = str(settings.data_dir / f"vllm-{d.name}-{i}.log")
-        out.append((name, options))
+        ctx = EngineContext(
+            served_name=d.name,
+            replica=i,
+            replicas=count,
+            data_dir=settings.data_dir,
+            default_model=settings.model_path,
+            health_interval=settings.routing.health_interval_seconds,
+            observer=observer(d.name if count == 1 else f"{d.name}[{i}]"),
+        )
+        out.append((name, PendingEngine(plugin, configs[i % len(configs)], ctx)))
     return out
 
 
@@ -152,9 +97,12 @@ def build_router(
     engines: Mapping[str, Engine | Sequence[Engine]] | None = None,
     observer: RouteObserver | None = None,
     clock: Callable[[], float] = time.monotonic,
+    engine_observer: Callable[[str], EngineObserver] = lambda name: QUIET,
 ) -> Router:
     """Deployments, replicas, splits and intent routing from the settings; ``engines`` (by
-    deployment name) replaces the engines that would be built, for tests and embedding."""
+    deployment name, started) replaces the engines that would be built, for tests and
+    embedding. Other replicas get a :class:`PendingEngine` (answering 503 "loading") until
+    :func:`build_engines` has built them."""
     check_registry(settings)
     r = settings.routing
     given = dict(engines or {})
@@ -171,14 +119,8 @@ def build_router(
             built = [provided] if not isinstance(provided, Sequence) else list(provided)
             replicas = [(str(i), e) for i, e in enumerate(built)]
         else:
-            try:
-                factory = engine_factory(d.engine)
-            except InvalidRequest as exc:
-                key = f"deployments.{n}.engine" if settings.deployments else "model.engine"
-                raise ConfigError(
-                    f"Invalid config value for '{key}' ({d.engine!r}): {exc}"
-                ) from None
-            replicas = [(name, factory(options)) for name, options in _replica_options(d, settings)]
+            key = f"deployments.{n}" if settings.deployments else "model"
+            replicas = _replica_options(d, key, settings, engine_observer)
         balancer = Balancer(
             [
                 Replica(name, engine, CircuitBreaker(r.breaker.failures, r.breaker.cooldown_seconds, clock))
@@ -210,6 +152,24 @@ def build_router(
         max_attempts=r.max_attempts,
         observer=observer,
     )
+
+
+async def build_engines(router: Router) -> None:
+    """Build every replica's pending engine, side by side, each put in its place once built;
+    raises the first failure once all have ended (the engines built are in place)."""
+
+    async def build(replica: Replica, pending: PendingEngine) -> None:
+        replica.engine = await pending.build()
+
+    builds = [
+        build(r, r.engine)
+        for d in router.deployments
+        for r in d.replicas
+        if isinstance(r.engine, PendingEngine)
+    ]
+    failures = [e for e in await asyncio.gather(*builds, return_exceptions=True) if e]
+    if failures:
+        raise failures[0]
 
 
 def intent_classifier(settings: Settings) -> IntentClassifier:
@@ -326,9 +286,8 @@ class Container:
     ) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.router = build_router(settings, engines, self.metrics, clock)
+        self.router = build_router(settings, engines, self.metrics, clock, self.metrics.engine)
         specs: Sequence[ModelSettings] = settings.deployments or [settings.model]
-        self.engines = dict(self.router.engines())
         self.tenancy = Tenancy(settings)
         self.db, self.usage, self.audit = self.tenancy.db, self.tenancy.usage, self.tenancy.audit
         self.writer, self.redis, self.keys = (
@@ -371,7 +330,6 @@ class Container:
             ),
             gate=self.gate,
         )
-        self.metrics.watch_engines(self._engine_stats)
         self.metrics.watch_writer(self.writer.counts)
         self.metrics.watch_replicas(
             lambda: (
@@ -386,9 +344,10 @@ class Container:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def _engine_stats(self) -> Iterable[tuple[str, Mapping[str, float]]]:
-        for name, engine in self.engines.items():
-            yield name, {k: float(v) for k, v in dataclasses.asdict(engine.stats()).items()}
+    @property
+    def engines(self) -> dict[str, Engine]:
+        """Every replica's engine (pending until built), by name (see Router.engines)."""
+        return dict(self.router.engines())
 
     async def start(self) -> None:
         """Open the store (migrations), then begin loading the engines; /ready answers 503
@@ -457,9 +416,7 @@ class Container:
 
     async def _load(self) -> None:
         try:
-            await asyncio.gather(
-                *(e.start() for e in self.engines.values()), self._load_classifier()
-            )
+            await asyncio.gather(build_engines(self.router), self._load_classifier())
         except Exception as exc:
             self.load_error = exc
             log.error("engine failed to start", exc_info=exc)
@@ -477,9 +434,10 @@ class Container:
         if self._loading is not None:
             await asyncio.shield(self._loading)
 
-    def healthy(self) -> bool:
+    async def healthy(self) -> bool:
         """False while an engine's scheduler is down (restarting, or down for good)."""
-        return not any(engine.stats().down for engine in self.engines.values())
+        states = await asyncio.gather(*(e.health() for e in self.engines.values()))
+        return not any(state.down for state in states)
 
     @property
     def loading(self) -> bool:
@@ -492,8 +450,8 @@ class Container:
         if not self.database_up or self.loading or self.load_error is not None:
             return False
         for deployment in self.router.deployments:  # each needs one replica up
-            states = await asyncio.gather(*(r.engine.ready() for r in deployment.replicas))
-            if not any(states):
+            states = await asyncio.gather(*(r.engine.health() for r in deployment.replicas))
+            if not any(state.ready for state in states):
                 return False
         return True
 

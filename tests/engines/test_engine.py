@@ -15,6 +15,7 @@ import torch
 
 from qwen_gateway.api.app import create_app
 from qwen_gateway.core.types import OutputConstraint, SamplingParams, Usage
+from qwen_gateway.engines.base import GenerationJob
 from qwen_gateway.engines.transformers.engine import MAX_CRASHES_IN_A_ROW
 from qwen_gateway.errors import InternalError, InvalidRequest
 from support.blocking_compiler import BlockingCompiler
@@ -71,17 +72,16 @@ async def test_full_queue_answers_503_with_retry_after(
 ) -> None:
     container = make_container(tiny_model_dir, tmp_path, max_batch_size=1, max_waiting=1)
     async with open_in_process(container) as g:
-        engine = container.engines[MODEL]
         long = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 4000}
         # One request takes the only slot, the next one queues behind it, a third is refused.
-        # (Polling counters that the scheduler thread updates, within a bound.)
+        # (Polling gauges that the scheduler thread updates, within a bound.)
         running = asyncio.ensure_future(g.client.chat.completions.create(**long))
         async with asyncio.timeout(120):
-            while engine.stats().running < 1:  # noqa: ASYNC110
+            while (await load(g))[0] < 1:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
         waiting = asyncio.ensure_future(g.client.chat.completions.create(**long))
         async with asyncio.timeout(120):
-            while engine.stats().waiting < 1:  # noqa: ASYNC110
+            while (await load(g))[1] < 1:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
         resp = await g.http.post("/v1/chat/completions", json=long)
         assert resp.status_code == 503
@@ -134,12 +134,21 @@ async def test_a_failing_decode_step_fails_its_requests_and_the_engine_goes_on(
         assert "simulated" not in failed.text
         ok = await g.client.chat.completions.create(**body)
         assert ok.usage is not None and ok.usage.completion_tokens == 5
-        assert engine_is_idle(container)
+        assert await load(g) == (0, 0)
 
 
-def engine_is_idle(container: object) -> bool:
-    stats = container.engines[MODEL].stats()  # type: ignore[attr-defined]
-    return bool(stats.running == 0 and stats.waiting == 0)
+async def load(g: InProcess) -> tuple[float, float]:
+    """The engine's (running, waiting) requests, as /metrics shows them."""
+    text = (await g.http.get("/metrics")).text
+    return (
+        sample(text, "qwen_gateway_engine_running_sequences", model=MODEL),
+        sample(text, "qwen_gateway_engine_queue_depth", model=MODEL),
+    )
+
+
+async def restarts(g: InProcess) -> float:
+    text = (await g.http.get("/metrics")).text
+    return sample(text, "qwen_gateway_engine_restarts_total", model=MODEL)
 
 
 # ---- one request cannot stop the engine ---------------------------------------------------
@@ -162,7 +171,9 @@ class Faults:
 async def generate(backend: Any, request_id: str, **sampling: Any) -> list[Any]:
     constraint = OutputConstraint(kind="json")  # every stage, "constrain" included, runs
     params = SamplingParams(**{"max_tokens": 6, "temperature": 0.0, **sampling})
-    return [e async for e in backend.generate(PROMPT, params, 1, request_id, constraint)]
+    return [
+        e async for e in backend.generate(GenerationJob(PROMPT, params, 1, request_id, constraint))
+    ]
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -184,10 +195,10 @@ async def test_a_failure_at_any_stage_fails_only_that_request(own_engine: InProc
             assert isinstance(victim, InternalError), (stage, victim)
             assert isinstance(bystander, list) and isinstance(bystander[-1], Usage), stage
             assert isinstance((await generate(backend, "next"))[-1], Usage), stage
-            assert backend.stats().restarts == 0 and not backend.stats().down
+            assert await restarts(own_engine) == 0 and not (await backend.health()).down
     finally:
         backend.probe = None
-    assert engine_is_idle(own_engine.container)
+    assert await load(own_engine) == (0, 0)
 
 
 async def test_extreme_sampling_parameters_leave_the_engine_serving(
@@ -216,7 +227,7 @@ async def test_extreme_sampling_parameters_leave_the_engine_serving(
     ok = await http.post("/v1/completions", json=text)
     assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 2
     assert (await http.get("/health")).status_code == 200
-    assert backend.stats().restarts == 0
+    assert await restarts(own_engine) == 0
 
 
 async def test_a_crashed_scheduler_is_restarted(own_engine: InProcess) -> None:
@@ -238,14 +249,14 @@ async def test_a_crashed_scheduler_is_restarted(own_engine: InProcess) -> None:
         failed = await http.post("/v1/chat/completions", json=body)
         assert failed.status_code == 503  # the request in flight ends with an error
         assert failed.json()["error"]["code"] == "engine_unavailable"
-        assert backend.stats().down
+        assert (await backend.health()).down
         health = await http.get("/health")
         assert health.status_code == 503
         ready = await http.get("/ready")
         assert ready.status_code == 503 and ready.json()["status"] == "failed"
         restarted.set()
         async with asyncio.timeout(60):
-            while backend.stats().down:  # noqa: ASYNC110 - polled, bounded
+            while (await backend.health()).down:  # noqa: ASYNC110 - polled, bounded
                 await asyncio.sleep(0.01)
         ok = await own_engine.client.chat.completions.create(**body)
         assert ok.usage is not None and ok.usage.completion_tokens == 3
@@ -274,10 +285,10 @@ async def test_an_engine_that_keeps_crashing_stays_down(
         for _ in range(MAX_CRASHES_IN_A_ROW):
             assert (await g.http.post("/v1/chat/completions", json=body)).status_code == 503
             async with asyncio.timeout(60):  # wait out the restart, if there is one
-                while backend.stats().down and backend._failed is None:  # noqa: ASYNC110
+                while (await backend.health()).down and backend._failed is None:  # noqa: ASYNC110
                     await asyncio.sleep(0.01)
-        assert backend.stats().down and backend._failed is not None
-        assert backend.stats().restarts == MAX_CRASHES_IN_A_ROW - 1
+        assert (await backend.health()).down and backend._failed is not None
+        assert await restarts(g) == MAX_CRASHES_IN_A_ROW - 1
         assert (await g.http.get("/health")).status_code == 503
         assert (await g.http.get("/ready")).json()["status"] == "failed"
         refused = await g.http.post("/v1/chat/completions", json=body)
@@ -294,7 +305,9 @@ async def test_a_slow_compile_delays_only_its_own_tenant(own_engine: InProcess) 
         return OutputConstraint(kind="json", schema={"type": "object", "properties": {name: {}}})
 
     async def run(request_id: str, tenant: str, constraint: OutputConstraint) -> Any:
-        events = backend.generate(PROMPT, params, 1, request_id, constraint, tenant=tenant)
+        events = backend.generate(
+            GenerationJob(PROMPT, params, 1, request_id, constraint, tenant=tenant)
+        )
         return [e async for e in events][-1]
 
     backend._grammars = blocking

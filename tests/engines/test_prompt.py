@@ -48,12 +48,13 @@ class Tokenizer:
 
 
 @asynccontextmanager
-async def scripted(tmp_path: Path) -> AsyncIterator[tuple[InProcess, ScriptedBackend]]:
+async def scripted(tmp_path: Path, tokenizer: Any = None) -> AsyncIterator[InProcess]:
+    """The gateway over a scripted engine whose prompts ``tokenizer`` encodes."""
     backend = ScriptedBackend(NAME, ["ok"], context_window=WINDOW)
     settings = load_settings({"data_dir": str(tmp_path), "auth": {"enabled": False}}, env={})
-    container = Container(settings, engines={NAME: PromptEngine(backend)})
+    container = Container(settings, engines={NAME: PromptEngine(backend, tokenizer)})
     async with open_in_process(container) as g:
-        yield g, backend
+        yield g
 
 
 def _chat(content: str) -> dict[str, Any]:
@@ -61,7 +62,7 @@ def _chat(content: str) -> dict[str, Any]:
 
 
 async def test_a_million_spaces_is_a_400_in_the_envelope(tmp_path: Path) -> None:
-    async with scripted(tmp_path) as (g, _):
+    async with scripted(tmp_path) as g:
         resp = await g.http.post("/v1/chat/completions", json=_chat(" " * 1_000_000))
         assert resp.status_code == 400, resp.text
         validate("ErrorResponse", resp.json())
@@ -73,9 +74,8 @@ async def test_a_million_spaces_is_a_400_in_the_envelope(tmp_path: Path) -> None
 
 
 async def test_text_far_beyond_the_window_is_refused_before_tokenising(tmp_path: Path) -> None:
-    async with scripted(tmp_path) as (g, backend):
-        counting = Tokenizer()
-        backend.tokenizer = counting  # type: ignore[assignment]
+    counting = Tokenizer()
+    async with scripted(tmp_path, counting) as g:
         resp = await g.http.post(
             "/v1/chat/completions", json=_chat("x" * (WINDOW * PROMPT_CHARS_PER_TOKEN + 1))
         )
@@ -87,9 +87,8 @@ async def test_text_far_beyond_the_window_is_refused_before_tokenising(tmp_path:
 
 
 async def test_a_long_prompt_is_tokenised_while_health_answers(tmp_path: Path) -> None:
-    async with scripted(tmp_path) as (g, backend):
-        held = Tokenizer(hold=True)
-        backend.tokenizer = held  # type: ignore[assignment]
+    held = Tokenizer(hold=True)
+    async with scripted(tmp_path, held) as g:
         chat = asyncio.create_task(
             g.http.post("/v1/chat/completions", json=_chat("word " * THREAD_MIN_CHARS))
         )

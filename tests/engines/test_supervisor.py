@@ -19,7 +19,8 @@ import pytest
 
 from qwen_gateway.config import load_settings
 from qwen_gateway.container import Container
-from qwen_gateway.engines.vllm import VLLMConfig, VLLMEngine, vllm_command
+from qwen_gateway.engines.plugin import EngineContext
+from qwen_gateway.engines.vllm import VLLMConfig, VLLMEngine, create_engine, vllm_command
 from support.fixtures import open_in_process
 
 
@@ -53,13 +54,11 @@ async def test_managed_child_serves_restarts_after_a_crash_and_leaves_no_orphans
         "--served-name", "managed", "--port", "{port}", "--max-batch-size", "4",
         "--data-dir", str(tmp_path / "child-data"),
     )  # fmt: skip
-    engine = VLLMEngine(
-        VLLMConfig(
-            model=str(tiny_model_dir), served_name="managed", command=command,
-            log_path=str(tmp_path / "engine.log"), startup_timeout=180,
-            env={"PYTHONPATH": os.environ.get("PYTHONPATH", "")},  # this checkout's sources
-        )
+    config = VLLMConfig(
+        model=str(tiny_model_dir), command=command, startup_timeout=180,
+        env={"PYTHONPATH": os.environ.get("PYTHONPATH", "")},  # this checkout's sources
     )  # fmt: skip
+    engine = await create_engine(config, EngineContext("managed", data_dir=tmp_path))
     supervisor = engine.supervisor
     assert supervisor is not None
     settings = load_settings({"data_dir": str(tmp_path), "auth": {"enabled": False}}, env={})
@@ -84,16 +83,15 @@ async def test_managed_child_serves_restarts_after_a_crash_and_leaves_no_orphans
         child = supervisor.pid
         assert child is not None
     assert _gone(child), "the engine process outlived the gateway"
-    assert "qwen-gateway is ready" in (tmp_path / "engine.log").read_text()  # child's log kept
+    assert "qwen-gateway is ready" in (tmp_path / "vllm.log").read_text()  # child's log kept
 
 
 def test_vllm_command_has_the_qwen_flags() -> None:
     cfg = VLLMConfig(
-        model="Qwen/Qwen2.5-7B-Instruct", served_name="qwen", max_model_len=32768,
-        gpu_memory_utilization=0.9, tensor_parallel_size=2, quantization="awq",
-        python="/opt/vllm/bin/python",
+        max_model_len=32768, gpu_memory_utilization=0.9, tensor_parallel_size=2,
+        quantization="awq", python="/opt/vllm/bin/python",
     )  # fmt: skip
-    cmd = vllm_command(cfg, 8001)
+    cmd = vllm_command(cfg, "Qwen/Qwen2.5-7B-Instruct", "qwen", 8001)
     assert cmd[:3] == ["/opt/vllm/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
     joined = " ".join(cmd)
     for flag in (
@@ -105,15 +103,9 @@ def test_vllm_command_has_the_qwen_flags() -> None:
 
 
 async def test_a_child_that_dies_at_start_up_is_a_clear_error(tmp_path: Path) -> None:
-    engine = VLLMEngine(
-        VLLMConfig(
-            model="x", served_name="x", command=(sys.executable, "-c", "raise SystemExit(3)"),
-            log_path=str(tmp_path / "e.log"),
-        )
-    )  # fmt: skip
+    config = VLLMConfig(model="x", command=(sys.executable, "-c", "raise SystemExit(3)"))
     with pytest.raises(Exception, match="exited during start-up"):
-        await engine.start()
-    await engine.aclose()
+        await create_engine(config, EngineContext("x", data_dir=tmp_path))
 
 
 async def test_the_managed_child_gets_a_key_and_only_an_allowlisted_environment(
@@ -129,16 +121,17 @@ async def test_the_managed_child_gets_a_key_and_only_an_allowlisted_environment(
         monkeypatch.setenv(name, value)
     dump = tmp_path / "env.json"
     script = f"import json, os; json.dump(dict(os.environ), open({str(dump)!r}, 'w'))"
-    engine = VLLMEngine(
-        VLLMConfig(
-            model="x", served_name="x", command=(sys.executable, "-c", script),
-            log_path=str(tmp_path / "e.log"), env={"HF_TOKEN": "hf-token-from-config"},
-        )
-    )  # fmt: skip
-    with pytest.raises(Exception, match="exited during start-up"):  # it only writes its env
-        await engine.start()
-    await engine.aclose()
-    seen = json.loads(dump.read_text())
+    config = VLLMConfig(
+        model="x", command=(sys.executable, "-c", script), env={"HF_TOKEN": "hf-token-from-config"}
+    )
+
+    async def child_environment() -> dict[str, str]:
+        with pytest.raises(Exception, match="exited during start-up"):  # it only writes its env
+            await create_engine(config, EngineContext("x", data_dir=tmp_path))
+        env: dict[str, str] = json.loads(dump.read_text())
+        return env
+
+    seen = await child_environment()
     for name in ("HF_HOME", "CUDA_VISIBLE_DEVICES", "LC_ALL", "VLLM_LOGGING_LEVEL",
                  "TORCH_CUDA_ARCH_LIST", "OMP_NUM_THREADS", "PATH"):  # fmt: skip
         assert seen.get(name) == os.environ[name], name
@@ -147,6 +140,5 @@ async def test_the_managed_child_gets_a_key_and_only_an_allowlisted_environment(
                  "QWEN_GATEWAY_DATABASE__URL", "AWS_SECRET_ACCESS_KEY"):  # fmt: skip
         assert name not in seen, name
     key = seen["VLLM_API_KEY"]
-    assert len(key) > 40 and key == engine.upstream.config.api_key
-    other = VLLMEngine(VLLMConfig(model="x", served_name="x", command=("true",)))
-    assert other.upstream.config.api_key not in (None, key)  # a new key at each start
+    assert len(key) > 40
+    assert (await child_environment())["VLLM_API_KEY"] != key  # a new key at each start

@@ -16,14 +16,13 @@ import pytest
 from qwen_gateway.config import load_settings
 from qwen_gateway.container import Container
 from qwen_gateway.core.types import ChatMessage, ChatRequest, RelayedChunk
-from qwen_gateway.engines.openai_upstream import (
-    OpenAIUpstreamEngine,
-    UpstreamConfig,
-    _error_from_body,
-)
+from qwen_gateway.engines.base import QUIET
+from qwen_gateway.engines.openai_upstream import PLUGIN, UpstreamConfig, _error_from_body
+from qwen_gateway.engines.plugin import EngineContext
 from support.faulty_upstream import BEHAVIOURS, FaultyUpstream
 from support.fixtures import MODEL, InProcess, open_in_process
 from support.metrics import sample
+from support.observer import RecordingObserver
 from support.server import Server
 
 ASK = [{"role": "user", "content": "Hello"}]
@@ -34,15 +33,22 @@ LIMITS = {"backoff": 0.01, "first_token_timeout": 0.5, "idle_timeout": 0.5, "tot
 
 
 @asynccontextmanager
-async def relay(base_url: str, tmp_path: Path, **cfg: Any) -> AsyncIterator[InProcess]:
-    names = cfg.pop("names", ["relayed"])
-    model = cfg.pop("model", None)
-    engines = {
-        name: OpenAIUpstreamEngine(
-            UpstreamConfig(base_url=base_url, served_name=name, model=model or name, **cfg)
-        )
-        for name in names
-    }
+async def relay(
+    base_url: str,
+    tmp_path: Path,
+    *,
+    names: tuple[str, ...] | list[str] = ("relayed",),
+    model: str | None = None,
+    health_interval: float = 5.0,
+    observer: RecordingObserver | None = None,
+    **cfg: Any,
+) -> AsyncIterator[InProcess]:
+    """The gateway relaying each of ``names`` to the upstream, built by the openai plug-in."""
+    engines = {}
+    for name in names:
+        config = UpstreamConfig(base_url=base_url, model=model or name, **cfg)
+        ctx = EngineContext(name, health_interval=health_interval, observer=observer or QUIET)
+        engines[name] = await PLUGIN.create(config, ctx)
     settings = load_settings({"data_dir": str(tmp_path), "auth": {"enabled": False}}, env={})
     async with open_in_process(Container(settings, engines=engines)) as g:  # type: ignore[arg-type]
         yield g
@@ -250,7 +256,8 @@ async def test_forced_tool_calls_cut_short_are_invalid_output(
 async def test_client_disconnect_closes_the_upstream_connection(
     faulty: FaultyUpstream, tmp_path: Path
 ) -> None:
-    async with relay(faulty.base_url, tmp_path, names=["endless"]) as g:
+    observer = RecordingObserver()
+    async with relay(faulty.base_url, tmp_path, names=["endless"], observer=observer) as g:
         engine = g.container.engines["endless"]
         request = ChatRequest("endless", (ChatMessage("user", "x"),), stream=True)
         stream = engine.stream(request)
@@ -259,8 +266,8 @@ async def test_client_disconnect_closes_the_upstream_connection(
                 break
         await stream.aclose()  # what the SSE response does when the client leaves
         assert await asyncio.to_thread(faulty.disconnected.wait, 10)
-        assert engine.stats().running == 0
-        assert engine.stats().aborted == 1
+        assert observer.running == 0
+        assert len(observer.aborts) == 1
         assert request.meter.completion_tokens >= 1  # accounted although cut off
 
 
@@ -273,7 +280,8 @@ async def test_the_fault_suite_leaves_no_tasks_or_connections(
     names = [b for b in BEHAVIOURS if b not in ("endless", "slow-first", "stall")]
     tasks_before = len(asyncio.all_tasks())
     quiet = {**LIMITS, "health_interval": 3600.0}  # no probe overlaps a request here
-    async with relay(faulty.base_url, tmp_path, names=names, **quiet) as g:
+    observer = RecordingObserver()
+    async with relay(faulty.base_url, tmp_path, names=names, observer=observer, **quiet) as g:
         baseline = asyncio.all_tasks()
         pooled: list[int] = []
         for _ in range(2):
@@ -287,8 +295,7 @@ async def test_the_fault_suite_leaves_no_tasks_or_connections(
             # first: failed connections were closed, not leaked
             pooled.append(established_to(faulty.port))
             assert pooled[-1] <= len(names)
-            for engine in g.container.engines.values():
-                assert engine.stats().running == 0
+            assert observer.running == 0
         assert pooled[1] <= pooled[0]
         # the usage writer stores in the background (a batch's session closes in a task of
         # its own): wait until what is queued is written

@@ -11,15 +11,13 @@ from typing import Any
 from qwen_gateway.config import load_settings
 from qwen_gateway.container import Container
 from qwen_gateway.engines.base import Engine
-from qwen_gateway.engines.scripted import create_engine
+from qwen_gateway.engines.scripted import scripted_engine
 from support.fixtures import InProcess, open_in_process
 
 
 def scripted(name: str, context_window: int = 32768) -> Engine:
     """A deployment's engine that answers 'from <name>'."""
-    return create_engine(
-        {"served_name": name, "replies": [f"from {name}"], "context_window": context_window}
-    )
+    return scripted_engine(name, [f"from {name}"], context_window)
 
 
 @asynccontextmanager

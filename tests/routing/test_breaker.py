@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from qwen_gateway.engines.scripted import create_engine
+from qwen_gateway.engines.scripted import scripted_engine
 from qwen_gateway.routing.balancer import Balancer, Replica
 from qwen_gateway.routing.breaker import BreakerState, CircuitBreaker
 
@@ -84,7 +84,7 @@ def _open(b: CircuitBreaker) -> None:
 
 
 def _replicas(n: int, clock: Clock) -> list[Replica]:
-    engine = create_engine({"served_name": "m", "replies": ["x"]})
+    engine = scripted_engine("m", ["x"])
     return [Replica(f"r{i}", engine, CircuitBreaker(1, 10, clock)) for i in range(n)]
 
 

@@ -3,8 +3,8 @@
 While ``broken`` is set, every request fails before its first event with ``error`` (an
 unavailable replica by default), the way an unreachable upstream fails; with ``fail_after``
 set, it fails after that many events instead; while ``stall`` is set (an unset event), requests
-wait for it before their first event. Otherwise requests go to the wrapped engine.
-``attempts`` counts the requests it was handed.
+wait for it before their first event; while ``healthy`` is unset, its health check fails.
+Otherwise requests go to the wrapped engine. ``attempts`` counts the requests it was handed.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import AsyncGenerator
 
 from qwen_gateway.core.types import EngineEvent, GenerationRequest, ModelInfo
-from qwen_gateway.engines.base import Engine, EngineStats
+from qwen_gateway.engines.base import UNREADY, Engine, EngineHealth
 from qwen_gateway.errors import EngineUnavailable, GatewayError
 
 
@@ -58,14 +58,8 @@ class FlakyEngine:
         finally:
             await events.aclose()
 
-    async def start(self) -> None:
-        await self.inner.start()
-
-    async def ready(self) -> bool:
-        return self.healthy and await self.inner.ready()
-
-    def stats(self) -> EngineStats:
-        return self.inner.stats()
+    async def health(self) -> EngineHealth:
+        return await self.inner.health() if self.healthy else UNREADY
 
     async def aclose(self) -> None:
         await self.inner.aclose()

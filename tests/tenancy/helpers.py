@@ -11,7 +11,7 @@ import openai
 
 from qwen_gateway.config import load_settings
 from qwen_gateway.container import Container
-from qwen_gateway.engines.scripted import create_engine
+from qwen_gateway.engines.scripted import scripted_engine
 from support.fixtures import InProcess, open_in_process
 
 REPLY = "The answer is forty-two."  # 7 tokens
@@ -38,7 +38,7 @@ async def secured(
     if redis_url:
         tree["redis"] = {"url": redis_url}
     tree = _merge(tree, settings)
-    engines = {m: create_engine({"served_name": m, "replies": [REPLY]}) for m in models}
+    engines = {m: scripted_engine(m, [REPLY]) for m in models}
     container = Container(load_settings(tree, env={}), engines=engines)  # type: ignore[arg-type]
     async with open_in_process(container) as g:
         yield g

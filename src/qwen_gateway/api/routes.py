@@ -239,7 +239,7 @@ def include_routes(app: FastAPI, container: Container) -> None:
 
     @ops.get("/health")
     async def health() -> JSONResponse:
-        if container.healthy():
+        if await container.healthy():
             return JSONResponse({"status": "ok"})
         return JSONResponse({"status": "engine_down"}, status_code=503)
 
@@ -251,7 +251,7 @@ def include_routes(app: FastAPI, container: Container) -> None:
         if not container.database_up:
             status, message = "unavailable", "The database is unreachable."
             code = "database_unavailable"
-        elif container.load_error is not None or not container.healthy():
+        elif container.load_error is not None or not await container.healthy():
             status, message = "failed", "The engine is failed."
         elif container.loading:
             status, message = "loading", "The engine is loading."

@@ -1,8 +1,13 @@
-"""The engine interfaces: small on purpose, so fakes and new backends stay cheap."""
+"""The engine interfaces: small on purpose, so fakes and new backends stay cheap.
+
+An :class:`Engine` has four members and is built started (by its plug-in's async factory):
+nothing on it is half-initialised. Metrics are pushed to the :class:`EngineObserver` the
+engine was given at construction; nothing polls the engine for them.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -14,28 +19,85 @@ from qwen_gateway.core.types import (
     SamplingParams,
     UsageMeter,
 )
-from qwen_gateway.qwen.template import ChatTemplate
-from qwen_gateway.qwen.tokenizer import QwenTokenizer
 
 
 @dataclass(frozen=True, slots=True)
-class EngineStats:
-    """A snapshot for metrics and tests."""
+class GenerationJob:
+    """One prompt-level generation: ``n`` choices for the prompt's token ids."""
 
-    running: int = 0
-    waiting: int = 0
-    decode_steps: int = 0
-    last_batch_size: int = 0
-    max_batch_size: int = 0
-    aborted: int = 0
-    #: Decode steps that ran between an abort request and the slot being freed (worst case).
-    max_abort_delay_steps: int = 0
-    #: Tool-call blocks in model output that could not be parsed (returned as content).
-    malformed_tool_calls: int = 0
-    #: Times the engine's scheduler crashed and was restarted.
-    restarts: int = 0
-    #: The engine's scheduler is not running (restarting, or down for good): /health fails.
+    prompt: Sequence[int]
+    sampling: SamplingParams
+    n: int = 1
+    request_id: str = ""
+    #: enforced while decoding by backends that can (see ModelInfo.enforces_constraints)
+    constraint: OutputConstraint | None = None
+    #: updated as tokens come, so a stream cut off is still accounted
+    meter: UsageMeter | None = None
+    #: who asks, so that the backend can share per-tenant resources fairly
+    tenant: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineHealth:
+    """What the router (``ready``) and /health (``down``) need to know of an engine."""
+
+    #: It takes requests now.
+    ready: bool
+    #: It has failed (its scheduler is restarting, or down for good): /health fails, so that
+    #: the process gets restarted. An engine that is only unready (an upstream unreachable)
+    #: is not down.
     down: bool = False
+
+
+READY = EngineHealth(ready=True)
+UNREADY = EngineHealth(ready=False)
+
+#: (running, waiting): the requests an engine serves now and those queued for it.
+LoadSnapshot = Callable[[], tuple[int, int]]
+
+
+class EngineObserver(Protocol):
+    """Where one engine reports its metrics; given to it at construction (see
+    ``observability.metrics.EngineMetrics``). Methods may be called from any thread."""
+
+    def watch_load(self, load: LoadSnapshot) -> None:
+        """Gauges read when metrics are collected (registered once, at construction)."""
+        ...
+
+    def decode_step(self, batch_size: int) -> None: ...
+
+    def aborted(self, delay_steps: int = 0) -> None:
+        """A generation ended early (its client left); ``delay_steps``: decode steps it ran
+        after the abort was asked for."""
+        ...
+
+    def malformed_tool_calls(self, count: int) -> None: ...
+
+    def restarted(self) -> None:
+        """The engine's scheduler crashed and was restarted."""
+        ...
+
+
+class QuietObserver:
+    """An :class:`EngineObserver` that records nothing (engines built without metrics)."""
+
+    def watch_load(self, load: LoadSnapshot) -> None:
+        return None
+
+    def decode_step(self, batch_size: int) -> None:
+        return None
+
+    def aborted(self, delay_steps: int = 0) -> None:
+        return None
+
+    def malformed_tool_calls(self, count: int) -> None:
+        return None
+
+    def restarted(self) -> None:
+        return None
+
+
+QUIET = QuietObserver()
 
 
 @runtime_checkable
@@ -49,45 +111,22 @@ class Engine(Protocol):
         """Events for ``request``; always ends with one :class:`Usage`. Closing it aborts."""
         ...
 
-    async def start(self) -> None: ...
-
-    async def ready(self) -> bool: ...
-
-    def stats(self) -> EngineStats: ...
+    async def health(self) -> EngineHealth: ...
 
     async def aclose(self) -> None: ...
 
 
 class TokenBackend(Protocol):
-    """A prompt-level backend: token ids in, text events out (see engines.prompt).
-
-    ``tokenizer`` and ``template`` are the model's own, available once ``start`` returned.
-    """
-
-    tokenizer: QwenTokenizer | None
-    template: ChatTemplate | None
+    """A prompt-level backend: token ids in, text events out (see engines.prompt)."""
 
     @property
     def info(self) -> ModelInfo: ...
 
-    def generate(
-        self,
-        prompt: Sequence[int],
-        sampling: SamplingParams,
-        n: int,
-        request_id: str,
-        constraint: OutputConstraint | None = None,
-        meter: UsageMeter | None = None,
-        tenant: str = "",
-    ) -> AsyncGenerator[EngineEvent, None]:
-        """Generate ``n`` choices; enforce ``constraint`` while decoding when one is given.
-        ``tenant`` (who asks) lets the backend share per-tenant resources fairly."""
+    def generate(self, job: GenerationJob) -> AsyncGenerator[EngineEvent, None]:
+        """Generate ``job.n`` choices; enforce ``job.constraint`` while decoding when the
+        backend can."""
         ...
 
-    async def start(self) -> None: ...
-
-    async def ready(self) -> bool: ...
-
-    def stats(self) -> EngineStats: ...
+    async def health(self) -> EngineHealth: ...
 
     async def aclose(self) -> None: ...

@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from pydantic import Field, SecretStr
 
 from qwen_gateway.core.redact import strip_userinfo
 from qwen_gateway.core.types import (
@@ -38,12 +39,18 @@ from qwen_gateway.core.types import (
     ToolCallDelta,
     Usage,
 )
-from qwen_gateway.engines.base import EngineStats
+from qwen_gateway.engines.base import QUIET, EngineHealth, EngineObserver
 from qwen_gateway.engines.output import (
     checked_json,
     checked_tool_calls,
     new_call_id,
     with_tool_calls,
+)
+from qwen_gateway.engines.plugin import (
+    DEFAULT_CONTEXT_WINDOW,
+    EngineConfig,
+    EngineContext,
+    EnginePlugin,
 )
 from qwen_gateway.errors import (
     ContextLengthExceeded,
@@ -74,23 +81,37 @@ _FINISH: dict[str, FinishReason] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class UpstreamConfig:
-    base_url: str  # e.g. http://127.0.0.1:8001/v1
-    served_name: str
-    model: str | None = None  # the upstream's model name; defaults to served_name
-    api_key: str | None = None
-    connect_timeout: float = 5.0
-    first_token_timeout: float = 120.0
-    idle_timeout: float = 60.0
-    total_timeout: float = 1800.0
-    max_retries: int = 2
-    backoff: float = 0.2
-    max_connections: int = 1024
-    context_window: int = 131072
-    max_output_tokens: int = 8192
-    health_interval: float = 5.0
-    max_response_bytes: int = 32 * 1024 * 1024
+class UpstreamConfig(EngineConfig):
+    """An ``engine: openai`` deployment: its ``upstream`` section, with the deployment's
+    ``model`` (the upstream's name, when ``upstream.model`` is not set), ``context_window``
+    and ``max_output_tokens``."""
+
+    base_url: str = "http://127.0.0.1:8001/v1"
+    model: str | None = None  # the upstream's model name; defaults to the served name
+    api_key: SecretStr | None = None
+    connect_timeout: float = Field(default=5.0, gt=0)
+    first_token_timeout: float = Field(default=120.0, gt=0)
+    idle_timeout: float = Field(default=60.0, gt=0)
+    total_timeout: float = Field(default=1800.0, gt=0)
+    max_retries: int = Field(default=2, ge=0)
+    backoff: float = Field(default=0.2, ge=0)
+    max_connections: int = Field(default=1024, ge=1)
+    context_window: int = Field(default=DEFAULT_CONTEXT_WINDOW, ge=16)
+    max_output_tokens: int = Field(default=8192, ge=1)
+    max_response_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+
+    def expected_info(self, ctx: EngineContext) -> ModelInfo:
+        return _model_info(self, ctx.served_name)
+
+
+def _model_info(config: UpstreamConfig, served_name: str) -> ModelInfo:
+    return ModelInfo(
+        id=served_name,
+        context_window=config.context_window,
+        max_output_tokens=config.max_output_tokens,
+        created=int(time.time()),
+        owned_by="upstream",
+    )
 
 
 @dataclass
@@ -108,48 +129,40 @@ class _Choice:
 
 
 class OpenAIUpstreamEngine:
-    """Implements :class:`~qwen_gateway.engines.base.Engine` over an OpenAI-compatible server."""
+    """Implements :class:`~qwen_gateway.engines.base.Engine` over an OpenAI-compatible server.
 
-    def __init__(self, config: UpstreamConfig) -> None:
+    Built by :meth:`open`, which has checked the upstream's health once and probes it every
+    ``health_interval`` seconds from then on.
+    """
+
+    def __init__(
+        self,
+        config: UpstreamConfig,
+        served_name: str,
+        *,
+        health_interval: float = 5.0,
+        observer: EngineObserver = QUIET,
+    ) -> None:
         self.config = config
-        self._info = ModelInfo(
-            id=config.served_name,
-            context_window=config.context_window,
-            max_output_tokens=config.max_output_tokens,
-            created=int(time.time()),
-            owned_by="upstream",
-        )
+        self.served_name = served_name
+        self._health_interval = health_interval
+        self._observer = observer
+        self._info = _model_info(config, served_name)
         base = config.base_url.rstrip("/")
         self._urls = {
             "/chat/completions": base + "/chat/completions",
             "/completions": base + "/completions",
         }
         self._health_urls = (base.removesuffix("/v1") + "/health", base + "/models")
-        upstream_name = config.model or config.served_name
+        self.upstream_model = config.model or served_name
         self._model_bytes = (
-            b'"model":' + orjson.dumps(upstream_name),
-            b'"model":' + orjson.dumps(config.served_name),
+            b'"model":' + orjson.dumps(self.upstream_model),
+            b'"model":' + orjson.dumps(served_name),
         )
-        self._session: aiohttp.ClientSession | None = None
-        self._tokenizer: QwenTokenizer | None = None
-        self._template: ChatTemplate | None = None
-        self._healthy = False
-        self._probe: asyncio.Task[None] | None = None
-        self._active = 0
-        self._aborted = 0
-        self._malformed = 0
-
-    @property
-    def info(self) -> ModelInfo:
-        return self._info
-
-    # ---- lifecycle --------------------------------------------------------
-
-    async def start(self) -> None:
         cfg = self.config
         headers = {"Content-Type": "application/json"}
         if cfg.api_key:
-            headers["Authorization"] = f"Bearer {cfg.api_key}"
+            headers["Authorization"] = f"Bearer {cfg.api_key.get_secret_value()}"
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=cfg.max_connections, ttl_dns_cache=300),
             headers=headers,
@@ -157,28 +170,49 @@ class OpenAIUpstreamEngine:
             read_bufsize=2**20,  # SSE lines up to 2 MiB (aiohttp allows twice the buffer)
             auto_decompress=True,
         )
+        self._tokenizer: QwenTokenizer | None = None
         self._template = ChatTemplate(packaged_template_source())
-        await self._check_health()
-        self._probe = asyncio.create_task(self._probe_loop())
+        self._healthy = False
+        self._probe: asyncio.Task[None] | None = None
+        self._active = 0
+        observer.watch_load(lambda: (self._active, 0))
 
-    async def ready(self) -> bool:
-        return self._healthy
+    @classmethod
+    async def open(
+        cls,
+        config: UpstreamConfig,
+        served_name: str,
+        *,
+        health_interval: float = 5.0,
+        observer: EngineObserver = QUIET,
+    ) -> OpenAIUpstreamEngine:
+        """The engine, its upstream's health checked once and then probed in the background."""
+        engine = cls(config, served_name, health_interval=health_interval, observer=observer)
+        try:
+            await engine._check_health()
+        except BaseException:
+            await engine.aclose()
+            raise
+        engine._probe = asyncio.create_task(engine._probe_loop())
+        return engine
 
-    def stats(self) -> EngineStats:
-        return EngineStats(
-            running=self._active, aborted=self._aborted, malformed_tool_calls=self._malformed
-        )
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    # ---- lifecycle --------------------------------------------------------
+
+    async def health(self) -> EngineHealth:
+        return EngineHealth(ready=self._healthy)
 
     async def aclose(self) -> None:
         if self._probe is not None:
             self._probe.cancel()
             with suppress(asyncio.CancelledError):
                 await self._probe
-        if self._session is not None:
-            await self._session.close()
+        await self._session.close()
 
     async def _check_health(self) -> None:
-        assert self._session is not None
         timeout = aiohttp.ClientTimeout(total=self.config.connect_timeout)
         for url in self._health_urls:
             try:
@@ -193,7 +227,7 @@ class OpenAIUpstreamEngine:
 
     async def _probe_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.config.health_interval)
+            await asyncio.sleep(self._health_interval)
             await self._check_health()
 
     # ---- requests ---------------------------------------------------------
@@ -205,17 +239,16 @@ class OpenAIUpstreamEngine:
             if constraint is not None and constraint.kind == "json":
                 events = checked_json(events, constraint.schema)
             if request.tools:
-                events = with_tool_calls(events, request.tool_names, self._count_malformed)
+                events = with_tool_calls(
+                    events, request.tool_names, self._observer.malformed_tool_calls
+                )
             if constraint is not None and constraint.kind == "tool_calls":
                 events = checked_tool_calls(events, constraint.tools)
         return events
 
-    def _count_malformed(self, n: int) -> None:
-        self._malformed += n
-
     def _body(self, request: GenerationRequest) -> tuple[str, dict[str, Any]]:
         body: dict[str, Any] = {
-            "model": self.config.model or self.config.served_name,
+            "model": self.upstream_model,
             "stream": request.stream,
             "n": request.n,
             **_sampling(request.sampling),
@@ -294,8 +327,6 @@ class OpenAIUpstreamEngine:
 
     async def _relay(self, request: GenerationRequest) -> AsyncGenerator[EngineEvent, None]:
         session = self._session
-        if session is None:
-            raise EngineUnavailable("The upstream engine is not started.")
         path, body = self._body(request)
         await self._default_output(body, request)
         cfg = self.config
@@ -338,7 +369,7 @@ class OpenAIUpstreamEngine:
         finally:
             self._active -= 1
             if not finished:
-                self._aborted += 1
+                self._observer.aborted()
                 if usage is None:  # cut off: account for what was generated so far
                     counted = await self._count_usage(request, choices)
                     request.meter.prompt_tokens = counted.prompt_tokens
@@ -412,7 +443,7 @@ class OpenAIUpstreamEngine:
             return data
         if data.count(upstream) == 1:
             return data.replace(upstream, ours)
-        chunk["model"] = self.config.served_name
+        chunk["model"] = self.served_name
         return orjson.dumps(chunk)
 
     async def _read_whole(
@@ -719,6 +750,11 @@ def _error_from_body(
     return UpstreamError(message)
 
 
-def create_engine(options: Mapping[str, Any]) -> OpenAIUpstreamEngine:
-    """Entry point ``qwen_gateway.engines: openai``; options as in UpstreamConfig."""
-    return OpenAIUpstreamEngine(UpstreamConfig(**options))
+async def create_engine(config: UpstreamConfig, ctx: EngineContext) -> OpenAIUpstreamEngine:
+    return await OpenAIUpstreamEngine.open(
+        config, ctx.served_name, health_interval=ctx.health_interval, observer=ctx.observer
+    )
+
+
+PLUGIN = EnginePlugin("openai", UpstreamConfig, create_engine, section="upstream",
+                      url_field="base_url")  # fmt: skip

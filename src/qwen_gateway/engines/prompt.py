@@ -18,33 +18,44 @@ from qwen_gateway.core.types import (
     ModelInfo,
     TextRequest,
 )
-from qwen_gateway.engines.base import EngineStats, TokenBackend
+from qwen_gateway.engines.base import (
+    QUIET,
+    EngineHealth,
+    EngineObserver,
+    GenerationJob,
+    TokenBackend,
+)
 from qwen_gateway.engines.output import checked_json, with_tool_calls
-from qwen_gateway.errors import EngineUnavailable, InvalidRequest
+from qwen_gateway.errors import InvalidRequest
 from qwen_gateway.qwen.limits import check_prompt_size, output_budget
-from qwen_gateway.qwen.template import ChatTemplate
+from qwen_gateway.qwen.template import ChatTemplate, packaged_template_source
 from qwen_gateway.qwen.tokenizer import ENDOFTEXT_ID, THREAD_MIN_CHARS, QwenTokenizer
 
 
 class PromptEngine:
-    """Renders chat requests with the model's template and streams from the backend."""
+    """Renders chat requests with the model's template and streams from the backend.
 
-    def __init__(self, backend: TokenBackend) -> None:
+    ``tokenizer`` and ``template`` are the model's own (default: the built-in Qwen2.5 ones).
+    """
+
+    def __init__(
+        self,
+        backend: TokenBackend,
+        tokenizer: QwenTokenizer | None = None,
+        template: ChatTemplate | None = None,
+        observer: EngineObserver = QUIET,
+    ) -> None:
         self._backend = backend
-        self._malformed_calls = 0
-
-    def _assets(self) -> tuple[QwenTokenizer, ChatTemplate]:
-        tokenizer, template = self._backend.tokenizer, self._backend.template
-        if tokenizer is None or template is None:
-            raise EngineUnavailable("The model is still loading.", headers={"Retry-After": "5"})
-        return tokenizer, template
+        self._tokenizer = tokenizer or QwenTokenizer.builtin()
+        self._template = template or ChatTemplate(packaged_template_source())
+        self._observer = observer
 
     @property
     def info(self) -> ModelInfo:
         return self._backend.info
 
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
-        tokenizer, template = self._assets()
+        tokenizer, template = self._tokenizer, self._template
         if isinstance(request, ChatRequest):
             return tokenizer.encode_pieces(template.render(request.messages, request.tools))
         if isinstance(request.prompt, str):
@@ -88,35 +99,22 @@ class PromptEngine:
         request.meter.prompt_tokens = len(ids)
         if isinstance(request, TextRequest):
             return self._backend.generate(
-                ids, sampling, request.n, request.request_id, meter=request.meter
+                GenerationJob(ids, sampling, request.n, request.request_id, meter=request.meter)
             )
-        events = self._backend.generate(
-            ids,
-            sampling,
-            request.n,
-            request.request_id,
-            request.constraint,
-            request.meter,
-            tenant=request.tenant,
-        )
+        job = GenerationJob(
+            ids, sampling, request.n, request.request_id, request.constraint, request.meter,
+            request.tenant,
+        )  # fmt: skip
+        events = self._backend.generate(job)
         constraint = request.constraint
         if constraint is not None and constraint.kind == "json" and not info.enforces_constraints:
             events = checked_json(events, constraint.schema)
         if not request.tools:
             return events
-        return with_tool_calls(events, request.tool_names, self._count_malformed)
+        return with_tool_calls(events, request.tool_names, self._observer.malformed_tool_calls)
 
-    def _count_malformed(self, n: int) -> None:
-        self._malformed_calls += n
-
-    async def start(self) -> None:
-        await self._backend.start()
-
-    async def ready(self) -> bool:
-        return await self._backend.ready()
-
-    def stats(self) -> EngineStats:
-        return replace(self._backend.stats(), malformed_tool_calls=self._malformed_calls)
+    async def health(self) -> EngineHealth:
+        return await self._backend.health()
 
     async def aclose(self) -> None:
         await self._backend.aclose()

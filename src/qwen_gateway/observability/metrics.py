@@ -11,9 +11,8 @@ from prometheus_client.registry import Collector
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
-#: (model, stats) pairs; stats keys: running, waiting, last_batch_size, max_batch_size,
-#: decode_steps, aborted, restarts.
-EngineStatsSource = Callable[[], Iterable[tuple[str, Mapping[str, float]]]]
+#: An engine's (running, waiting) requests, read at collection time.
+EngineLoadSource = Callable[[], tuple[int, int]]
 #: (deployment, replica, breaker state 0/1/2, healthy, outstanding) per replica.
 ReplicaSource = Callable[[], Iterable[tuple[str, str, int, bool, int]]]
 #: The usage/audit writer: keys written, replayed, spilled, dropped, failed_batches (counts),
@@ -80,9 +79,9 @@ class _ReplicaCollector(Collector):
         yield from (breaker, healthy, outstanding)
 
 
-class _EngineCollector(Collector):
-    def __init__(self, source: EngineStatsSource) -> None:
-        self._source = source
+class _EngineLoadCollector(Collector):
+    def __init__(self) -> None:
+        self.sources: dict[str, EngineLoadSource] = {}
 
     def collect(self) -> Iterator[Metric]:
         running = GaugeMetricFamily(
@@ -93,44 +92,51 @@ class _EngineCollector(Collector):
         waiting = GaugeMetricFamily(
             "qwen_gateway_engine_queue_depth", "Requests waiting for a batch slot", labels=["model"]
         )
-        batch = GaugeMetricFamily(
-            "qwen_gateway_engine_batch_size", "Sequences in the last decode step", labels=["model"]
-        )
-        peak = GaugeMetricFamily(
-            "qwen_gateway_engine_max_batch_size", "Largest decode batch so far", labels=["model"]
-        )
-        steps = CounterMetricFamily(
-            "qwen_gateway_engine_decode_steps", "Decode steps run", labels=["model"]
-        )
-        aborted = CounterMetricFamily(
-            "qwen_gateway_engine_aborted_requests", "Generations aborted early", labels=["model"]
-        )
-        delay = GaugeMetricFamily(
-            "qwen_gateway_engine_abort_delay_steps_max",
-            "Most decode steps a generation ran after its client left",
-            labels=["model"],
-        )
-        malformed = CounterMetricFamily(
-            "qwen_gateway_engine_malformed_tool_calls",
-            "Tool-call blocks in model output that could not be parsed",
-            labels=["model"],
-        )
-        restarts = CounterMetricFamily(
-            "qwen_gateway_engine_restarts",
-            "Times an engine's scheduler crashed and was restarted",
-            labels=["model"],
-        )
-        for model, s in self._source():
-            running.add_metric([model], s.get("running", 0))
-            waiting.add_metric([model], s.get("waiting", 0))
-            batch.add_metric([model], s.get("last_batch_size", 0))
-            peak.add_metric([model], s.get("max_batch_size", 0))
-            steps.add_metric([model], s.get("decode_steps", 0))
-            aborted.add_metric([model], s.get("aborted", 0))
-            delay.add_metric([model], s.get("max_abort_delay_steps", 0))
-            malformed.add_metric([model], s.get("malformed_tool_calls", 0))
-            restarts.add_metric([model], s.get("restarts", 0))
-        yield from (running, waiting, batch, peak, steps, aborted, delay, malformed, restarts)
+        for model, source in list(self.sources.items()):
+            busy, queued = source()
+            running.add_metric([model], busy)
+            waiting.add_metric([model], queued)
+        yield from (running, waiting)
+
+
+class EngineMetrics:
+    """One engine's metrics, labelled with its name (``engines.base.EngineObserver``).
+    Called from the engine's own thread too: each update is one child's (locked) update."""
+
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        self._model = model
+        self._loads = metrics.engine_loads
+        self._steps = metrics.engine_steps.labels(model)
+        self._batch = metrics.engine_batch.labels(model)
+        self._peak = metrics.engine_peak_batch.labels(model)
+        self._aborted = metrics.engine_aborted.labels(model)
+        self._delay = metrics.engine_abort_delay.labels(model)
+        self._malformed = metrics.engine_malformed.labels(model)
+        self._restarts = metrics.engine_restarts.labels(model)
+        self._max_batch = 0
+        self._max_delay = 0
+
+    def watch_load(self, load: EngineLoadSource) -> None:
+        self._loads.sources[self._model] = load
+
+    def decode_step(self, batch_size: int) -> None:
+        self._steps.inc()
+        self._batch.set(batch_size)
+        if batch_size > self._max_batch:
+            self._max_batch = batch_size
+            self._peak.set(batch_size)
+
+    def aborted(self, delay_steps: int = 0) -> None:
+        self._aborted.inc()
+        if delay_steps > self._max_delay:
+            self._max_delay = delay_steps
+            self._delay.set(delay_steps)
+
+    def malformed_tool_calls(self, count: int) -> None:
+        self._malformed.inc(count)
+
+    def restarted(self) -> None:
+        self._restarts.inc()
 
 
 class Metrics:
@@ -197,6 +203,36 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self._engine_metrics(r)
+
+    def _engine_metrics(self, r: CollectorRegistry) -> None:
+        self.engine_loads = _EngineLoadCollector()
+        r.register(self.engine_loads)
+        model = ["model"]
+        self.engine_batch = Gauge("qwen_gateway_engine_batch_size",
+                                  "Sequences in the last decode step", model, registry=r)  # fmt: skip
+        self.engine_peak_batch = Gauge("qwen_gateway_engine_max_batch_size",
+                                       "Largest decode batch so far", model, registry=r)  # fmt: skip
+        self.engine_steps = Counter("qwen_gateway_engine_decode_steps", "Decode steps run",
+                                    model, registry=r)  # fmt: skip
+        self.engine_aborted = Counter("qwen_gateway_engine_aborted_requests",
+                                      "Generations aborted early", model, registry=r)  # fmt: skip
+        self.engine_abort_delay = Gauge(
+            "qwen_gateway_engine_abort_delay_steps_max",
+            "Most decode steps a generation ran after its client left", model, registry=r,
+        )  # fmt: skip
+        self.engine_malformed = Counter(
+            "qwen_gateway_engine_malformed_tool_calls",
+            "Tool-call blocks in model output that could not be parsed", model, registry=r,
+        )  # fmt: skip
+        self.engine_restarts = Counter(
+            "qwen_gateway_engine_restarts",
+            "Times an engine's scheduler crashed and was restarted", model, registry=r,
+        )  # fmt: skip
+
+    def engine(self, model: str) -> EngineMetrics:
+        """The observer for the engine named ``model`` (a deployment, or ``name[i]``)."""
+        return EngineMetrics(self, model)
 
     def watch_pending_settles(self, source: Callable[[], int]) -> None:
         Gauge(
@@ -208,9 +244,6 @@ class Metrics:
     # policy.leases.SettleObserver
     def deferred_settle(self, outcome: str) -> None:
         self.deferred_settles.labels(outcome).inc()
-
-    def watch_engines(self, source: EngineStatsSource) -> None:
-        self.registry.register(_EngineCollector(source))
 
     def watch_replicas(self, source: ReplicaSource) -> None:
         self.registry.register(_ReplicaCollector(source))

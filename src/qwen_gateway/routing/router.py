@@ -492,6 +492,6 @@ async def _close(events: AsyncGenerator[EngineEvent, None]) -> None:
 async def _probe(replica: Replica, seconds: float) -> bool:
     try:
         async with asyncio.timeout(seconds):
-            return await replica.engine.ready()
+            return (await replica.engine.health()).ready
     except Exception:
         return False

@@ -17,10 +17,12 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
+
+from pydantic import Field
 
 from qwen_gateway.core.stop import StopMatcher
 from qwen_gateway.core.types import (
@@ -34,7 +36,13 @@ from qwen_gateway.core.types import (
     Usage,
     UsageMeter,
 )
-from qwen_gateway.engines.base import EngineStats
+from qwen_gateway.engines.base import QUIET, EngineHealth, EngineObserver, GenerationJob
+from qwen_gateway.engines.plugin import (
+    DEFAULT_CONTEXT_WINDOW,
+    EngineConfig,
+    EngineContext,
+    EnginePlugin,
+)
 from qwen_gateway.engines.prompt import PromptEngine
 from qwen_gateway.errors import EngineOverloaded, EngineUnavailable, GatewayError, InternalError
 from qwen_gateway.qwen.template import ChatTemplate
@@ -46,7 +54,6 @@ _LOAD_LOCK = threading.Lock()
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONTEXT_WINDOW = 131072
 #: Scheduler crashes in a row (nothing served in between) after which the engine stays down.
 MAX_CRASHES_IN_A_ROW: Final = 3
 
@@ -58,16 +65,36 @@ Stage = Literal["admit", "prefill", "sample", "constrain", "detokenise", "loop",
 Probe = Callable[[Stage, str], None]
 
 
-@dataclass(frozen=True, slots=True)
-class LocalEngineConfig:
-    model: str
-    served_name: str
+class TransformersConfig(EngineConfig):
+    """An ``engine: transformers`` deployment: the in-process engine's settings."""
+
+    model: str | None = None  # directory or Hugging Face id; None: the default (tiny) model
     device: str = "auto"
-    dtype: str = "auto"
-    max_batch_size: int = 32
-    max_waiting: int = 256
-    context_window: int | None = None
-    max_output_tokens: int = 8192
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_batch_size: int = Field(default=32, ge=1, le=1024)
+    max_waiting: int = Field(default=256, ge=1)
+    context_window: int | None = Field(default=None, ge=16)  # None: the model's own
+    max_output_tokens: int = Field(default=8192, ge=1)
+
+    def expected_info(self, ctx: EngineContext) -> ModelInfo:
+        return ModelInfo(
+            id=ctx.served_name,
+            context_window=self.context_window or DEFAULT_CONTEXT_WINDOW,
+            max_output_tokens=self.max_output_tokens,
+            enforces_constraints=True,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """A checkpoint loaded for serving: what the scheduler and the prompt side need."""
+
+    info: ModelInfo
+    tokenizer: QwenTokenizer
+    template: ChatTemplate
+    model: Any  # a SlotModel
+    grammars: Any  # a grammar.GrammarCompiler for the model's vocabulary
+    eos: frozenset[int]
 
 
 class _Sink:
@@ -114,36 +141,30 @@ class _Group:
 
 
 class TransformersBackend:
-    """A :class:`~qwen_gateway.engines.base.TokenBackend` over a Hugging Face Qwen2 model.
+    """A :class:`~qwen_gateway.engines.base.TokenBackend` over a loaded Qwen2 model; its
+    scheduler thread runs from construction until ``aclose``.
 
     One request cannot stop the scheduler: whatever fails while a request is admitted,
     prefilled, sampled, constrained or detokenised fails that request only (400 when its
     parameters are at fault, else 500, logged with the traceback). A failure of the scheduler
     itself fails the requests in flight (503) and restarts it, at most
     :data:`MAX_CRASHES_IN_A_ROW` times without serving a request in between; then the engine
-    stays down (``stats().down``) so that /health fails and the process gets restarted.
+    stays down (``health().down``) so that /health fails and the process gets restarted.
     """
 
-    def __init__(self, config: LocalEngineConfig) -> None:
+    def __init__(
+        self, config: TransformersConfig, loaded: LoadedModel, observer: EngineObserver = QUIET
+    ) -> None:
         self.config = config
-        self._created = int(time.time())
-        self._info = ModelInfo(
-            id=config.served_name,
-            created=self._created,
-            context_window=config.context_window or DEFAULT_CONTEXT_WINDOW,
-            max_output_tokens=config.max_output_tokens,
-            enforces_constraints=True,
-        )
-        self.tokenizer: QwenTokenizer | None = None
-        self.template: ChatTemplate | None = None
+        self._info = loaded.info
+        self.tokenizer = loaded.tokenizer
+        self._observer = observer
         #: Fault injection seam: called as the scheduler enters each stage (see Stage).
         self.probe: Probe | None = None
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._submit_lock = threading.Lock()  # no submission slips in after the engine failed
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._failed: BaseException | None = None  # failed to load, or down for good
+        self._loop = asyncio.get_running_loop()
+        self._failed: BaseException | None = None  # down for good
         self._down = False  # the scheduler is not running: restarting, or down for good
         self._restarts = 0
         self._crashes_in_row = 0  # reset when a request is served
@@ -152,23 +173,21 @@ class TransformersBackend:
         self._waiting: deque[_Group] = deque()
         self._running: list[_Choice] = []
         self._groups: dict[str, _Group] = {}
-        self._free_slots: list[int] = []
+        self._free_slots = list(range(config.max_batch_size))
         self._outbox: list[tuple[_Sink, EngineEvent | GatewayError]] = []
-        self._eos: frozenset[int] = frozenset({IM_END_ID, ENDOFTEXT_ID})
-        self._model: Any = None
-        self._grammars: Any = None  # grammar.GrammarCompiler, created with the model
+        self._eos = loaded.eos
+        self._model = loaded.model
+        self._grammars = loaded.grammars
         # One compilation at a time per tenant (a lock lives while someone holds it).
         self._compile_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
-        # Counters read by stats().
-        self._steps = 0
-        self._last_batch = 0
-        self._max_batch = 0
-        self._aborted = 0
-        self._max_abort_delay = 0
+        self._steps = 0  # decode steps run (the clock of abort delays)
         self._submitted = 0  # written by the event loop only
         self._dequeued = 0  # written by the scheduler thread only
+        observer.watch_load(lambda: (len(self._running), self._submitted - self._dequeued))
+        self._thread = threading.Thread(target=self._main, name="qwen-engine", daemon=True)
+        self._thread.start()
 
     # ---- lifecycle --------------------------------------------------------
 
@@ -176,49 +195,18 @@ class TransformersBackend:
     def info(self) -> ModelInfo:
         return self._info
 
-    async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._main, name="qwen-engine", daemon=True)
-        self._thread.start()
-        await asyncio.to_thread(self._ready.wait)
-        if self._failed is not None:
-            raise EngineUnavailable(f"The model failed to load: {self._failed}") from self._failed
-
-    async def ready(self) -> bool:
-        return self._ready.is_set() and self._failed is None and not self._down
+    async def health(self) -> EngineHealth:
+        return EngineHealth(ready=self._failed is None and not self._down, down=self._down)
 
     async def aclose(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
+        if self._thread.is_alive():
             self._inbox.put(("stop", None))
             await asyncio.to_thread(self._thread.join)
 
-    def stats(self) -> EngineStats:
-        return EngineStats(
-            running=len(self._running),
-            waiting=self._submitted - self._dequeued,
-            decode_steps=self._steps,
-            last_batch_size=self._last_batch,
-            max_batch_size=self._max_batch,
-            aborted=self._aborted,
-            max_abort_delay_steps=self._max_abort_delay,
-            restarts=self._restarts,
-            down=self._down,
-        )
-
     # ---- request side (event loop) ---------------------------------------
 
-    async def generate(
-        self,
-        prompt: Sequence[int],
-        sampling: SamplingParams,
-        n: int,
-        request_id: str,
-        constraint: OutputConstraint | None = None,
-        meter: UsageMeter | None = None,
-        tenant: str = "",
-    ) -> AsyncGenerator[EngineEvent, None]:
-        if not self._ready.is_set():
-            raise EngineUnavailable("The model is still loading.", headers={"Retry-After": "5"})
+    async def generate(self, job: GenerationJob) -> AsyncGenerator[EngineEvent, None]:
+        n, constraint, meter = job.n, job.constraint, job.meter
         self._check_up()
         if self._submitted - self._dequeued >= self.config.max_waiting:
             raise EngineOverloaded(
@@ -228,10 +216,10 @@ class TransformersBackend:
             raise EngineOverloaded(f"n={n} exceeds the engine's batch size.")
         grammar = None
         if constraint is not None:
-            grammar = await self._grammar(constraint, tenant)
-        rid = f"{request_id or 'req'}-{next(self._ids)}"
+            grammar = await self._grammar(constraint, job.tenant)
+        rid = f"{job.request_id or 'req'}-{next(self._ids)}"
         kind = constraint.kind if constraint is not None else None
-        group = _Group(rid, list(prompt), sampling, n, _Sink(), grammar, kind, meter=meter)
+        group = _Group(rid, list(job.prompt), job.sampling, n, _Sink(), grammar, kind, meter=meter)
         with self._submit_lock:
             self._check_up()
             self._submitted += 1
@@ -279,14 +267,6 @@ class TransformersBackend:
     # ---- scheduler thread -------------------------------------------------
 
     def _main(self) -> None:
-        try:
-            self._load()
-        except BaseException as exc:  # reported to start()
-            log.exception("model load failed")
-            self._failed = exc
-            self._ready.set()
-            return
-        self._ready.set()
         import torch
 
         with torch.inference_mode():
@@ -313,6 +293,7 @@ class TransformersBackend:
                 raise RuntimeError(f"the scheduler crashed {self._crashes_in_row} times in a row")
             self._enter("restart", "")
             self._restarts += 1
+            self._observer.restarted()
             log.warning("engine scheduler restarted (%d restarts so far)", self._restarts)
             self._down = False
 
@@ -342,46 +323,6 @@ class TransformersBackend:
     def _enter(self, stage: Stage, request_id: str) -> None:
         if self.probe is not None:
             self.probe(stage, request_id)
-
-    def _load(self) -> None:
-        with _LOAD_LOCK:  # engines of several deployments or replicas load one at a time
-            self._load_model()
-
-    def _load_model(self) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        from qwen_gateway.engines.transformers.model import CacheShape, SlotModel
-
-        cfg = self.config
-        directory = _resolve_model_dir(cfg.model)
-        device = cfg.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype_name = cfg.dtype
-        if dtype_name == "auto":
-            dtype_name = "bfloat16" if device.startswith("cuda") else "float32"
-        dtype = getattr(torch, dtype_name)
-        self.tokenizer = QwenTokenizer.from_dir(directory)
-        self.template = ChatTemplate.from_dir(directory)
-        hf: Any = AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype)
-        hf = hf.to(device).eval()
-        window = cfg.context_window or _model_context_window(hf.config)
-        self._info = ModelInfo(
-            id=cfg.served_name,
-            created=self._created,
-            context_window=window,
-            max_output_tokens=min(cfg.max_output_tokens, window),
-            enforces_constraints=True,
-        )
-        self._model = SlotModel(hf, CacheShape(slots=cfg.max_batch_size, max_len=window))
-        from qwen_gateway.engines.transformers.grammar import GrammarCompiler
-
-        self._grammars = GrammarCompiler(self.tokenizer, int(hf.config.vocab_size))
-        self._free_slots = list(range(cfg.max_batch_size))
-        eos = getattr(hf.generation_config, "eos_token_id", None)
-        ids = eos if isinstance(eos, list) else [eos] if isinstance(eos, int) else []
-        self._eos = frozenset({IM_END_ID, ENDOFTEXT_ID, *ids})
 
     def _schedule(self) -> None:
         while True:
@@ -425,8 +366,7 @@ class TransformersBackend:
             if not choice.done:
                 choice.done = True
                 self._release(choice)
-        self._aborted += 1
-        self._max_abort_delay = max(self._max_abort_delay, self._steps - requested_at_step)
+        self._observer.aborted(self._steps - requested_at_step)
 
     def _admit(self) -> None:
         while self._waiting and len(self._free_slots) >= self._waiting[0].n:
@@ -449,7 +389,6 @@ class TransformersBackend:
         from qwen_gateway.engines.transformers.sampler import SequenceSampler
 
         model = self._model
-        assert self.tokenizer is not None
         self._enter("admit", group.request_id)
         samplers = [
             SequenceSampler(group.sampling, group.prompt, model.device, i) for i in range(group.n)
@@ -489,8 +428,7 @@ class TransformersBackend:
                 self._fail_group(group)
             return
         self._steps += 1
-        self._last_batch = len(batch)
-        self._max_batch = max(self._max_batch, len(batch))
+        self._observer.decode_step(len(batch))
         for c in batch:
             c.position += 1
         self._sample_and_advance(batch, logits)
@@ -609,7 +547,7 @@ class TransformersBackend:
         self._flush()
 
     def _flush(self) -> None:
-        if not self._outbox or self._loop is None:
+        if not self._outbox:
             return
         batch, self._outbox = self._outbox, []
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening any more
@@ -639,6 +577,60 @@ def _model_context_window(config: Any) -> int:
     return window
 
 
-def create_engine(options: Mapping[str, Any]) -> PromptEngine:
-    """Entry point ``qwen_gateway.engines: transformers``; options as in LocalEngineConfig."""
-    return PromptEngine(TransformersBackend(LocalEngineConfig(**options)))
+def load_model(config: TransformersConfig, served_name: str, model: str) -> LoadedModel:
+    """Load ``model`` (a directory or a Hugging Face id) for serving; blocking (seconds)."""
+    with _LOAD_LOCK:  # engines of several deployments or replicas load one at a time
+        return _load_model(config, served_name, model)
+
+
+def _load_model(cfg: TransformersConfig, served_name: str, model: str) -> LoadedModel:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from qwen_gateway.engines.transformers.grammar import GrammarCompiler
+    from qwen_gateway.engines.transformers.model import CacheShape, SlotModel
+
+    directory = _resolve_model_dir(model)
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype_name = cfg.dtype
+    if dtype_name == "auto":
+        dtype_name = "bfloat16" if device.startswith("cuda") else "float32"
+    tokenizer = QwenTokenizer.from_dir(directory)
+    template = ChatTemplate.from_dir(directory)
+    hf: Any = AutoModelForCausalLM.from_pretrained(str(directory), dtype=getattr(torch, dtype_name))
+    hf = hf.to(device).eval()
+    window = cfg.context_window or _model_context_window(hf.config)
+    info = ModelInfo(
+        id=served_name,
+        created=int(time.time()),
+        context_window=window,
+        max_output_tokens=min(cfg.max_output_tokens, window),
+        enforces_constraints=True,
+    )
+    eos = getattr(hf.generation_config, "eos_token_id", None)
+    ids = eos if isinstance(eos, list) else [eos] if isinstance(eos, int) else []
+    return LoadedModel(
+        info=info,
+        tokenizer=tokenizer,
+        template=template,
+        model=SlotModel(hf, CacheShape(slots=cfg.max_batch_size, max_len=window)),
+        grammars=GrammarCompiler(tokenizer, int(hf.config.vocab_size)),
+        eos=frozenset({IM_END_ID, ENDOFTEXT_ID, *ids}),
+    )
+
+
+async def create_engine(config: TransformersConfig, ctx: EngineContext) -> PromptEngine:
+    """Load the model (in a worker thread) and start its scheduler."""
+    model = config.model or ctx.default_model
+    try:
+        loaded = await asyncio.to_thread(load_model, config, ctx.served_name, model)
+    except Exception as exc:
+        log.exception("model load failed")
+        raise EngineUnavailable(f"The model failed to load: {exc}") from exc
+    backend = TransformersBackend(config, loaded, ctx.observer)
+    return PromptEngine(backend, loaded.tokenizer, loaded.template, ctx.observer)
+
+
+PLUGIN = EnginePlugin("transformers", TransformersConfig, create_engine)
