@@ -56,7 +56,7 @@ class ScriptedBackend:
     ) -> None:
         self._info = _info(name, context_window)
         self._replies = itertools.cycle(list(replies) or [""])
-        self._tokenizer = tokenizer or QwenTokenizer.builtin()
+        self.tokenizer = tokenizer or QwenTokenizer.builtin()
         self.requests: list[list[int]] = []  # prompts seen, for inspection
 
     @property
@@ -72,11 +72,11 @@ class ScriptedBackend:
     async def generate(self, job: GenerationJob) -> AsyncGenerator[EngineEvent, None]:
         self.requests.append(list(job.prompt))
         reply = next(self._replies)
-        ids = self._tokenizer.encode_raw(reply)
+        ids = self.tokenizer.encode_raw(reply)
         budget = job.sampling.max_tokens or len(ids)
         completion = 0
         for index in range(job.n):
-            decoder = self._tokenizer.decoder()
+            decoder = self.tokenizer.decoder()
             for token in ids[:budget]:
                 completion += 1
                 if job.meter is not None:
