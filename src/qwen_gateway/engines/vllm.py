@@ -13,6 +13,7 @@ from __future__ import annotations
 import secrets
 import socket
 import sys
+import time
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Literal
@@ -62,6 +63,7 @@ class VLLMConfig(EngineConfig):
         return ModelInfo(
             id=ctx.served_name, context_window=self.window,
             max_output_tokens=self.max_output_tokens, owned_by="upstream",
+            created=int(time.time()),
         )  # fmt: skip
 
 
