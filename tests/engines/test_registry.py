@@ -8,8 +8,10 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from qwen_gateway.api.app import create_app
 from qwen_gateway.config import ConfigError, load_settings
 from qwen_gateway.container import Container, build_router
 from qwen_gateway.engines.openai_upstream import UpstreamConfig
@@ -51,6 +53,8 @@ class EchoEngine:
 
 
 async def create(config, ctx):
+    if config.prefix == "boom":
+        raise RuntimeError("the echo engine failed to start")
     return EchoEngine(ctx.served_name, config)
 
 
@@ -106,6 +110,37 @@ async def test_an_out_of_tree_engine_serves_requests_through_the_api(installed: 
         card = (await g.http.get("/v1/models/d")).json()
         assert card["id"] == "d"
     assert engine.closed  # type: ignore[attr-defined]
+
+
+async def test_an_engine_that_fails_to_build_fails_ready_and_the_others_are_closed(
+    installed: Path,
+) -> None:
+    tree = {
+        "data_dir": str(installed),
+        "auth": {"enabled": False},
+        "deployments": [
+            {"name": "ok", "engine": "echo", "options": {"prefix": ""}},
+            {"name": "bad", "engine": "echo", "options": {"prefix": "boom"}},
+        ],
+    }
+    container = Container(load_settings(tree, env={}))
+    app = create_app(container)
+    async with app.router.lifespan_context(app):
+        await container.wait_loaded()
+        assert isinstance(container.load_error, RuntimeError)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+            ready = await http.get("/ready")
+            assert ready.status_code == 503 and ready.json()["status"] == "failed"
+            ask = {"messages": [{"role": "user", "content": "hi"}]}
+            bad = await http.post("/v1/chat/completions", json={"model": "bad", **ask})
+            assert bad.status_code == 503, bad.text
+            assert bad.json()["error"]["code"] == "engine_unavailable"
+            ok = await http.post("/v1/chat/completions", json={"model": "ok", **ask})
+            assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] == "hi"
+        built = container.engines["ok"]
+        assert isinstance(container.engines["bad"], PendingEngine)
+    assert built.closed  # type: ignore[attr-defined]
 
 
 def test_built_in_kinds_are_plugins_found_the_same_way(installed: Path) -> None:
