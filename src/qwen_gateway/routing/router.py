@@ -3,50 +3,29 @@
 A public name is a deployment, one of its aliases, a weighted split across deployments, or the
 virtual intent model (``auto``), whose requests are classified offline and sent on by category.
 The chosen deployment comes first in the plan, then its fallbacks (and theirs) in order, less
-the deployments the caller may not use. Until the first event, a failing replica hands the
-request to the next replica, then to the next deployment of the plan; after it, errors end the
-stream as they are. Before a deployment's replicas are tried, the request is admitted for it
-(its limits). Every request's route is noted on its record (``deployment`` and a ``route``
-trace for the response header).
+the deployments the caller may not use. The plan is then tried by the retry loop
+(:mod:`qwen_gateway.routing.retry`): until the first event, a failing replica hands the request
+to the next replica, then to the next deployment of the plan; after it, errors end the stream
+as they are. Every request's route is noted on its record (``deployment`` and a ``route``
+trace for the response header). :meth:`Router.check_health` is one round of replica health
+checks, which the background loop repeats.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
-from collections.abc import (
-    AsyncGenerator,
-    Awaitable,
-    Callable,
-    Iterable,
-    Iterator,
-    Mapping,
-    Sequence,
-)
+from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
+from functools import partial
 from typing import Protocol
 
 from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.core.types import EngineEvent, GenerationRequest, ModelInfo
 from qwen_gateway.engines.base import Engine
-from qwen_gateway.errors import (
-    AuthenticationFailed,
-    ContextLengthExceeded,
-    EngineOverloaded,
-    EngineUnavailable,
-    GatewayError,
-    InternalError,
-    InvalidModelOutput,
-    InvalidRequest,
-    ModelNotFound,
-    PermissionDenied,
-    RateLimited,
-    UpstreamError,
-)
-from qwen_gateway.routing.balancer import Replica
-from qwen_gateway.routing.breaker import Ticket
+from qwen_gateway.errors import InternalError, ModelNotFound, PermissionDenied
+from qwen_gateway.routing.health import probe
 from qwen_gateway.routing.registry import (
     Deployment,
     IntentRoute,
@@ -55,22 +34,11 @@ from qwen_gateway.routing.registry import (
     Split,
     Sticky,
 )
-
-log = logging.getLogger(__name__)
-#: Errors from an engine that say the replica is misconfigured (its key, its model), not the
-#: client: the next replica is tried.
-_REPLICA_FAULTS = (AuthenticationFailed, PermissionDenied, ModelNotFound)
-TokenCounter = Callable[[GenerationRequest], Awaitable[int]]
-#: Admits the request for a deployment before its replicas are tried (raises to refuse).
-Admit = Callable[[str, ModelInfo], Awaitable[None]]
+from qwen_gateway.routing.retry import Admit, AttemptObserver, Retry, TokenCounter, Trace
 
 
-class RouteObserver(Protocol):
+class RouteObserver(AttemptObserver, Protocol):
     """Where routing decisions are counted (the metrics)."""
-
-    def route_attempt(self, deployment: str, replica: str, outcome: str) -> None: ...
-
-    def route_fallback(self, deployment: str, reason: str) -> None: ...
 
     def route_intent(self, model: str, category: str) -> None: ...
 
@@ -89,17 +57,6 @@ class _Quiet:
 
     def route_split(self, model: str, arm: str) -> None:
         return None
-
-
-@dataclass
-class _Trace:
-    steps: list[str] = field(default_factory=list)
-
-    def add(self, step: str) -> None:
-        self.steps.append(step)
-
-    def __str__(self) -> str:
-        return "; ".join(self.steps)
 
 
 class Router:
@@ -122,12 +79,24 @@ class Router:
         self._splits = {s.name: s for s in splits}
         self._intent = intent
         self._affinity = affinity
-        self.max_attempts = max_attempts
         self._observer: RouteObserver = observer or _Quiet()
+        self._retry = Retry(self._observer, max_attempts)
         self._rng = rng or random.Random()
         self._health: asyncio.Task[None] | None = None
-        #: The prompt's length in tokens, to skip deployments whose window it does not fit.
-        self.count_tokens: TokenCounter | None = None
+
+    @property
+    def max_attempts(self) -> int:
+        """The most engine streams one request starts."""
+        return self._retry.max_attempts
+
+    @property
+    def count_tokens(self) -> TokenCounter | None:
+        """The prompt's length in tokens, to skip deployments whose window it does not fit."""
+        return self._retry.count_tokens
+
+    @count_tokens.setter
+    def count_tokens(self, counter: TokenCounter | None) -> None:
+        self._retry.count_tokens = counter
 
     # ---- the registry ------------------------------------------------------
 
@@ -215,17 +184,24 @@ class Router:
 
     # ---- health ------------------------------------------------------------
 
-    def start_health_checks(self, interval: float, probe_seconds: float = 5.0) -> None:
-        replicas = [r for d in self._deployments.values() for r in d.replicas]
-        if len(replicas) > 1 and self._health is None:
-            self._health = asyncio.create_task(self._check_loop(replicas, interval, probe_seconds))
+    async def check_health(self, probe_seconds: float = 5.0) -> None:
+        """One round of health checks over every replica (a replica found down is tried
+        last). The background checks run it every interval; tests call it directly."""
+        replicas = [(d.name, r) for d in self._deployments.values() for r in d.replicas]
+        found = await asyncio.gather(*(probe(name, r, probe_seconds) for name, r in replicas))
+        for (_, replica), up in zip(replicas, found, strict=True):
+            replica.healthy = up
 
-    async def _check_loop(
-        self, replicas: list[Replica], interval: float, probe_seconds: float
-    ) -> None:
+    def start_health_checks(self, interval: float, probe_seconds: float = 5.0) -> None:
+        """Run :meth:`check_health` every ``interval`` seconds in the background (only where
+        some deployment has replicas to choose between)."""
+        replicas = sum(len(d.replicas) for d in self._deployments.values())
+        if replicas > 1 and self._health is None:
+            self._health = asyncio.create_task(self._check_loop(interval, probe_seconds))
+
+    async def _check_loop(self, interval: float, probe_seconds: float) -> None:
         while True:
-            for r in replicas:
-                r.healthy = await _probe(r, probe_seconds)
+            await self.check_health(probe_seconds)
             await asyncio.sleep(interval)
 
     async def aclose(self) -> None:
@@ -238,7 +214,7 @@ class Router:
     # ---- routing -----------------------------------------------------------
 
     async def _plan(
-        self, request: GenerationRequest, ctx: RouteContext, trace: _Trace, record: RequestRecord
+        self, request: GenerationRequest, ctx: RouteContext, trace: Trace, record: RequestRecord
     ) -> list[Deployment]:
         name = request.model
         if self._intent is not None and name == self._intent.model:
@@ -285,213 +261,20 @@ class Router:
         record: RequestRecord,
         admit: Admit | None = None,
     ) -> AsyncGenerator[EngineEvent, None]:
-        return self._stream(request, ctx, record, admit)
-
-    async def _stream(
-        self,
-        request: GenerationRequest,
-        ctx: RouteContext,
-        record: RequestRecord,
-        admit: Admit | None,
-    ) -> AsyncGenerator[EngineEvent, None]:
-        trace = _Trace()
-        plan = await self._plan(request, ctx, trace, record)
-        events, first, dep, replica = await self._open(request, ctx, plan, trace, admit)
-        record.deployment = dep.name
-        record.route = str(trace)
-        ticket = Ticket(probe=False)  # a probe was settled by its first event
-        try:
-            yield first
-            async for event in events:
-                yield event
-            replica.breaker.success(ticket)
-        except GatewayError as exc:
-            if exc.status_code >= 500 and not isinstance(exc, InvalidModelOutput):
-                # the replica failed mid-stream
-                replica.breaker.failure(ticket)
-                self._observer.route_attempt(dep.name, replica.name, "stream_error")
-            raise
-        except Exception:
-            replica.breaker.failure(ticket)
-            self._observer.route_attempt(dep.name, replica.name, "stream_error")
-            raise
-        finally:
-            replica.outstanding -= 1
-            dep.outstanding -= 1
-            await _close(events)
-
-    async def _too_long(
-        self, request: GenerationRequest, plan: list[Deployment], step: int, window: int
-    ) -> bool:
-        """Whether the prompt cannot fit ``window`` while a later deployment's window is
-        larger: then that one is tried instead, whatever error this engine would give."""
-        if self.count_tokens is None or not any(
-            d.info.context_window > window for d in plan[step + 1 :]
-        ):
-            return False
-        tokens = await self.count_tokens(request)
-        return tokens + (request.sampling.max_tokens or 1) > window
-
-    async def _open(
-        self,
-        request: GenerationRequest,
-        ctx: RouteContext,
-        plan: list[Deployment],
-        trace: _Trace,
-        admit: Admit | None,
-    ) -> tuple[AsyncGenerator[EngineEvent, None], EngineEvent, Deployment, Replica]:
-        """Start the request on the first replica (of the plan's deployments) that takes it."""
-        affinity = None
-        if self._affinity == "user":
-            affinity = ctx.user or ctx.caller
-        elif self._affinity == "key":
-            affinity = ctx.caller
-        attempts = 0
-        last: GatewayError | None = None
-        reason = ""
-        too_long_for: int | None = None
-        wanted = request.sampling.max_tokens
-        for step, dep in enumerate(plan):
-            if attempts >= self.max_attempts:
-                break
-            if step > 0:
-                trace.add(f"fallback={dep.name} ({reason})")
-            info = dep.info
-            if (too_long_for is not None and info.context_window <= too_long_for) or (
-                await self._too_long(request, plan, step, info.context_window)
-            ):
-                too_long_for = max(too_long_for or 0, info.context_window)
-                reason = f"{dep.name}: context window"
-                last = ContextLengthExceeded(
-                    f"The model '{dep.name}' has a context window of {info.context_window} "
-                    "tokens, which the request does not fit; nor does any fallback's.",
-                    param="messages",
-                )
-                continue
-            missing = dep.missing_capability(request)
-            if missing is not None:
-                reason = f"{dep.name}: no {missing}"
-                last = last or InvalidRequest(
-                    f"The model '{request.model}' does not support {missing}.", param=missing
-                )
-                continue
-            if wanted is not None and info.max_output_tokens < wanted < info.context_window:
-                reason = f"{dep.name}: max_tokens"
-                last = last or InvalidRequest(
-                    f"max_tokens is too large: {wanted}. The model '{dep.name}' generates at "
-                    f"most {info.max_output_tokens} tokens.",
-                    param="max_tokens",
-                    code="invalid_value",
-                )
-                continue
-            if dep.max_concurrency is not None and dep.outstanding >= dep.max_concurrency:
-                reason = f"{dep.name}: at capacity"
-                last = EngineOverloaded(
-                    f"The model '{request.model}' is at capacity; retry shortly.",
-                    headers={"Retry-After": "1"},
-                )
-                continue
-            replicas = dep.balancer.order(affinity)
-            if not replicas:
-                wait = min(r.breaker.retry_after() for r in dep.replicas)
-                reason = f"{dep.name}: circuit open"
-                last = EngineUnavailable(
-                    f"The model '{request.model}' is unavailable; retry shortly.",
-                    headers={"Retry-After": str(max(1, round(wait)))},
-                )
-                continue
-            if admit is not None:
-                await admit(dep.name, info)
-            routed = replace(request, model=dep.name)
-            for replica in replicas:
-                if attempts >= self.max_attempts:
-                    break
-                ticket = replica.breaker.acquire()
-                if ticket is None:
-                    continue
-                attempts += 1
-                replica.outstanding += 1
-                dep.outstanding += 1
-                events: AsyncGenerator[EngineEvent, None] | None = None
-                failed: GatewayError | None = None
-                try:
-                    events = replica.engine.stream(routed)
-                    first = await anext(events)
-                except ContextLengthExceeded as exc:
-                    await self._release(dep, replica, events)
-                    replica.breaker.release(ticket)
-                    too_long_for = max(too_long_for or 0, info.context_window)
-                    reason = f"{dep.name}: context window"
-                    last = exc
-                    break
-                except GatewayError as exc:
-                    await self._release(dep, replica, events)
-                    if isinstance(exc, InvalidModelOutput) or not (
-                        exc.retryable or isinstance(exc, _REPLICA_FAULTS)
-                    ):
-                        # the client's mistake, or the model's answer: not the replica's fault
-                        replica.breaker.release(ticket)
-                        raise
-                    failed = exc
-                except StopAsyncIteration:
-                    await self._release(dep, replica, events)
-                    failed = UpstreamError("The engine's stream ended without any event.")
-                except Exception as exc:
-                    await self._release(dep, replica, events)
-                    log.warning("replica %s of %s failed", replica.name, dep.name, exc_info=exc)
-                    failed = InternalError(f"The engine failed ({type(exc).__name__}).")
-                except BaseException:  # cancelled: the client went away
-                    await self._release(dep, replica, events)
-                    replica.breaker.release(ticket)
-                    raise
-                if failed is not None:
-                    if isinstance(failed, RateLimited | EngineOverloaded):
-                        replica.breaker.release(ticket)  # busy, not broken
-                    else:
-                        replica.breaker.failure(ticket)
-                    self._observer.route_attempt(dep.name, replica.name, "error")
-                    code = failed.code or type(failed).__name__
-                    reason = f"{dep.name}: {code}"
-                    trace.add(f"retry={dep.name}@{replica.name} ({code})")
-                    last = failed
-                    continue
-                assert events is not None  # it gave an event
-                replica.breaker.answered(ticket)
-                self._observer.route_attempt(dep.name, replica.name, "ok")
-                if step > 0:
-                    self._observer.route_fallback(dep.name, reason.partition(": ")[2])
-                trace.add(f"deployment={dep.name}")
-                if len(dep.replicas) > 1:
-                    trace.add(f"replica={replica.name}")
-                return events, first, dep, replica
-        if last is not None:
-            raise last
-        raise EngineUnavailable(
-            f"No replica of the model '{request.model}' could take the request.",
-            headers={"Retry-After": "1"},
+        """The events of the deployment (and replica) that takes the request."""
+        trace = Trace()
+        return self._retry.stream(
+            request,
+            partial(self._plan, request, ctx, trace, record),
+            trace=trace,
+            record=record,
+            affinity=self._affinity_key(ctx),
+            admit=admit,
         )
 
-    @staticmethod
-    async def _release(
-        dep: Deployment, replica: Replica, events: AsyncGenerator[EngineEvent, None] | None
-    ) -> None:
-        replica.outstanding -= 1
-        dep.outstanding -= 1
-        if events is not None:
-            await _close(events)
-
-
-async def _close(events: AsyncGenerator[EngineEvent, None]) -> None:
-    """Close an engine stream; a failure to clean up is logged, not raised over the answer."""
-    try:
-        await events.aclose()
-    except Exception:
-        log.exception("closing an engine stream failed")
-
-
-async def _probe(replica: Replica, seconds: float) -> bool:
-    try:
-        async with asyncio.timeout(seconds):
-            return (await replica.engine.health()).ready
-    except Exception:
-        return False
+    def _affinity_key(self, ctx: RouteContext) -> str | None:
+        if self._affinity == "user":
+            return ctx.user or ctx.caller
+        if self._affinity == "key":
+            return ctx.caller
+        return None
