@@ -13,8 +13,7 @@ noted on the request's route trace.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -28,6 +27,7 @@ from qwen_gateway.errors import (
     InvalidRequest,
     UpstreamError,
 )
+from qwen_gateway.routing.balancer import Replica
 from qwen_gateway.routing.failure import Action, Outcome, as_gateway_error, before_first_event
 from qwen_gateway.routing.lease import ReplicaLease, lease
 from qwen_gateway.routing.registry import Deployment
@@ -117,12 +117,8 @@ class Retry:
                 break
             if step > 0:
                 trace.add(f"fallback={dep.name} ({tries.reason})")
-            skip = await self._screen(request, plan, step, tries)
-            replicas = [] if skip is not None else dep.balancer.order(affinity)
-            if skip is None and not replicas:
-                skip = _circuit_open(request, dep)
-            if skip is not None:
-                tries.skipped(skip)
+            replicas = await self._replicas(request, plan, step, tries, affinity)
+            if not replicas:
                 continue
             if admit is not None:
                 await admit(dep.name, dep.info)
@@ -135,7 +131,7 @@ class Retry:
                     continue
                 tries.attempts += 1
                 try:
-                    async with held, _closing(replica.engine.stream(routed)) as events:
+                    async with held, _Closing(replica.engine.stream(routed)) as events:
                         first = await _first(events)
                         held.answered()
                         self._served(held, step, tries, trace, record)
@@ -144,22 +140,38 @@ class Retry:
                             yield event
                     return
                 except Exception as exc:
-                    if held.first_event:
+                    if held.first_event:  # never a failover once an event has gone out
                         self._ended(held)
                         raise
-                    action = before_first_event(exc).action
+                    action = self._failed(held, exc, tries, trace)
                     if action is Action.TO_CLIENT:
                         raise
                     if action is Action.NEXT_DEPLOYMENT:
-                        tries.too_long_for = max(tries.too_long_for or 0, dep.info.context_window)
-                        tries.reason = f"{dep.name}: context window"
-                        tries.last = as_gateway_error(exc)
                         break
-                    self._failed_over(held, exc, tries, trace)
         raise tries.last or EngineUnavailable(
             f"No replica of the model '{request.model}' could take the request.",
             headers={"Retry-After": "1"},
         )
+
+    async def _replicas(
+        self,
+        request: GenerationRequest,
+        plan: Sequence[Deployment],
+        step: int,
+        tries: _Tries,
+        affinity: str | None,
+    ) -> list[Replica]:
+        """The replicas of the plan's ``step``-th deployment to try, best first; none when
+        the deployment is passed over (the reason noted on ``tries``)."""
+        dep = plan[step]
+        skip = await self._screen(request, plan, step, tries)
+        if skip is None:
+            replicas = dep.balancer.order(affinity)
+            if replicas:
+                return replicas
+            skip = _circuit_open(request, dep)
+        tries.skipped(skip)
+        return []
 
     async def _screen(
         self, request: GenerationRequest, plan: Sequence[Deployment], step: int, tries: _Tries
@@ -212,16 +224,24 @@ class Retry:
         record.deployment = dep.name
         record.route = str(trace)
 
-    def _failed_over(self, held: ReplicaLease, exc: Exception, tries: _Tries, trace: Trace) -> None:
+    def _failed(self, held: ReplicaLease, exc: Exception, tries: _Tries, trace: Trace) -> Action:
+        """Note a try that failed before its first event; where the request goes next."""
+        action = before_first_event(exc).action
         dep, replica = held.deployment, held.replica
-        if not isinstance(exc, GatewayError):
-            log.warning("replica %s of %s failed", replica.name, dep.name, exc_info=exc)
-        failed = as_gateway_error(exc)
-        self.observer.route_attempt(dep.name, replica.name, "error")
-        code = failed.code or type(failed).__name__
-        tries.reason = f"{dep.name}: {code}"
-        trace.add(f"retry={dep.name}@{replica.name} ({code})")
-        tries.last = failed
+        if action is Action.NEXT_DEPLOYMENT:  # the prompt does not fit this window
+            tries.too_long_for = max(tries.too_long_for or 0, dep.info.context_window)
+            tries.reason = f"{dep.name}: context window"
+            tries.last = as_gateway_error(exc)
+        elif action is Action.NEXT_REPLICA:
+            if not isinstance(exc, GatewayError):
+                log.warning("replica %s of %s failed", replica.name, dep.name, exc_info=exc)
+            failed = as_gateway_error(exc)
+            self.observer.route_attempt(dep.name, replica.name, "error")
+            code = failed.code or type(failed).__name__
+            tries.reason = f"{dep.name}: {code}"
+            trace.add(f"retry={dep.name}@{replica.name} ({code})")
+            tries.last = failed
+        return action
 
     def _ended(self, held: ReplicaLease) -> None:
         """A stream that failed after its first event: counted when the replica is at fault."""
@@ -286,12 +306,19 @@ async def _first(events: Events) -> EngineEvent:
         raise UpstreamError("The engine's stream ended without any event.") from None
 
 
-@asynccontextmanager
-async def _closing(events: Events) -> AsyncIterator[Events]:
-    try:
-        yield events
-    finally:
-        await close(events)
+class _Closing:
+    """Like ``contextlib.aclosing``, but a failure to close is logged, not raised."""
+
+    __slots__ = ("_events",)
+
+    def __init__(self, events: Events) -> None:
+        self._events = events
+
+    async def __aenter__(self) -> Events:
+        return self._events
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await close(self._events)
 
 
 async def close(events: Events) -> None:
