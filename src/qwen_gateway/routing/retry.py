@@ -117,11 +117,12 @@ class Retry:
                 break
             if step > 0:
                 trace.add(f"fallback={dep.name} ({tries.reason})")
-            replicas = await self._replicas(request, plan, step, tries, affinity)
+            info = dep.info
+            replicas = await self._replicas(request, plan, step, info, tries, affinity)
             if not replicas:
                 continue
             if admit is not None:
-                await admit(dep.name, dep.info)
+                await admit(dep.name, info)
             routed = replace(request, model=dep.name)
             for replica in replicas:
                 if tries.attempts >= self.max_attempts:
@@ -158,13 +159,14 @@ class Retry:
         request: GenerationRequest,
         plan: Sequence[Deployment],
         step: int,
+        info: ModelInfo,
         tries: _Tries,
         affinity: str | None,
     ) -> list[Replica]:
         """The replicas of the plan's ``step``-th deployment to try, best first; none when
         the deployment is passed over (the reason noted on ``tries``)."""
         dep = plan[step]
-        skip = await self._screen(request, plan, step, tries)
+        skip = await self._screen(request, plan, step, info, tries)
         if skip is None:
             replicas = dep.balancer.order(affinity)
             if replicas:
@@ -174,34 +176,37 @@ class Retry:
         return []
 
     async def _screen(
-        self, request: GenerationRequest, plan: Sequence[Deployment], step: int, tries: _Tries
+        self,
+        request: GenerationRequest,
+        plan: Sequence[Deployment],
+        step: int,
+        info: ModelInfo,
+        tries: _Tries,
     ) -> Skip | None:
-        """Why the plan's ``step``-th deployment cannot take the request, if it cannot."""
-        dep = plan[step]
-        if await self._too_long(request, plan, step, tries):
-            tries.too_long_for = max(tries.too_long_for or 0, dep.info.context_window)
+        """Why the plan's ``step``-th deployment (whose card is ``info``) cannot take the
+        request, if it cannot."""
+        dep, window = plan[step], info.context_window
+        if await self._too_long(request, plan[step + 1 :], window, tries):
+            tries.too_long_for = max(tries.too_long_for or 0, window)
             return Skip(
                 f"{dep.name}: context window",
                 ContextLengthExceeded(
-                    f"The model '{dep.name}' has a context window of {dep.info.context_window} "
-                    "tokens, which the request does not fit; nor does any fallback's.",
+                    f"The model '{dep.name}' has a context window of {window} tokens, which "
+                    "the request does not fit; nor does any fallback's.",
                     param="messages",
                 ),
             )
-        return _unfit(request, dep) or _at_capacity(request, dep)
+        return _unfit(request, dep, info) or _at_capacity(request, dep)
 
     async def _too_long(
-        self, request: GenerationRequest, plan: Sequence[Deployment], step: int, tries: _Tries
+        self, request: GenerationRequest, later: Sequence[Deployment], window: int, tries: _Tries
     ) -> bool:
-        """Whether the prompt cannot fit this deployment's window: no larger than one it was
-        found not to fit, or too small for its counted tokens while a later deployment's
-        window is larger (then that one is tried, whatever error this engine would give)."""
-        window = plan[step].info.context_window
+        """Whether the prompt cannot fit ``window``: no larger than one it was found not to
+        fit, or too small for its counted tokens while a ``later`` deployment's window is
+        larger (then that one is tried, whatever error this engine would give)."""
         if tries.too_long_for is not None and window <= tries.too_long_for:
             return True
-        if self.count_tokens is None or not any(
-            d.info.context_window > window for d in plan[step + 1 :]
-        ):
+        if self.count_tokens is None or not any(d.info.context_window > window for d in later):
             return False
         tokens = await self.count_tokens(request)
         return tokens + (request.sampling.max_tokens or 1) > window
@@ -249,7 +254,7 @@ class Retry:
             self.observer.route_attempt(held.deployment.name, held.replica.name, "stream_error")
 
 
-def _unfit(request: GenerationRequest, dep: Deployment) -> Skip | None:
+def _unfit(request: GenerationRequest, dep: Deployment, info: ModelInfo) -> Skip | None:
     """A capability the request needs that the deployment lacks, or an output limit below
     the ``max_tokens`` asked for."""
     missing = dep.missing_capability(request)
@@ -261,7 +266,7 @@ def _unfit(request: GenerationRequest, dep: Deployment) -> Skip | None:
             ),
             decisive=False,
         )
-    info, wanted = dep.info, request.sampling.max_tokens
+    wanted = request.sampling.max_tokens
     if wanted is not None and info.max_output_tokens < wanted < info.context_window:
         return Skip(
             f"{dep.name}: max_tokens",
