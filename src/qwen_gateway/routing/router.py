@@ -187,10 +187,9 @@ class Router:
     async def check_health(self, probe_seconds: float = 5.0) -> None:
         """One round of health checks over every replica (a replica found down is tried
         last). The background checks run it every interval; tests call it directly."""
-        replicas = [(d.name, r) for d in self._deployments.values() for r in d.replicas]
-        found = await asyncio.gather(*(probe(name, r, probe_seconds) for name, r in replicas))
-        for (_, replica), up in zip(replicas, found, strict=True):
-            replica.healthy = up
+        for d in self._deployments.values():
+            for r in d.replicas:  # one after another, in this task: no task per probe
+                r.healthy = await probe(d.name, r, probe_seconds)
 
     def start_health_checks(self, interval: float, probe_seconds: float = 5.0) -> None:
         """Run :meth:`check_health` every ``interval`` seconds in the background (only where
