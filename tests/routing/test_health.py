@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from qwen_gateway.core.types import ModelInfo
+from qwen_gateway.engines.base import READY, UNREADY, EngineHealth
 from qwen_gateway.routing.balancer import Balancer, Replica
 from qwen_gateway.routing.breaker import BreakerState, CircuitBreaker
 from qwen_gateway.routing.health import probe
@@ -28,13 +29,13 @@ class Probed:
         self.hang: asyncio.Event | None = None
         self.asked = 0
 
-    async def ready(self) -> bool:
+    async def health(self) -> EngineHealth:
         self.asked += 1
         if self.hang is not None:
             await self.hang.wait()
         if self.error is not None:
             raise self.error
-        return self.up
+        return READY if self.up else UNREADY
 
 
 def _replica(engine: Probed, failures: int = 2) -> Replica:
