@@ -279,7 +279,10 @@ async def test_the_fault_suite_leaves_no_tasks_or_connections(
     """Every behaviour, streamed and not, twice; then nothing is left open."""
     names = [b for b in BEHAVIOURS if b not in ("endless", "slow-first", "stall")]
     tasks_before = len(asyncio.all_tasks())
-    quiet = {**LIMITS, "health_interval": 3600.0}  # no probe overlaps a request here
+    # no probe overlaps a request here; none of these behaviours waits on a timeout, so they
+    # are generous (a loaded machine's GC pauses once outlasted the 0.5 s first-token limit)
+    quiet = {**LIMITS, "health_interval": 3600.0, "first_token_timeout": 10.0,
+             "idle_timeout": 10.0, "total_timeout": 30.0}  # fmt: skip
     observer = RecordingObserver()
     async with relay(faulty.base_url, tmp_path, names=names, observer=observer, **quiet) as g:
         baseline = asyncio.all_tasks()
