@@ -207,7 +207,9 @@ def _ratio(naive: float, gateway: float) -> str:
 async def measure(args: argparse.Namespace, direct: Target, via: list[Target]) -> list[str]:
     """Interleaved rounds: direct, then each server in ``via`` (the gateway first, then the
     naive proxy), at each concurrency, non-streaming then streaming."""
-    gateway, naive = via[0], via[1] if len(via) > 1 else None
+    gateway = via[0]
+    naive = next((t for t in via if t.name == "naive"), None)
+    compare = next((t for t in via if t.name == "compare"), None)
     rows = [
         "| mode | concurrency | requests | added p50 ms | added p99 ms | gateway req/s | "
         "direct req/s | gateway CPU ms/request | naive CPU ms/request | naive ÷ gateway | "
@@ -231,6 +233,15 @@ async def measure(args: argparse.Namespace, direct: Target, via: list[Target]) -
             d, g = merge(results[direct.name]), merge(results[gateway.name])
             nv = merge(results[naive.name]) if naive is not None else None
             failures += g.errors + d.errors + (nv.errors if nv is not None else 0)
+            if compare is not None:
+                cmp = merge(results[compare.name])
+                failures += cmp.errors
+                print(
+                    f"  compare ({'stream' if stream else 'non-streaming'}, c={c}): "
+                    f"CPU ms/request {_per_request_cpu(cmp):.3f} (this tree "
+                    f"{_per_request_cpu(g):.3f}), chunk gap p50 {1e6 * pct(cmp.gaps, 0.5):.0f} µs",
+                    flush=True,
+                )
             requests = len(g.latencies) + g.errors
             cpu_ms = _per_request_cpu(g)
             naive_ms = _per_request_cpu(nv) if nv is not None else float("nan")
@@ -300,6 +311,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per target")
     parser.add_argument("--soak", type=float, default=0.0, help="seconds of soak at the end")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive proxy baseline")
+    parser.add_argument(
+        "--compare-src",
+        type=Path,
+        help="also run a second gateway from this source tree (e.g. an earlier commit's src/, "
+        "from `git archive`), interleaved: before and after in one run on a noisy machine",
+    )
     parser.add_argument("--out", type=Path, help="append the tables to this file")
     parser.add_argument(
         "--smoke",
@@ -343,6 +360,29 @@ def main() -> None:
                     {"Authorization": f"Bearer {key}"},
                 )
             ]
+            if args.compare_src is not None:
+                other_port = _free_port()
+                other_data = Path(data) / "compare"
+                other_env = {**env, "PYTHONPATH": str(args.compare_src.resolve())}
+                other_key = create_key(bin_dir, str(other_data), other_env)
+                other = subprocess.Popen(
+                    [
+                        str(bin_dir / "qwen-gateway"), "serve", "--engine", "openai",
+                        "--upstream-url", f"http://127.0.0.1:{up_port}/v1",
+                        "--served-name", "fake", "--port", str(other_port),
+                        "--data-dir", str(other_data),
+                    ],
+                    env=other_env,
+                    stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+                procs.append(other)
+                wait_ready(f"http://127.0.0.1:{other_port}/ready", other)
+                compare = Target(
+                    "compare",
+                    f"http://127.0.0.1:{other_port}/v1/chat/completions",
+                    other.pid,
+                    {"Authorization": f"Bearer {other_key}"},
+                )
             if not args.no_naive:
                 naive = subprocess.Popen(
                     [sys.executable, str(HERE / "naive_proxy.py"), "--port", str(naive_port),
@@ -359,6 +399,8 @@ def main() -> None:
                 sys.stderr.write((Path(data) / "gateway.log").read_text()[-4000:])
                 raise
             direct = Target("direct", f"http://127.0.0.1:{up_port}/v1/chat/completions")
+            if args.compare_src is not None:
+                via.append(compare)
             lines = asyncio.run(measure(args, direct, via))
         finally:
             for proc in procs:

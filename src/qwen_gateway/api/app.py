@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from qwen_gateway import __version__
 from qwen_gateway.api.errors import install_error_handlers
+from qwen_gateway.api.fastpath import GatewayApp
 from qwen_gateway.api.middleware import GatewayMiddleware
 from qwen_gateway.api.routes import include_routes
 from qwen_gateway.container import Container
@@ -31,7 +32,7 @@ def create_app(container: Container, on_ready: Callable[[], None] | None = None)
                 announce.cancel()
             await container.aclose()
 
-    app = FastAPI(
+    app = GatewayApp(
         title="qwen-gateway",
         version=__version__,
         summary="OpenAI-compatible API for Qwen2.5 models",
@@ -44,6 +45,9 @@ def create_app(container: Container, on_ready: Callable[[], None] | None = None)
     )
     install_error_handlers(app)
     include_routes(app, container)
+    keepalive = container.settings.server.keepalive_seconds
+    app.add_hot_route("/v1/chat/completions", container.service.chat, container.auth, keepalive)
+    app.add_hot_route("/v1/completions", container.service.complete, container.auth, keepalive)
     app.add_middleware(
         GatewayMiddleware,
         metrics=container.metrics,

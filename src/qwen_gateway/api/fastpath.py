@@ -1,0 +1,239 @@
+"""The two hot endpoints as plain ASGI, in front of FastAPI's routing.
+
+``POST /v1/chat/completions`` and ``POST /v1/completions`` are what a gateway spends its time
+on. :class:`GatewayApp` serves them through the app's own middleware (request id, body cap,
+metrics, access log, accounting) and the app's 500 handler, but without FastAPI's request
+objects, router matching, dependency solving and exception middleware, which cost more than
+the gateway's own work per request. Everything else (other paths, other methods, OpenAPI)
+goes to FastAPI as before; the two routes stay registered there too (the OpenAPI document
+describes them, and a ``GET`` still gets FastAPI's 405).
+
+The behaviour is the route's: authentication first, then the body (``Content-Type``, the
+strict JSON of :func:`qwen_gateway.api.routes.read_json`), the service call raced against the
+client leaving (which cancels it, aborting the generation), errors in the OpenAI envelope
+with their headers, the route and rate-limit headers on success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl
+
+import orjson
+from fastapi import FastAPI
+from starlette.middleware.errors import ServerErrorMiddleware
+from starlette.requests import ClientDisconnect
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from qwen_gateway.api.errors import error_response
+from qwen_gateway.api.routes import (
+    _BadNumber,
+    _bounded_int,
+    _finite,
+    _headers,
+    _no_constant,
+)
+from qwen_gateway.api.sse import EventStreamResponse
+from qwen_gateway.core.record import RequestRecord
+from qwen_gateway.errors import GatewayError, InvalidRequest
+from qwen_gateway.policy.auth import Authenticator
+
+T = TypeVar("T")
+#: The service call of a hot endpoint: the parsed body and the request's record in, a
+#: complete response (a dict) or an async iterator of chunks out.
+ServiceCall = Callable[[Mapping[str, Any], RequestRecord], Awaitable[Any]]
+
+
+def parse_json(body: bytes) -> Any:
+    """The request body as JSON, as strictly as :func:`qwen_gateway.api.routes.read_json`."""
+    try:
+        return json.loads(
+            body, parse_float=_finite, parse_int=_bounded_int, parse_constant=_no_constant
+        )
+    except (json.JSONDecodeError, UnicodeDecodeError, _BadNumber) as exc:
+        raise InvalidRequest(
+            f"We could not parse the JSON body of your request: {exc}.", code="invalid_json"
+        ) from None
+    except RecursionError:
+        raise InvalidRequest(
+            "The JSON body of your request is nested too deeply.", code="invalid_json"
+        ) from None
+
+
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body; :class:`ClientDisconnect` if the client leaves first."""
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise ClientDisconnect
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body
+    parts = [body]
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect
+        parts.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+async def until_disconnect(receive: Receive, work: Awaitable[T], record: RequestRecord) -> T:
+    """Await ``work`` in this task; if the client disconnects first, cancel it (aborting the
+    generation) and raise :class:`ClientDisconnect`. One helper task watches ``receive``."""
+    task = asyncio.current_task()
+    assert task is not None
+    state = {"finished": False, "left": False}
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if not state["finished"]:
+            state["left"] = True
+            task.cancel()
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        result = await work
+    except asyncio.CancelledError:
+        if state["left"] and task.uncancel() == 0:  # ours, and no one else's
+            record.cancelled = True
+            raise ClientDisconnect from None  # the middleware records it as 499, cancelled
+        raise
+    else:
+        if state["left"]:  # the work caught the cancellation and returned all the same
+            task.uncancel()
+        return result
+    finally:
+        state["finished"] = True
+        watcher.cancel()
+
+
+class HotRoute:
+    """One hot endpoint as an ASGI app (inside the app's middleware, see :class:`GatewayApp`)."""
+
+    def __init__(
+        self, call: ServiceCall, auth: Authenticator, keepalive: float, route: BaseRoute | None
+    ) -> None:
+        self._call = call
+        self._auth = auth
+        self._keepalive = keepalive
+        self._route = route
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._route is not None:
+            scope["route"] = self._route  # its path template names the endpoint in usage
+        state = scope.setdefault("state", {})
+        record = state.get("record")
+        if not isinstance(record, RequestRecord):
+            record = state["record"] = RequestRecord("req_internal")
+        try:
+            result = await self._serve(scope, receive, record)
+        except GatewayError as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        if isinstance(result, dict):
+            await _send_json(send, orjson.dumps(result), _headers(record))
+            return
+        await EventStreamResponse(result[0], result[1], record, self._keepalive, _headers(record))(
+            scope, receive, send
+        )
+
+    async def _serve(self, scope: Scope, receive: Receive, record: RequestRecord) -> Any:
+        authorization: str | None = None
+        ctype = ""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                if authorization is None:
+                    authorization = value.decode("latin-1")
+            elif name == b"content-type" and not ctype:
+                ctype = value.decode("latin-1")
+        query = scope.get("query_string", b"")
+        keys = {k for k, _ in parse_qsl(query.decode("latin-1"), keep_blank_values=True)}
+        client = scope.get("client")
+        record.principal = await self._auth.authenticate(
+            authorization, keys, client[0] if client else "unknown", scope["path"]
+        )
+        if ctype.split(";")[0].strip().lower() != "application/json":
+            raise InvalidRequest(
+                "Content-Type must be application/json.", code="invalid_content_type"
+            )
+        raw = parse_json(await read_body(receive))
+        result = await until_disconnect(receive, self._call(raw, record), record)
+        if isinstance(result, dict):
+            return result
+        try:  # commit late: the status line waits for the first chunk
+            first = await until_disconnect(receive, anext(result), record)
+        except BaseException:
+            await result.aclose()
+            raise
+        return first, result
+
+
+async def _send_json(send: Send, body: bytes, headers: Mapping[str, str] | None) -> None:
+    raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    raw.append((b"content-length", str(len(body)).encode()))
+    raw.append((b"content-type", b"application/json"))
+    await send({"type": "http.response.start", "status": 200, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+class GatewayApp(FastAPI):
+    """FastAPI, with the paths in ``hot`` served by their :class:`HotRoute` (POST only)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.hot: dict[str, Callable[[FastAPI], ASGIApp]] = {}
+        self._hot_stack: dict[str, ASGIApp] | None = None
+
+    def add_hot_route(
+        self, path: str, call: ServiceCall, auth: Authenticator, keepalive: float
+    ) -> None:
+        """Serve ``POST path`` with ``call`` (the route registered at ``path`` stays for the
+        OpenAPI document and the other methods)."""
+
+        def build(app: FastAPI) -> ASGIApp:
+            route = next(
+                (
+                    r
+                    for r in app.routes
+                    if getattr(r, "path", None) == path and "POST" in getattr(r, "methods", ())
+                ),
+                None,
+            )
+            return HotRoute(call, auth, keepalive, route)
+
+        self.hot[path] = build
+        self._hot_stack = None
+
+    def _build_hot(self) -> dict[str, ASGIApp]:
+        """Each hot route inside the app's own middleware and 500 handler, as FastAPI stacks
+        them (its exception middleware is the route's own ``except GatewayError``)."""
+        stacks: dict[str, ASGIApp] = {}
+        handler = self.exception_handlers.get(Exception) or self.exception_handlers.get(500)
+        for path, build in self.hot.items():
+            app = build(self)
+            for cls, args, kwargs in reversed(self.user_middleware):
+                app = cls(app, *args, **kwargs)
+            stacks[path] = ServerErrorMiddleware(app, handler=handler, debug=self.debug)
+        return stacks
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and not (self.root_path or scope.get("root_path"))
+        ):
+            stacks = self._hot_stack
+            if stacks is None:
+                stacks = self._hot_stack = self._build_hot()
+            hot = stacks.get(scope["path"])
+            if hot is not None:
+                scope["app"] = self
+                await hot(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
