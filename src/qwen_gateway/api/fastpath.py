@@ -19,16 +19,17 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import FastAPI
 from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.requests import ClientDisconnect
-from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from qwen_gateway.api.disconnect import ClientWatch
 from qwen_gateway.api.errors import error_response
 from qwen_gateway.api.routes import (
     _BadNumber,
@@ -42,7 +43,6 @@ from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.errors import GatewayError, InvalidRequest
 from qwen_gateway.policy.auth import Authenticator
 
-T = TypeVar("T")
 #: The service call of a hot endpoint: the parsed body and the request's record in, a
 #: complete response (a dict) or an async iterator of chunks out.
 ServiceCall = Callable[[Mapping[str, Any], RequestRecord], Awaitable[Any]]
@@ -82,42 +82,18 @@ async def read_body(receive: Receive) -> bytes:
             return b"".join(parts)
 
 
-async def until_disconnect(receive: Receive, work: Awaitable[T], record: RequestRecord) -> T:
-    """Await ``work`` in this task; if the client disconnects first, cancel it (aborting the
-    generation) and raise :class:`ClientDisconnect`. One helper task watches ``receive``."""
-    task = asyncio.current_task()
-    assert task is not None
-    state = {"finished": False, "left": False}
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """What ``scope["route"]`` holds for a hot route: its path template, as a route's."""
 
-    async def watch() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        if not state["finished"]:
-            state["left"] = True
-            task.cancel()
-
-    watcher = asyncio.get_running_loop().create_task(watch())
-    try:
-        result = await work
-    except asyncio.CancelledError:
-        if state["left"] and task.uncancel() == 0:  # ours, and no one else's
-            record.cancelled = True
-            raise ClientDisconnect from None  # the middleware records it as 499, cancelled
-        raise
-    else:
-        if state["left"]:  # the work caught the cancellation and returned all the same
-            task.uncancel()
-        return result
-    finally:
-        state["finished"] = True
-        watcher.cancel()
+    path: str
 
 
 class HotRoute:
     """One hot endpoint as an ASGI app (inside the app's middleware, see :class:`GatewayApp`)."""
 
     def __init__(
-        self, call: ServiceCall, auth: Authenticator, keepalive: float, route: BaseRoute | None
+        self, call: ServiceCall, auth: Authenticator, keepalive: float, route: Endpoint
     ) -> None:
         self._call = call
         self._auth = auth
@@ -125,25 +101,41 @@ class HotRoute:
         self._route = route
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._route is not None:
-            scope["route"] = self._route  # its path template names the endpoint in usage
+        scope["route"] = self._route  # its path template names the endpoint in usage
         state = scope.setdefault("state", {})
         record = state.get("record")
         if not isinstance(record, RequestRecord):
             record = state["record"] = RequestRecord("req_internal")
         try:
-            result = await self._serve(scope, receive, record)
+            raw = await self._read(scope, receive, record)
+            watch = ClientWatch(receive)  # from here on, the client leaving cancels the work
+            try:
+                result = await self._call(raw, record)
+                if isinstance(result, dict):
+                    watch.close()  # as the route did: the answer is sent even if it just left
+                    await _send_json(send, orjson.dumps(result), _headers(record))
+                    return
+                try:  # commit late: the status line waits for the first chunk
+                    first = await anext(result)
+                except BaseException:
+                    await result.aclose()
+                    raise
+                stream = EventStreamResponse(
+                    first, result, record, self._keepalive, _headers(record), watch
+                )
+                await stream(scope, receive, send)
+            except asyncio.CancelledError:
+                if watch.caught():
+                    record.cancelled = True
+                    raise ClientDisconnect from None  # recorded as 499, cancelled
+                raise
+            finally:
+                watch.close()
         except GatewayError as exc:
             await error_response(exc)(scope, receive, send)
-            return
-        if isinstance(result, dict):
-            await _send_json(send, orjson.dumps(result), _headers(record))
-            return
-        await EventStreamResponse(result[0], result[1], record, self._keepalive, _headers(record))(
-            scope, receive, send
-        )
 
-    async def _serve(self, scope: Scope, receive: Receive, record: RequestRecord) -> Any:
+    async def _read(self, scope: Scope, receive: Receive, record: RequestRecord) -> Any:
+        """Authenticate the caller (noted on ``record``), then the JSON body."""
         authorization: str | None = None
         ctype = ""
         for name, value in scope["headers"]:
@@ -162,16 +154,7 @@ class HotRoute:
             raise InvalidRequest(
                 "Content-Type must be application/json.", code="invalid_content_type"
             )
-        raw = parse_json(await read_body(receive))
-        result = await until_disconnect(receive, self._call(raw, record), record)
-        if isinstance(result, dict):
-            return result
-        try:  # commit late: the status line waits for the first chunk
-            first = await until_disconnect(receive, anext(result), record)
-        except BaseException:
-            await result.aclose()
-            raise
-        return first, result
+        return parse_json(await read_body(receive))
 
 
 async def _send_json(send: Send, body: bytes, headers: Mapping[str, str] | None) -> None:
@@ -187,7 +170,7 @@ class GatewayApp(FastAPI):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.hot: dict[str, Callable[[FastAPI], ASGIApp]] = {}
+        self.hot: dict[str, HotRoute] = {}
         self._hot_stack: dict[str, ASGIApp] | None = None
 
     def add_hot_route(
@@ -196,18 +179,7 @@ class GatewayApp(FastAPI):
         """Serve ``POST path`` with ``call`` (the route registered at ``path`` stays for the
         OpenAPI document and the other methods)."""
 
-        def build(app: FastAPI) -> ASGIApp:
-            route = next(
-                (
-                    r
-                    for r in app.routes
-                    if getattr(r, "path", None) == path and "POST" in getattr(r, "methods", ())
-                ),
-                None,
-            )
-            return HotRoute(call, auth, keepalive, route)
-
-        self.hot[path] = build
+        self.hot[path] = HotRoute(call, auth, keepalive, Endpoint(path))
         self._hot_stack = None
 
     def _build_hot(self) -> dict[str, ASGIApp]:
@@ -215,8 +187,8 @@ class GatewayApp(FastAPI):
         them (its exception middleware is the route's own ``except GatewayError``)."""
         stacks: dict[str, ASGIApp] = {}
         handler = self.exception_handlers.get(Exception) or self.exception_handlers.get(500)
-        for path, build in self.hot.items():
-            app = build(self)
+        for path, route in self.hot.items():
+            app: ASGIApp = route
             for cls, args, kwargs in reversed(self.user_middleware):
                 app = cls(app, *args, **kwargs)
             stacks[path] = ServerErrorMiddleware(app, handler=handler, debug=self.debug)

@@ -2,8 +2,8 @@
 
 ``data: {json}\\n\\n`` per chunk, ``data: [DONE]\\n\\n`` at the end, ``: keep-alive`` comments
 when nothing was sent for a while, and an in-stream error frame when the stream fails after
-it started. The response watches for the client leaving and then closes the chunk iterator
-at once, which aborts the generation.
+it started. When the client leaves, the response's task is cancelled where it waits and the
+chunk iterator is closed at once, which aborts the generation.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator, Mapping
-from contextlib import suppress
 from typing import Any
 
 import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from qwen_gateway.api.disconnect import ClientWatch
 from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.errors import EngineUnavailable, GatewayError
 
@@ -50,9 +50,11 @@ def error_frame(exc: GatewayError) -> bytes:
 class EventStreamResponse(Response):
     """An ASGI response streaming SSE frames; the first chunk is already in hand.
 
-    Three concerns, two tasks: ``pump`` sends frames as chunks come; ``watch`` waits for the
-    client to leave; a keep-alive comment is sent from a timer only when nothing else was sent
-    for ``keepalive`` seconds, so the per-chunk path carries no timer at all.
+    The frames are sent from the request's own task as chunks come; a
+    :class:`~qwen_gateway.api.disconnect.ClientWatch` (the caller's, or one of its own) cancels
+    that task when the client leaves; a keep-alive comment is sent from a timer only when
+    nothing else was sent for ``keepalive`` seconds, so the per-chunk path carries no timer and
+    no task switch at all.
     """
 
     media_type = "text/event-stream; charset=utf-8"
@@ -64,6 +66,7 @@ class EventStreamResponse(Response):
         record: RequestRecord,
         keepalive: float = 15.0,
         headers: Mapping[str, str] | None = None,
+        watch: ClientWatch | None = None,
     ) -> None:
         super().__init__(status_code=200, media_type=self.media_type)
         self._extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
@@ -71,6 +74,7 @@ class EventStreamResponse(Response):
         self._chunks = chunks
         self._record = record
         self._keepalive = keepalive
+        self._watch = watch  # the caller's, which the caller closes
         self._started = False  # the response head was sent
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -79,6 +83,7 @@ class EventStreamResponse(Response):
         last_sent = loop.time()
         finishing = False
         ticker: asyncio.TimerHandle | None = None
+        keepalive_tasks: set[asyncio.Task[None]] = set()
 
         async def send_body(data: bytes) -> None:
             nonlocal last_sent
@@ -95,8 +100,6 @@ class EventStreamResponse(Response):
                 task.add_done_callback(keepalive_tasks.discard)
                 idle = 0.0
             ticker = loop.call_later(self._keepalive - idle, tick)
-
-        keepalive_tasks: set[asyncio.Task[None]] = set()
 
         async def pump() -> None:
             nonlocal finishing, ticker
@@ -130,47 +133,34 @@ class EventStreamResponse(Response):
                     log.debug("a keep-alive could not be sent")
             await send({"type": "http.response.body", "body": tail, "more_body": False})
 
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-
-        pump_task = asyncio.ensure_future(pump())
-        watch_task = asyncio.ensure_future(watch())
+        watch = self._watch if self._watch is not None else ClientWatch(receive)
         try:
-            try:
-                await asyncio.wait({pump_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
-            except asyncio.CancelledError:  # cut off from outside: the shutdown grace is over
-                self._record.cancelled = True
-                if pump_task.done() or not self._started:
-                    raise
-                await self._cut_off(pump_task, send)
-                return  # uvicorn then ends the chunked body properly
-            if not pump_task.done():
-                self._record.cancelled = True  # the client left mid-stream
-                pump_task.cancel()
-            watch_task.cancel()
-            with suppress(asyncio.CancelledError):
-                await watch_task
-            try:
-                await pump_task
-            except asyncio.CancelledError:
-                pass
-            except OSError:  # the connection broke while sending
-                self._record.cancelled = True
+            await pump()
+        except asyncio.CancelledError:
+            self._record.cancelled = True
+            if watch.caught():  # the client left mid-stream
+                return
+            if not self._started:  # cut off from outside before anything was sent
+                raise
+            watch.close()
+            await self._cut_off(send)  # the shutdown grace is over
+            return  # uvicorn then ends the chunked body properly
+        except OSError:  # the connection broke while sending
+            self._record.cancelled = True
         finally:
             finishing = True
             if ticker is not None:
                 ticker.cancel()
-            tasks = (pump_task, watch_task, *keepalive_tasks)
-            for task in tasks:
+            if self._watch is None:
+                watch.close()
+            for task in keepalive_tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)  # none is inside chunks now
+            if keepalive_tasks:
+                await asyncio.gather(*keepalive_tasks, return_exceptions=True)
             await chunks.aclose()
 
-    async def _cut_off(self, pump: asyncio.Future[None], send: Send) -> None:
+    async def _cut_off(self, send: Send) -> None:
         """End a stream the shutdown cuts off with an in-stream error instead of a bare close."""
-        pump.cancel()
-        await asyncio.wait({pump})
         log.info("stream cut off by the server shutting down")
         tail = error_frame(
             EngineUnavailable(

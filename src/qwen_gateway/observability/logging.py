@@ -114,6 +114,8 @@ def configure_logging(level: str = "info") -> None:
     _listener = logging.handlers.QueueListener(records, handler)
     _listener.start()
     atexit.register(flush_logs)  # writes what is queued before the process ends
+    # the JSON lines show no thread or process: records need not look them up, every time
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [_QueueHandler(records)]
     root.setLevel(level.upper())
@@ -131,5 +133,15 @@ def flush_logs() -> None:
         _listener = None
 
 
+_access = logging.getLogger(ACCESS_LOGGER)
+
+
 def access_log(fields: dict[str, Any]) -> None:
-    logging.getLogger(ACCESS_LOGGER).info("access", extra={"fields": {"event": "access", **fields}})
+    """One access line. The record is made directly: ``Logger.info`` would also look up the
+    caller's file and line by walking the stack, which no access line shows."""
+    if _access.isEnabledFor(logging.INFO):
+        extra = {"fields": {"event": "access", **fields}}
+        _access.handle(
+            _access.makeRecord(ACCESS_LOGGER, logging.INFO, __file__, 0, "access", (), None,
+                               extra=extra)
+        )  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -19,6 +20,27 @@ ReplicaSource = Callable[[], Iterable[tuple[str, str, int, bool, int]]]
 #: queued and database_up (1 when its last attempt reached the database).
 WriterStatsSource = Callable[[], Mapping[str, float]]
 WRITER_OUTCOMES = ("written", "replayed", "spilled", "dropped")
+M = TypeVar("M", Counter, Gauge, Histogram)
+
+
+class _Children(Generic[M]):
+    """A labelled metric's children, each looked up once: ``labels()`` validates and locks
+    on every call, which costs more than the update itself on the request path. The label
+    values are the metric's own (bounded by the configuration), so the cache is too."""
+
+    __slots__ = ("_children", "_metric")
+    _metric: M
+    _children: dict[tuple[str, ...], M]
+
+    def __init__(self, metric: M) -> None:
+        self._metric = metric
+        self._children = {}
+
+    def __call__(self, *labels: str) -> M:
+        child = self._children.get(labels)
+        if child is None:
+            child = self._children[labels] = self._metric.labels(*labels)
+        return child
 
 
 class _WriterCollector(Collector):
@@ -204,6 +226,11 @@ class Metrics:
             registry=r,
         )
         self._engine_metrics(r)
+        self._requests = _Children(self.requests)
+        self._latency = _Children(self.latency)
+        self._ttft = _Children(self.ttft)
+        self._tokens = _Children(self.tokens)
+        self._attempts = _Children(self.attempts)
 
     def _engine_metrics(self, r: CollectorRegistry) -> None:
         self.engine_loads = _EngineLoadCollector()
@@ -253,7 +280,7 @@ class Metrics:
 
     # routing.router.RouteObserver
     def route_attempt(self, deployment: str, replica: str, outcome: str) -> None:
-        self.attempts.labels(deployment, replica, outcome).inc()
+        self._attempts(deployment, replica, outcome).inc()
 
     def route_fallback(self, deployment: str, reason: str) -> None:
         self.fallbacks.labels(deployment, reason).inc()
@@ -277,16 +304,16 @@ class Metrics:
     ) -> None:
         label = model or "-"
         answered = deployment or "-"
-        self.requests.labels(label, answered, str(status)).inc()
+        self._requests(label, answered, str(status)).inc()
         if model is None:
             return
-        self.latency.labels(label, answered).observe(duration)
+        self._latency(label, answered).observe(duration)
         if ttft is not None:
-            self.ttft.labels(label, answered).observe(ttft)
+            self._ttft(label, answered).observe(ttft)
         if prompt_tokens:
-            self.tokens.labels(label, answered, "prompt").inc(prompt_tokens)
+            self._tokens(label, answered, "prompt").inc(prompt_tokens)
         if completion_tokens:
-            self.tokens.labels(label, answered, "completion").inc(completion_tokens)
+            self._tokens(label, answered, "completion").inc(completion_tokens)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

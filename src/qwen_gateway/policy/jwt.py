@@ -14,8 +14,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import jwt as pyjwt
-
 from qwen_gateway.errors import AuthenticationFailed
 from qwen_gateway.policy.principal import Limits, Principal
 
@@ -48,6 +46,8 @@ class JWTVerifier:
         ]  # fmt: skip
 
     def principal(self, token: str) -> Principal:
+        import jwt as pyjwt  # PyJWT and cryptography (~10 MB): only where JWTs are configured
+
         cfg = self.config
         key = cfg.public_key if cfg.public_key else cfg.secret
         try:
