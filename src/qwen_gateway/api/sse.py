@@ -17,6 +17,7 @@ import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from qwen_gateway.api.coalesce import ready_batches
 from qwen_gateway.api.disconnect import ClientWatch
 from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.errors import EngineUnavailable, GatewayError
@@ -119,8 +120,8 @@ class EventStreamResponse(Response):
             await send_body(frame(self._first))
             ticker = loop.call_later(self._keepalive, tick)
             try:
-                async for chunk in chunks:
-                    await send_body(frame(chunk))
+                async for batch in batches:  # chunks ready together go out in one write
+                    await send_body(b"".join([frame(chunk) for chunk in batch]))
                 tail = DONE
             except GatewayError as exc:
                 tail = error_frame(exc)
@@ -133,6 +134,7 @@ class EventStreamResponse(Response):
                     log.debug("a keep-alive could not be sent")
             await send({"type": "http.response.body", "body": tail, "more_body": False})
 
+        batches = ready_batches(chunks)
         watch = self._watch if self._watch is not None else ClientWatch(receive)
         try:
             await pump()
@@ -157,6 +159,7 @@ class EventStreamResponse(Response):
                 task.cancel()
             if keepalive_tasks:
                 await asyncio.gather(*keepalive_tasks, return_exceptions=True)
+            await batches.aclose()  # first: it may hold a step of ``chunks`` in hand
             await chunks.aclose()
 
     async def _cut_off(self, send: Send) -> None:
