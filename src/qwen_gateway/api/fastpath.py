@@ -145,7 +145,11 @@ class HotRoute:
             elif name == b"content-type" and not ctype:
                 ctype = value.decode("latin-1")
         query = scope.get("query_string", b"")
-        keys = {k for k, _ in parse_qsl(query.decode("latin-1"), keep_blank_values=True)}
+        keys = (
+            {k for k, _ in parse_qsl(query.decode("latin-1"), keep_blank_values=True)}
+            if query
+            else set()
+        )
         client = scope.get("client")
         record.principal = await self._auth.authenticate(
             authorization, keys, client[0] if client else "unknown", scope["path"]
@@ -178,7 +182,6 @@ class GatewayApp(FastAPI):
     ) -> None:
         """Serve ``POST path`` with ``call`` (the route registered at ``path`` stays for the
         OpenAPI document and the other methods)."""
-
         self.hot[path] = HotRoute(call, auth, keepalive, Endpoint(path))
         self._hot_stack = None
 

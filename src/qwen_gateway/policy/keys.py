@@ -18,8 +18,6 @@ from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import redis.exceptions
-
 from qwen_gateway.errors import InvalidRequest, NotFound
 from qwen_gateway.policy.principal import Limits, Principal
 from qwen_gateway.store.audit import AuditEntry
@@ -93,6 +91,8 @@ class RedisBus:
         self._task: asyncio.Task[None] | None = None
 
     async def publish(self, key_hash: str) -> None:
+        import redis.exceptions  # only a Redis bus is here: redis is loaded already
+
         try:
             await self._redis.publish(self.channel, key_hash)
         except redis.exceptions.RedisError as exc:
@@ -104,6 +104,8 @@ class RedisBus:
         self._task = asyncio.create_task(self._listen(pubsub, on_message))
 
     async def _listen(self, pubsub: Any, on_message: Callable[[str], None]) -> None:
+        import redis.exceptions  # only a Redis bus is here: redis is loaded already
+
         delay, most = self._backoff
         while True:
             try:

@@ -14,27 +14,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections import deque
 from collections.abc import Sequence
 from contextlib import suppress
 from typing import Protocol
-
-import redis.exceptions
 
 from qwen_gateway.errors import ServiceUnavailable
 from qwen_gateway.policy.ratelimit import Limiter, Permit, Subject
 
 log = logging.getLogger(__name__)
 
-#: what an unreachable limiter raises: these are retried, anything else is a bug and is not
-OUTAGE: tuple[type[Exception], ...] = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    redis.exceptions.ReadOnlyError,  # a replica during a failover
-    redis.exceptions.BusyLoadingError,
-    ConnectionError,
-    TimeoutError,
-)
+
+def outage() -> tuple[type[Exception], ...]:
+    """What an unreachable limiter raises: these are retried, anything else is a bug and is
+    not. Evaluated when an exception is matched; redis (~7 MB) is not imported for it: while
+    no Redis client is loaded, no Redis error can be raised."""
+    errors = sys.modules.get("redis.exceptions")
+    if errors is None:
+        return (ConnectionError, TimeoutError)
+    return (
+        errors.ConnectionError,
+        errors.TimeoutError,
+        errors.ReadOnlyError,  # a replica during a failover
+        errors.BusyLoadingError,
+        ConnectionError,
+        TimeoutError,
+    )
+
+
 RETRY_AFTER = 5  # seconds, told to clients while the limiter is unreachable
 
 
@@ -81,7 +89,7 @@ class LeaseKeeper:
     ) -> Permit:
         try:
             permit = await self._inner.acquire(subjects, prompt_tokens, reserve, sequences)
-        except OUTAGE as exc:
+        except outage() as exc:
             log.warning("rate limiter unreachable, refusing the request: %r", exc)
             raise ServiceUnavailable(
                 "Rate limits cannot be checked right now. Retry shortly.",
@@ -99,7 +107,7 @@ class LeaseKeeper:
             return
         try:
             await self._inner.settle(permit, completion_tokens)
-        except OUTAGE as exc:
+        except outage() as exc:
             log.warning("settling rate limits failed, will retry: %r", exc)
             self._defer(permit, completion_tokens)
 
@@ -109,7 +117,7 @@ class LeaseKeeper:
             return
         try:
             await self._inner.release(permit)
-        except OUTAGE as exc:
+        except outage() as exc:
             log.warning("releasing a rate-limit admission failed, will retry: %r", exc)
             self._defer(permit, None)
 
@@ -123,7 +131,7 @@ class LeaseKeeper:
             return
         try:
             await self._inner.renew(permits)
-        except OUTAGE as exc:
+        except outage() as exc:
             log.warning("renewing %d concurrency leases failed: %r", len(permits), exc)
         except Exception:
             log.exception("renewing %d concurrency leases failed", len(permits))
@@ -138,7 +146,7 @@ class LeaseKeeper:
                     await self._inner.release(permit)
                 else:
                     await self._inner.settle(permit, tokens)
-            except OUTAGE as exc:
+            except outage() as exc:
                 log.info("limiter still unreachable, %d settles queued: %r", self.pending, exc)
                 return False
             except Exception:
