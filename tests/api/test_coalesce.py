@@ -90,3 +90,26 @@ async def test_closing_while_the_source_waits_cancels_it() -> None:
     await batches.aclose()
     assert isinstance(source.cleaned_up_by, asyncio.CancelledError)
     assert source.closed
+
+
+class FutureIterator:
+    """An async iterator whose ``__anext__`` returns futures (not steppable by hand)."""
+
+    def __init__(self, items: list[int]) -> None:
+        self.items = items
+
+    def __aiter__(self) -> FutureIterator:
+        return self
+
+    def __anext__(self) -> asyncio.Future[int]:
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        if self.items:
+            future.set_result(self.items.pop(0))
+        else:
+            future.set_exception(StopAsyncIteration())
+        return future
+
+
+async def test_an_iterator_of_plain_awaitables_is_passed_through() -> None:
+    got = [batch async for batch in ready_batches(FutureIterator([1, 2, 3]))]
+    assert [c for batch in got for c in batch] == [1, 2, 3]

@@ -29,6 +29,15 @@ async def ready_batches(chunks: AsyncIterator[T]) -> AsyncGenerator[list[T], Non
     batch: list[T] = []
     while True:
         step: Any = chunks.__anext__()
+        if not hasattr(step, "send"):  # an awaitable that cannot be stepped: wait as usual
+            if batch:
+                yield batch
+                batch = []
+            try:
+                batch.append(await step)
+            except StopAsyncIteration:
+                return
+            continue
         try:
             yielded = step.send(None)
         except StopIteration as done:
