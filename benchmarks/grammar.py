@@ -150,7 +150,8 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM
 
-    from qwen_gateway.engines.transformers.constraint import Constraint, GrammarCompiler
+    from qwen_gateway.engines.transformers.decoding.compiler import GrammarCompiler
+    from qwen_gateway.engines.transformers.decoding.constraint import Constraint
     from qwen_gateway.engines.transformers.model import CacheShape, SlotModel
     from qwen_gateway.qwen.tokenizer import QwenTokenizer
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from qwen_gateway.engines.transformers.grammar import GrammarCompiler
+from qwen_gateway.engines.transformers.decoding.compiler import GrammarCompiler
 
 
 class BlockingCompiler(GrammarCompiler):

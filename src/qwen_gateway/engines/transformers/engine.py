@@ -93,7 +93,7 @@ class LoadedModel:
     tokenizer: QwenTokenizer
     template: ChatTemplate
     model: Any  # a SlotModel
-    grammars: Any  # a grammar.GrammarCompiler for the model's vocabulary
+    grammars: Any  # a decoding.compiler.GrammarCompiler for the model's vocabulary
     eos: frozenset[int]
 
 
@@ -116,7 +116,7 @@ class _Choice:
     sampler: Any
     decoder: IncrementalDecoder
     stop: StopMatcher
-    constraint: Any = None  # a constraint.Constraint when the output is grammar-bound
+    constraint: Any = None  # a decoding.constraint.Constraint when the output is grammar-bound
     slot: int = -1
     position: int = 0  # cache length, i.e. where the next token goes
     last_token: int = 0
@@ -385,7 +385,7 @@ class TransformersBackend:
 
     def _start(self, group: _Group, slots: list[int]) -> Any:
         """Prefill ``group``'s prompt and make its choices; the first token's logits [n, V]."""
-        from qwen_gateway.engines.transformers.constraint import Constraint
+        from qwen_gateway.engines.transformers.decoding.constraint import Constraint
         from qwen_gateway.engines.transformers.sampler import SequenceSampler
 
         model = self._model
@@ -587,7 +587,7 @@ def _load_model(cfg: TransformersConfig, served_name: str, model: str) -> Loaded
     import torch
     from transformers import AutoModelForCausalLM
 
-    from qwen_gateway.engines.transformers.grammar import GrammarCompiler
+    from qwen_gateway.engines.transformers.decoding.compiler import GrammarCompiler
     from qwen_gateway.engines.transformers.model import CacheShape, SlotModel
 
     directory = _resolve_model_dir(model)

@@ -1,7 +1,6 @@
-"""Grammar-constrained decoding: JSON mode, JSON Schema and forced tool calls, over xgrammar.
+"""One generated sequence constrained to a compiled grammar within its token budget.
 
-:class:`GrammarCompiler` (one per model) turns a response format or a set of tools into a
-:class:`CompiledGrammar`, compiled once and kept in a bounded LRU cache. A :class:`Constraint`
+A :class:`Constraint`
 (one per generated sequence) masks each step's logits to what the grammar allows and follows
 the sampled tokens::
 
@@ -27,41 +26,31 @@ they lead to). Once ``remaining <= L`` only the plan's next token is allowed, so
 closes exactly as the budget runs out. The common path costs one mask fill and one mask
 application per token; the policy is simulated only near the budget.
 
-Grammars come from :mod:`.grammar`.
+Grammars come from :mod:`.compiler`; the closing policy is :mod:`.plan`.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 import torch
 import xgrammar as xgr
 
-from qwen_gateway.engines.transformers.grammar import (
-    _BRANCH_CHECK,
-    _CANDIDATES,
-    _GROWTH_PER_STEP,
-    _MAX_PLAN,
-    _NEAR_WINDOW,
-    _NEG_INF,
-    _WATCH_WINDOW,
-    CompiledGrammar,
-    GrammarCompiler,
-)
+from qwen_gateway.engines.transformers.decoding.bitmask import NEG_INF, apply_bitmask, keep_only
+from qwen_gateway.engines.transformers.decoding.grammar import CompiledGrammar
+from qwen_gateway.engines.transformers.decoding.plan import MAX_PLAN, ClosingPolicy
 
-__all__ = ["CompiledGrammar", "Constraint", "GrammarCompiler"]
+__all__ = ["Constraint"]
 
-
-def _keep_only(row: torch.Tensor, ids: torch.Tensor) -> None:
-    """Set every entry of ``row`` but ``ids`` to -inf."""
-    kept = row.index_select(0, ids)
-    row.fill_(_NEG_INF)
-    row.index_copy_(0, ids, kept)
-
-
-# ---- per-sequence constraint ---------------------------------------------------------------
+# Budget rule.
+_NEAR_WINDOW: Final = 8  # within this many tokens of the budget, candidates are checked
+_GROWTH_PER_STEP: Final = 4  # assumed growth of L per unchecked step after a deviation
+_WATCH_WINDOW: Final = 32  # ...and branch points this much further away
+_CANDIDATES: Final = 4  # top candidates checked per step in the near window
+_BRANCH_CHECK: Final = 8  # branch points with at most this many choices are checked
 
 
 class Constraint:
@@ -77,34 +66,27 @@ class Constraint:
         "_candidates",
         "_done",
         "_forced",
-        "_grammar",
         "_head",
         "_l_known",
         "_matcher",
         "_plan",
         "_plan_complete",
-        "_rt",
-        "_scratch",
-        "_scratch_bits",
+        "_policy",
         "_since",
+        "_vocab",
         "max_tokens",
     )
 
     def __init__(self, grammar: CompiledGrammar, max_tokens: int) -> None:
-        self._grammar = grammar
-        self._rt = grammar._runtime
+        self._vocab = grammar.vocabulary
         self.max_tokens = max_tokens
-        self._matcher = xgr.GrammarMatcher(grammar._xgr)
-        self._bitmask = xgr.allocate_token_bitmask(1, self._rt.vocab_size)
+        self._matcher = xgr.GrammarMatcher(grammar.compiled)
+        self._bitmask = xgr.allocate_token_bitmask(1, self._vocab.vocab_size)
         self._bits: npt.NDArray[np.int32] = self._bitmask.numpy()[0]
-        self._scratch = xgr.allocate_token_bitmask(1, self._rt.vocab_size)
-        self._scratch_bits: npt.NDArray[np.int32] = self._scratch.numpy()[0]
+        self._policy = ClosingPolicy(self._vocab)
         self._plan: deque[int] | None
         self._candidates: dict[int, list[int]] = {}  # near the budget: checked tokens' plans
-        initial = grammar._initial_plan
-        if initial is None:
-            initial = grammar._initial_plan = self._simulate(self._matcher, _MAX_PLAN)
-        path, complete = initial
+        path, complete = grammar.initial_plan()
         self._plan = deque(path) if path else None
         self._plan_complete = complete
         self._l_known = len(path)  # last computed shortest completion
@@ -128,7 +110,7 @@ class Constraint:
     def shortest_completion(self) -> int:
         """Tokens the closing policy needs to finish from here, EOS included (an estimate of
         the shortest completion; at most 512)."""
-        plan, _ = self._simulate(self._matcher, _MAX_PLAN)
+        plan, _ = self._policy.simulate(self._matcher, MAX_PLAN)
         return len(plan)
 
     # ---- decoding ---------------------------------------------------------
@@ -140,11 +122,11 @@ class Constraint:
         m = self._matcher
         self._candidates.clear()
         if m.is_terminated():
-            logits_row.fill_(_NEG_INF)
-            logits_row[self._rt.stop_id] = 0.0
+            logits_row.fill_(NEG_INF)
+            logits_row[self._vocab.stop_id] = 0.0
             return
         m.fill_next_token_bitmask(self._bitmask)
-        allowed = self._mask(logits_row)
+        allowed = apply_bitmask(logits_row, self._bitmask, self._bits, self._vocab.masks)
         self._budget(logits_row, max(remaining, 1), allowed)
 
     def accept(self, token: int) -> None:
@@ -168,38 +150,12 @@ class Constraint:
             self._plan = None
             self._since += 1
         self._candidates.clear()
-        m = self._matcher
-        if m.is_terminated():
-            self._done = True
-        elif m.is_completed():
-            m.fill_next_token_bitmask(self._scratch)
-            self._done = self._rt.only_stop(self._scratch_bits)
-        else:
-            self._done = False
+        self._done = self._policy.finished(self._matcher)
 
-    # ---- masking ----------------------------------------------------------
-
-    def _mask(self, row: torch.Tensor) -> torch.Tensor | None:
-        """Apply the filled bitmask to ``row``; return the allowed ids when they are few."""
-        rt = self._rt
-        entry = rt.mask_ids(self._bitmask[0], self._bits.tobytes(), row.device)
-        if entry is not None and entry.keep:
-            _keep_only(row, entry.ids)
-            return entry.ids
-        if entry is not None:
-            row.index_fill_(0, entry.ids, _NEG_INF)
-        else:
-            view = row[: rt.vocab_size].unsqueeze(0)
-            mask = self._bitmask if row.device.type == "cpu" else self._bitmask.to(row.device)
-            xgr.apply_token_bitmask_inplace(view, mask, vocab_size=rt.vocab_size)
-        if row.shape[0] > rt.vocab_size:
-            row[rt.vocab_size :] = _NEG_INF
-        return None
+    # ---- budget -----------------------------------------------------------
 
     def _allowed(self, token: int) -> bool:
         return bool((int(self._bits[token >> 5]) >> (token & 31)) & 1)
-
-    # ---- budget -----------------------------------------------------------
 
     def _budget(self, row: torch.Tensor, remaining: int, allowed: torch.Tensor | None) -> None:
         plan = self._plan
@@ -232,7 +188,7 @@ class Constraint:
             self._restrict(row, remaining, plan[0], allowed.tolist())
 
     def _replan(self, remaining: int) -> deque[int] | None:
-        path, complete = self._simulate(self._matcher, min(remaining + 1, _MAX_PLAN))
+        path, complete = self._policy.simulate(self._matcher, min(remaining + 1, MAX_PLAN))
         self._plan = deque(path) if path else None
         self._plan_complete = complete
         self._l_known = len(path)
@@ -245,7 +201,7 @@ class Constraint:
         if allowed is not None and allowed.numel() <= k:
             return [int(t) for t in allowed.tolist()]
         values, ids = torch.topk(row, min(k, row.shape[0]))
-        return [int(t) for v, t in zip(values.tolist(), ids.tolist(), strict=True) if v > _NEG_INF]
+        return [int(t) for v, t in zip(values.tolist(), ids.tolist(), strict=True) if v > NEG_INF]
 
     def _restrict(self, row: torch.Tensor, remaining: int, policy: int, tokens: list[int]) -> None:
         """Keep ``policy`` and those of ``tokens`` after which the rest still fits."""
@@ -254,13 +210,13 @@ class Constraint:
         for token in tokens:
             if token == policy:
                 continue
-            if token in self._rt.stop_ids:
+            if token in self._vocab.stop_ids:
                 safe.append(token)
                 continue
             fork = self._matcher.fork()
             if not fork.accept_token(token):
                 continue
-            path, complete = self._simulate(fork, remaining)
+            path, complete = self._policy.simulate(fork, remaining)
             if complete and 1 + len(path) <= remaining:
                 safe.append(token)
                 self._candidates[token] = path
@@ -269,70 +225,6 @@ class Constraint:
         if rejected:
             self._forced = True
         kept = row[policy].item()
-        _keep_only(row, torch.tensor(safe, dtype=torch.long, device=row.device))
-        if kept == _NEG_INF:  # never leave a row with nothing to sample
+        keep_only(row, torch.tensor(safe, dtype=torch.long, device=row.device))
+        if kept == NEG_INF:  # never leave a row with nothing to sample
             row[policy] = 0.0
-
-    # ---- closing policy ---------------------------------------------------
-
-    def _simulate(self, matcher: xgr.GrammarMatcher, cap: int) -> tuple[list[int], bool]:
-        """The closing policy's tokens from ``matcher``'s state (not modified) to EOS.
-
-        Returns ``(tokens, complete)``; ``complete`` is False when the path was cut at ``cap``
-        tokens or ran into a dead end.
-        """
-        rt = self._rt
-        m = matcher.fork()
-        path: list[int] = []
-        while len(path) < cap:
-            if m.is_terminated():
-                return path, True
-            if m.is_completed():
-                path.append(rt.stop_id)
-                return path, True
-            try:
-                forced = m.find_jump_forward_string()
-            except UnicodeDecodeError:  # it forces the rest of a split UTF-8 character
-                forced = ""
-            if forced:  # the grammar forces this text: spell it with the tokenizer
-                progressed = False
-                for token in rt.encode(forced):
-                    if len(path) >= cap or not m.accept_token(token):
-                        break
-                    path.append(token)
-                    progressed = True
-                if progressed:
-                    continue
-            chosen = self._choose(m)
-            if chosen is None:
-                return path, False
-            path.append(chosen)
-        return path, False
-
-    def _choose(self, m: xgr.GrammarMatcher) -> int | None:
-        """Advance ``m`` by the policy's next token where the grammar forces no string.
-
-        Candidates are tried with ``accept_token`` (cheap) rather than by filling a mask,
-        which costs up to milliseconds in states with many length-dependent tokens.
-        """
-        rt = self._rt
-        quote = rt.quote
-        if quote is not None and m.accept_token(quote):
-            # Did '"' close a string (keep it) or open one (prefer a smaller value)?
-            if not m.accept_token(quote):
-                return quote
-            m.rollback(2)
-        for token in rt.pref_tokens:
-            if m.accept_token(token):
-                return token
-        m.fill_next_token_bitmask(self._scratch)
-        bits = self._scratch_bits
-        words = np.flatnonzero(bits)
-        if not words.size:
-            return None
-        word = int(words[0])
-        value = int(bits[word]) & 0xFFFFFFFF
-        token = word * 32 + ((value & -value).bit_length() - 1)
-        if token >= rt.vocab_size or not m.accept_token(token):
-            return None
-        return token
