@@ -64,6 +64,7 @@ from qwen_gateway.errors import (
     UnprocessableEntity,
     UpstreamError,
 )
+from qwen_gateway.qwen.counting import count_prompt_tokens
 from qwen_gateway.qwen.template import ChatTemplate, packaged_template_source
 from qwen_gateway.qwen.tokenizer import QwenTokenizer
 
@@ -310,11 +311,7 @@ class OpenAIUpstreamEngine:
     def _prompt_tokens(self, tokenizer: QwenTokenizer, request: GenerationRequest) -> int:
         template = self._template
         assert template is not None
-        if isinstance(request, ChatRequest):
-            return len(tokenizer.encode_pieces(template.render(request.messages, request.tools)))
-        if isinstance(request.prompt, str):
-            return len(tokenizer.encode_raw(request.prompt))
-        return len(request.prompt)
+        return count_prompt_tokens(tokenizer, template, request)
 
     def _passthrough(self, request: GenerationRequest) -> bool:
         """Whether the upstream's chunks can go to the client as they are (no tools, no JSON)."""

@@ -12,7 +12,6 @@ from contextlib import aclosing
 from dataclasses import replace
 
 from qwen_gateway.core.types import (
-    ChatRequest,
     EngineEvent,
     GenerationRequest,
     ModelInfo,
@@ -26,7 +25,7 @@ from qwen_gateway.engines.base import (
     TokenBackend,
 )
 from qwen_gateway.engines.output import checked_json, with_tool_calls
-from qwen_gateway.errors import InvalidRequest
+from qwen_gateway.qwen.counting import prompt_ids
 from qwen_gateway.qwen.limits import check_prompt_size, output_budget
 from qwen_gateway.qwen.template import ChatTemplate, packaged_template_source
 from qwen_gateway.qwen.tokenizer import ENDOFTEXT_ID, THREAD_MIN_CHARS, QwenTokenizer
@@ -55,19 +54,7 @@ class PromptEngine:
         return self._backend.info
 
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
-        tokenizer, template = self._tokenizer, self._template
-        if isinstance(request, ChatRequest):
-            return tokenizer.encode_pieces(template.render(request.messages, request.tools))
-        if isinstance(request.prompt, str):
-            return tokenizer.encode_raw(request.prompt)
-        bad = next((t for t in request.prompt if not 0 <= t < tokenizer.vocab_size), None)
-        if bad is not None:
-            raise InvalidRequest(
-                f"Token id {bad} is outside the vocabulary (0..{tokenizer.vocab_size - 1}).",
-                param="prompt",
-                code="invalid_value",
-            )
-        return list(request.prompt)
+        return prompt_ids(self._tokenizer, self._template, request)
 
     def stream(self, request: GenerationRequest) -> AsyncGenerator[EngineEvent, None]:
         """Text far beyond the window is refused untokenised; long text is tokenised in a

@@ -10,6 +10,7 @@ from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.core.types import ChatRequest, GenerationRequest, ModelInfo
 from qwen_gateway.policy.principal import Limits, Principal
 from qwen_gateway.policy.ratelimit import Limiter, Permit, Subject
+from qwen_gateway.qwen.counting import count_prompt_tokens
 from qwen_gateway.qwen.limits import check_prompt_size, prompt_chars
 from qwen_gateway.qwen.template import ChatTemplate, packaged_template_source
 from qwen_gateway.qwen.tokenizer import QwenTokenizer, tokenized
@@ -67,14 +68,7 @@ class Gate:
         if template is None:
             raise RuntimeError("Gate.start() was not awaited")
 
-        def count() -> int:
-            if isinstance(request, ChatRequest):
-                pieces = template.render(request.messages, request.tools)
-                return len(tokenizer.encode_pieces(pieces))
-            assert isinstance(request.prompt, str)
-            return len(tokenizer.encode_raw(request.prompt))
-
-        return await tokenized(count, chars)
+        return await tokenized(lambda: count_prompt_tokens(tokenizer, template, request), chars)
 
     async def settle(self, permit: Permit, completion_tokens: int) -> None:
         await self.limiter.settle(permit, completion_tokens)
