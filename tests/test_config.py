@@ -176,3 +176,48 @@ def test_replica_labels_are_one_per_replica() -> None:
         load_settings({"deployments": [{**d, "replica_labels": ["a"]}]}, env={})
     s = load_settings({"deployments": [{**d, "replica_labels": ["east", "west"]}]}, env={})
     assert s.deployments[0].replica_labels == ["east", "west"]
+
+
+# ---- limits and other config mistakes: ConfigError naming the setting -----------------------
+
+
+def test_tier_and_model_limits_are_the_one_limits_type() -> None:
+    from qwen_gateway.core.limits import Limits
+
+    s = load_settings(
+        {"auth": {"tiers": {"gold": {"rpm": 5}}}, "limits": {"models": {"m": {"tpm": 100}}}},
+        env={},
+    )
+    assert s.auth.tiers["gold"] == Limits(rpm=5)
+    assert s.limits.models["m"] == Limits(tpm=100)
+    assert s.limits.models["m"].counts_tokens
+
+
+@pytest.mark.parametrize(
+    ("cli", "key", "why"),
+    [
+        ({"limits": {"backend": "redis"}}, "limits.backend", "redis.url is not set"),
+        ({"auth": {"tiers": {"gold": {"rpm": 0}}}}, "auth.tiers.gold.rpm", "greater than"),
+        ({"limits": {"models": {"m": {"rpn": 5}}}}, "limits.models.m.rpn", "not permitted"),
+        ({"deployments": [{"name": "d", "replicas": 0}]}, "deployments.0.replicas", "replica"),
+    ],
+)
+def test_config_mistakes_are_config_errors_naming_the_setting(
+    cli: dict[str, Any], key: str, why: str
+) -> None:
+    with pytest.raises(ConfigError, match=f"'{key}'") as info:
+        load_settings(cli, env={})
+    assert why in str(info.value)
+
+
+def test_a_broken_intent_model_file_is_a_config_error(tmp_path: Path) -> None:
+    from qwen_gateway.container import intent_classifier
+
+    model = tmp_path / "intent.json"
+    model.write_text('{"format": "something else"}')
+    settings = load_settings(
+        {"routing": {"intent": {"model_file": str(model)}}, "data_dir": str(tmp_path)}, env={}
+    )
+    with pytest.raises(ConfigError, match=r"routing\.intent\.classifier") as info:
+        intent_classifier(settings)
+    assert str(model) in str(info.value)

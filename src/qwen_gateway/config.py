@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from qwen_gateway.core.limits import Limits
 from qwen_gateway.core.redact import looks_secret, mask_url
 
 ENV_PREFIX = "QWEN_GATEWAY_"
@@ -201,16 +202,6 @@ class RoutingSettings(Section):
     intent: IntentSettings = Field(default_factory=IntentSettings)
 
 
-class LimitSettings(Section):
-    """Limits for a key tier, a JWT tier or a model (all models together for that model)."""
-
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
-    max_concurrency: int | None = Field(default=None, ge=1)
-    daily_tokens: int | None = Field(default=None, ge=1)
-    monthly_tokens: int | None = Field(default=None, ge=1)
-
-
 class JWTSettings(Section):
     """Bearer JWTs: set ``secret`` (HS256) or ``public_key`` (PEM text or a file path)."""
 
@@ -235,7 +226,7 @@ class JWTSettings(Section):
 class AuthSettings(Section):
     enabled: bool = True  # false: no authentication at all (local development only)
     jwt: JWTSettings = Field(default_factory=JWTSettings)
-    tiers: dict[str, LimitSettings] = Field(default_factory=dict)  # for JWT tier claims
+    tiers: dict[str, Limits] = Field(default_factory=dict)  # for JWT tier claims
     failure_limit: int = Field(default=20, ge=1)  # failed attempts per address and minute
     # enabled: false is refused on a host other than loopback unless this is set too
     allow_unauthenticated_remote: bool = False
@@ -244,7 +235,7 @@ class AuthSettings(Section):
 
 class LimitsSettings(Section):
     backend: Literal["auto", "local", "redis"] = "auto"  # auto: redis when redis.url is set
-    models: dict[str, LimitSettings] = Field(default_factory=dict)
+    models: dict[str, Limits] = Field(default_factory=dict)
     lease_seconds: float = Field(default=30.0, gt=0)  # renewed while the request runs
     redis_prefix: str = Field(default="qwen-gateway", min_length=1)  # to share one Redis
 
@@ -396,6 +387,7 @@ def load_settings(
         raise _bad(key, value if shown else _HIDDEN, err["msg"]) from None
     check_registry(settings)
     check_auth(settings)
+    check_limits(settings)
     return settings
 
 
@@ -454,6 +446,12 @@ def check_auth(settings: Settings) -> None:
         )
     if j.default_tier is not None and j.default_tier not in settings.auth.tiers:
         raise _bad("auth.jwt.default_tier", j.default_tier, "no tier in auth.tiers has this name")
+
+
+def check_limits(settings: Settings) -> None:
+    """Limits kept in Redis need a Redis to keep them in."""
+    if settings.limits.backend == "redis" and settings.redis.url is None:
+        raise _bad("limits.backend", "redis", "redis.url is not set")
 
 
 def check_registry(settings: Settings) -> None:

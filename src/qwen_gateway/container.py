@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from qwen_gateway.config import (
+    ConfigError,
     DeploymentSettings,
     ModelSettings,
     Settings,
@@ -30,7 +31,7 @@ from qwen_gateway.policy.gate import Gate
 from qwen_gateway.policy.jwt import JWTConfig, JWTVerifier
 from qwen_gateway.policy.keys import InvalidationBus, KeyManager, LocalBus, RedisBus
 from qwen_gateway.policy.leases import LeaseKeeper
-from qwen_gateway.policy.principal import Limits, Principal
+from qwen_gateway.policy.principal import Principal
 from qwen_gateway.policy.ratelimit import Limiter, LocalLimiter, RedisLimiter
 from qwen_gateway.routing.balancer import Balancer, Replica
 from qwen_gateway.routing.breaker import CircuitBreaker
@@ -178,7 +179,10 @@ def intent_classifier(settings: Settings) -> IntentClassifier:
     i = settings.routing.intent
     if i.classifier == "rules":
         return RuleClassifier(i.rules, fallback=i.default)
-    learned = load_saved(settings.intent_model_file)
+    try:
+        learned = load_saved(settings.intent_model_file)
+    except ValueError as exc:  # the file is not a model `intent train` wrote
+        raise ConfigError(f"Invalid intent model for 'routing.intent.classifier': {exc}") from None
     if learned is not None:
         learned.threshold = i.threshold
         learned.fallback = i.default
@@ -196,10 +200,6 @@ def write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         out.write(text)
     tmp.replace(path)
-
-
-def _limits(s: Any) -> Limits:
-    return Limits(s.rpm, s.tpm, s.max_concurrency, s.daily_tokens, s.monthly_tokens)
 
 
 def _jwt(settings: Settings) -> JWTVerifier | None:
@@ -221,7 +221,7 @@ def _jwt(settings: Settings) -> JWTVerifier | None:
             models_claim=j.models_claim,
             tier_claim=j.tier_claim,
             admin_claim=j.admin_claim,
-            tiers={name: _limits(t) for name, t in settings.auth.tiers.items()},
+            tiers=settings.auth.tiers,
             default_tier=j.default_tier,
         )
     )
@@ -306,7 +306,7 @@ class Container:
         )
         backend = settings.limits.backend
         if backend == "redis" and self.redis is None:
-            raise ValueError("limits.backend is 'redis' but redis.url is not set")
+            raise ConfigError("limits.backend is 'redis' but redis.url is not set")
         limiter: Limiter = (
             RedisLimiter(self.redis, settings.limits.lease_seconds, settings.limits.redis_prefix)
             if self.redis is not None and backend != "local"
@@ -314,7 +314,7 @@ class Container:
         )
         self.leases = LeaseKeeper(limiter, settings.limits.lease_seconds, observer=self.metrics)
         self.metrics.watch_pending_settles(lambda: self.leases.pending)
-        self.gate = Gate(self.leases, {m: _limits(v) for m, v in settings.limits.models.items()})
+        self.gate = Gate(self.leases, settings.limits.models)
         self.router.count_tokens = self.gate.prompt_tokens
         self.gate.context_window = lambda: max(
             d.info.context_window for d in self.router.deployments

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import openai
+import pytest
 
 from qwen_gateway.cli.main import _bootstrap_notice
 from support.server import free_port, running_command
@@ -45,6 +46,20 @@ def test_config_error_exits_2_naming_the_key() -> None:
     done = _run("config", "show", env={"QWEN_GATEWAY_SERVER__PORT": "nope"})
     assert done.returncode == 2
     assert "server.port" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"QWEN_GATEWAY_LIMITS__BACKEND": "redis"}, "'limits.backend' ('redis'): redis.url is"),
+        ({"QWEN_GATEWAY_AUTH__TIERS__GOLD__RPM": "0"}, "'auth.tiers.gold.rpm'"),
+    ],
+)
+def test_limit_mistakes_exit_2_naming_the_setting(env: dict[str, str], message: str) -> None:
+    done = _run("config", "show", env=env)
+    assert done.returncode == 2, done.stdout
+    assert "Configuration error" in done.stderr
+    assert message in " ".join(done.stderr.split())
 
 
 def test_help_lists_the_commands() -> None:

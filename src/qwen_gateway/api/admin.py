@@ -9,29 +9,23 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from qwen_gateway.container import Container
+from qwen_gateway.core.limits import KeyLimits
 from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.errors import InvalidRequest
 from qwen_gateway.policy.keys import key_view
 from qwen_gateway.policy.principal import Principal
 from qwen_gateway.store.audit import AuditEntry
-from qwen_gateway.store.keys import KeyLimits
 
 
-class KeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class KeyCreate(KeyLimits):
+    """The body of ``POST /admin/keys``: the key's limits (flat) and its other fields."""
 
     name: str = Field(min_length=1, max_length=200)
     role: Literal["inference", "admin"] = "inference"
     models: list[str] | None = Field(default=None, max_length=1000)
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
-    max_concurrency: int | None = Field(default=None, ge=1)
-    daily_tokens: int | None = Field(default=None, ge=1)
-    monthly_tokens: int | None = Field(default=None, ge=1)
-    default_max_tokens: int | None = Field(default=None, ge=1)
     expires_at: datetime | None = None
 
 
@@ -67,14 +61,7 @@ def admin_router(container: Container, check: Any) -> APIRouter:
             body.name,
             role=body.role,
             models=tuple(body.models) if body.models is not None else None,
-            limits=KeyLimits(
-                body.rpm,
-                body.tpm,
-                body.max_concurrency,
-                body.daily_tokens,
-                body.monthly_tokens,
-                body.default_max_tokens,
-            ),
+            limits=KeyLimits.model_validate(body.model_dump(include=set(KeyLimits.model_fields))),
             expires_at=body.expires_at,
             actor=actor,
             client=client,

@@ -18,9 +18,9 @@ from rich.table import Table
 
 from qwen_gateway.config import ConfigError, Settings, load_settings
 from qwen_gateway.container import Tenancy
+from qwen_gateway.core.limits import KeyLimits
 from qwen_gateway.errors import GatewayError
 from qwen_gateway.policy.keys import key_view
-from qwen_gateway.store.keys import KeyLimits
 
 keys_app = typer.Typer(help="Create, list, show, revoke and rotate API keys.")
 err = Console(stderr=True)
@@ -144,7 +144,12 @@ def create(
             role="admin" if admin else "inference",
             models=allowed,
             limits=KeyLimits(
-                rpm, tpm, max_concurrency, daily_tokens, monthly_tokens, default_max_tokens
+                rpm=rpm,
+                tpm=tpm,
+                max_concurrency=max_concurrency,
+                daily_tokens=daily_tokens,
+                monthly_tokens=monthly_tokens,
+                default_max_tokens=default_max_tokens,
             ),
             expires_at=_expiry(expires),
             actor="cli",

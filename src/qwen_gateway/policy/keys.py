@@ -18,10 +18,11 @@ from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from qwen_gateway.core.limits import KeyLimits
 from qwen_gateway.errors import InvalidRequest, NotFound
-from qwen_gateway.policy.principal import Limits, Principal
+from qwen_gateway.policy.principal import Principal
 from qwen_gateway.store.audit import AuditEntry
-from qwen_gateway.store.keys import KeyLimits, KeyRecord, KeyRepository
+from qwen_gateway.store.keys import KeyRecord, KeyRepository
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ def principal_of(record: KeyRecord) -> Principal:
         id=f"key:{record.id}",
         role="admin" if record.role == "admin" else "inference",
         models=frozenset(record.models) if record.models is not None else None,
-        limits=Limits(lim.rpm, lim.tpm, lim.max_concurrency, lim.daily_tokens, lim.monthly_tokens),
+        limits=lim.rates,
         key_id=record.id,
         default_max_tokens=lim.default_max_tokens,
     )

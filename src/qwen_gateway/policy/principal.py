@@ -5,26 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from qwen_gateway.core.limits import Limits
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    rpm: int | None = None
-    tpm: int | None = None
-    max_concurrency: int | None = None
-    daily_tokens: int | None = None
-    monthly_tokens: int | None = None
-
-    @property
-    def any(self) -> bool:
-        return any(
-            v is not None
-            for v in (self.rpm, self.tpm, self.max_concurrency, self.daily_tokens,
-                      self.monthly_tokens)
-        )  # fmt: skip
-
-    @property
-    def counts_tokens(self) -> bool:
-        return any(v is not None for v in (self.tpm, self.daily_tokens, self.monthly_tokens))
+__all__ = ["ANONYMOUS", "Limits", "Principal"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,20 +7,10 @@ from datetime import datetime
 
 from sqlalchemy import func, select, update
 
+from qwen_gateway.core.limits import KeyLimits
 from qwen_gateway.store.db import Database
 from qwen_gateway.store.sanitise import clean_json, clean_text
 from qwen_gateway.store.tables import ApiKeyRow
-
-
-@dataclass(frozen=True, slots=True)
-class KeyLimits:
-    rpm: int | None = None
-    tpm: int | None = None
-    max_concurrency: int | None = None
-    daily_tokens: int | None = None
-    monthly_tokens: int | None = None
-    #: output tokens for a request that names no max_tokens (None: the deployment's default)
-    default_max_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,12 +36,12 @@ def _record(row: ApiKeyRow) -> KeyRecord:
         role=row.role,
         models=tuple(row.models) if row.models is not None else None,
         limits=KeyLimits(
-            row.rpm,
-            row.tpm,
-            row.max_concurrency,
-            row.daily_tokens,
-            row.monthly_tokens,
-            row.default_max_tokens,
+            rpm=row.rpm,
+            tpm=row.tpm,
+            max_concurrency=row.max_concurrency,
+            daily_tokens=row.daily_tokens,
+            monthly_tokens=row.monthly_tokens,
+            default_max_tokens=row.default_max_tokens,
         ),
         expires_at=_aware(row.expires_at),
         created_at=_aware(row.created_at) or row.created_at,
