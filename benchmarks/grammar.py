@@ -6,9 +6,12 @@ each row, argmax, ``Constraint.accept``); a sequence whose grammar completes sta
 so every step does the same model work. Settings are interleaved and the best of
 ``--repeats`` runs is kept. "apply+accept / unconstrained step" (time measured inside the
 constraint over the unconstrained step time) is the steadier overhead figure on a shared
-machine. Prints Markdown tables. Not a test: numbers depend on the machine. Usage:
+machine. Prints Markdown tables. Not a test: numbers depend on the machine. ``--smoke`` runs
+one tiny iteration (one compile case, 4 steps, B = 1) and exits non-zero on any error, for CI.
+Usage:
 
     python benchmarks/grammar.py [--model DIR] [--steps 96] [--batches 1 8] [--threads N]
+    python benchmarks/grammar.py --smoke
 """
 
 from __future__ import annotations
@@ -58,8 +61,11 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f}"
 
 
-def compile_times(compiler_factory: Callable[[], Any]) -> list[tuple[str, float, float]]:
-    """(what, first compile s, cached lookup s); a fresh compiler per row, so nothing is warm."""
+def compile_times(
+    compiler_factory: Callable[[], Any], limit: int | None = None
+) -> list[tuple[str, float, float]]:
+    """(what, first compile s, cached lookup s); a fresh compiler per row, so nothing is warm.
+    ``limit``: only the first cases."""
     cases: list[tuple[str, Callable[[Any], Any]]] = [
         ("json_object", lambda c: c.json_schema(None)),
         ("json_schema: typical tool parameters", lambda c: c.json_schema(TOOL["parameters"])),
@@ -76,7 +82,7 @@ def compile_times(compiler_factory: Callable[[], Any]) -> list[tuple[str, float,
         ),
     ]
     rows = []
-    for what, make in cases:
+    for what, make in cases[:limit]:
         compiler = compiler_factory()
         start = time.perf_counter()
         make(compiler)
@@ -144,7 +150,10 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--repeats", type=int, default=3, help="best of N runs per setting")
+    parser.add_argument("--smoke", action="store_true", help="one tiny iteration, for CI")
     args = parser.parse_args()
+    if args.smoke:
+        args.steps, args.batches, args.repeats = 4, [1], 1
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -168,7 +177,7 @@ def main() -> None:
     start = time.perf_counter()
     compiler = GrammarCompiler(tokenizer, vocab)
     setup = time.perf_counter() - start
-    compiles = compile_times(lambda: GrammarCompiler(tokenizer, vocab))
+    compiles = compile_times(lambda: GrammarCompiler(tokenizer, vocab), 1 if args.smoke else None)
 
     grammars = {
         "json_object": compiler.json_schema(None),

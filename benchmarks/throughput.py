@@ -3,13 +3,17 @@
 Runs, in one process tree and one sitting:
 
 1. ``model.generate`` on a static batch of B identical prompts (greedy, exactly N new tokens);
-2. a real ``qwen-gateway serve`` subprocess on 127.0.0.1 with the same model, driven by B
-   concurrent streaming chat requests of N tokens each.
+2. a real ``qwen-gateway serve --no-auth`` subprocess on 127.0.0.1 with the same model, driven
+   by B concurrent streaming chat requests of N tokens each. Authentication is off (loopback
+   only) because this measures the engine; ``auth_overhead.py`` measures authentication and
+   limits, ``gateway_overhead.py`` the relay.
 
 Prints a Markdown table (aggregate completion tokens per second) and optionally appends it to a
-file. Not a test: numbers depend on the machine. Usage:
+file. Not a test: numbers depend on the machine. ``--smoke`` runs one tiny iteration (1 stream,
+4 tokens) and exits non-zero on any error, for CI. Usage:
 
     python benchmarks/throughput.py [--model DIR] [--tokens 128] [--batches 1 8 32] [--out FILE]
+    python benchmarks/throughput.py --smoke
 """
 
 from __future__ import annotations
@@ -71,11 +75,18 @@ async def _stream_one(http: httpx.AsyncClient, tokens: int) -> int:
         "stream_options": {"include_usage": True},
     }
     usage = 0
+    done = False
     async with http.stream("POST", "/v1/chat/completions", json=body) as resp:
-        resp.raise_for_status()
+        if resp.status_code != 200:
+            raise SystemExit(f"HTTP {resp.status_code}: {(await resp.aread()).decode()[:500]}")
         async for line in resp.aiter_lines():
             if line.startswith('data: {"id"') and '"usage":{' in line:
                 usage = json.loads(line[6:])["usage"]["completion_tokens"]
+            elif line.startswith('data: {"error"'):
+                raise SystemExit(f"in-stream error: {line[6:500]}")
+            done = done or line == "data: [DONE]"
+    if not done or usage <= 0:
+        raise SystemExit(f"stream ended without [DONE] or usage ({usage} tokens)")
     return usage
 
 
@@ -96,7 +107,8 @@ def start_server(model_dir: Path, port: int, max_batch: int, log: Path) -> subpr
     cmd = [
         sys.executable, "-m", "qwen_gateway.cli.main", "serve", "--model", str(model_dir),
         "--served-name", "bench", "--port", str(port), "--max-batch-size", str(max_batch),
-        "--log-level", "warning",
+        "--log-level", "warning", "--data-dir", str(log.parent / "data"),
+        "--no-auth",  # loopback only: this measures the engine, not authentication
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
@@ -120,7 +132,10 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--repeats", type=int, default=3, help="runs per point; the best counts")
     parser.add_argument("--out", type=Path, help="append the Markdown table to this file")
+    parser.add_argument("--smoke", action="store_true", help="one tiny iteration, for CI")
     args = parser.parse_args()
+    if args.smoke:
+        args.tokens, args.batches, args.repeats = 4, [1], 1
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model
@@ -132,7 +147,8 @@ def main() -> None:
             b: static_generate(model_dir, b, args.tokens, args.repeats) for b in args.batches
         }
         port = _free_port()
-        proc = start_server(model_dir, port, max(args.batches), Path(tmp) / "server.log")
+        log = Path(tmp) / "server.log"
+        proc = start_server(model_dir, port, max(args.batches), log)
         try:
             api = {
                 b: asyncio.run(
@@ -143,6 +159,8 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+        if proc.returncode != 0:
+            raise SystemExit(f"server exited {proc.returncode}:\n{log.read_text()}")
 
     import torch
 
