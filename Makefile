@@ -15,7 +15,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 DATA   ?= ./data
 
-.PHONY: install serve check test bench clean vllm
+.PHONY: install serve check test bench bench-smoke clean vllm
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ endif
 
 bench: install
 	$(BIN)/python benchmarks/throughput.py
+
+# every benchmarks/*.py once with --smoke (one tiny iteration each), as CI runs them in `test`
+bench-smoke: install
+	$(BIN)/pytest tests/benchmarks
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
