@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from qwen_gateway.config import ConfigError
 from qwen_gateway.core.types import ChatMessage
 from qwen_gateway.routing.tfidf import TOKENS, TfidfLogistic, markers
 
@@ -228,9 +229,15 @@ class LearnedClassifier:
     views: tuple[str, ...] = VIEWS
 
     def fit(self, examples: Sequence[Example]) -> LearnedClassifier:
-        from sklearn.feature_extraction.text import TfidfVectorizer
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import FeatureUnion, make_pipeline
+        try:
+            from sklearn.feature_extraction.text import TfidfVectorizer
+            from sklearn.linear_model import LogisticRegression
+            from sklearn.pipeline import FeatureUnion, make_pipeline
+        except ImportError:
+            raise ConfigError(
+                "Training the intent classifier needs scikit-learn: "
+                "pip install 'qwen-gateway[train]'."
+            ) from None
 
         vectorizers = {
             "char": lambda: TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 4),
