@@ -44,7 +44,8 @@ async def measure(
         container = Container(load_settings(tree, env={}), engines=engines)  # type: ignore[arg-type]
         await container.start()
         try:
-            secret, _ = await container.keys.create(
+            services = container.services
+            secret, _ = await services.store.keys.create(
                 "bench", models=("m",),
                 limits=KeyLimits(rpm=10**9, tpm=2**31 - 1, max_concurrency=10**6,
                                  daily_tokens=10**15),  # tpm: the largest a key may have
@@ -55,13 +56,15 @@ async def measure(
             times = []
             for i in range(requests + warmup):
                 t0 = time.perf_counter()
-                principal = await container.auth.authenticate(header, set(), "127.0.0.1", "/v1")
+                record = RequestRecord(f"bench-{i}")
+                principal = await services.pipeline.authenticate(
+                    record, header, set(), "127.0.0.1", "/v1"
+                )
                 check_model(principal, "m")
-                record = RequestRecord(f"bench-{i}", principal=principal)
-                await container.gate.admission(principal, request, record)("m", info)
+                await services.gate.admission(principal, request, record)("m", info)
                 if record.permit is None:
                     raise SystemExit("admission charged no limit")
-                await container.gate.settle(record.permit, 16)
+                await services.gate.settle(record.permit, 16)
                 if i >= warmup:
                     times.append(time.perf_counter() - t0)
             times.sort()

@@ -1,4 +1,10 @@
-"""The composition root: the only module that knows which concrete classes are used."""
+"""The composition root: the only module that knows which concrete classes are used.
+
+:func:`assemble` builds every service from Settings (nothing set after construction);
+:func:`start` opens them on an ``AsyncExitStack`` that closes them in reverse; :func:`build`
+does both as one async context manager. The admin CLI uses the store part
+(:func:`build_admin`) of the same path.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,9 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import suppress
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +27,6 @@ from qwen_gateway.config import (
     check_registry,
 )
 from qwen_gateway.core.normalize import RequestLimits
-from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.engines.base import QUIET, Engine, EngineObserver
 from qwen_gateway.engines.plugin import EngineContext
 from qwen_gateway.engines.registry import PendingEngine, configure
@@ -31,7 +36,6 @@ from qwen_gateway.policy.gate import Gate
 from qwen_gateway.policy.jwt import JWTConfig, JWTVerifier
 from qwen_gateway.policy.keys import InvalidationBus, KeyManager, LocalBus, RedisBus
 from qwen_gateway.policy.leases import LeaseKeeper
-from qwen_gateway.policy.principal import Principal
 from qwen_gateway.policy.ratelimit import Limiter, LocalLimiter, RedisLimiter
 from qwen_gateway.routing.balancer import Balancer, Replica
 from qwen_gateway.routing.breaker import CircuitBreaker
@@ -42,16 +46,25 @@ from qwen_gateway.routing.intent import (
     load_saved,
 )
 from qwen_gateway.routing.registry import Deployment, IntentRoute, Split
+from qwen_gateway.routing.retry import TokenCounter
 from qwen_gateway.routing.router import RouteObserver, Router
+from qwen_gateway.service.account import Accounting
+from qwen_gateway.service.admin import Actor, AdminService
+from qwen_gateway.service.admit import Admit
+from qwen_gateway.service.authenticate import Authenticate
 from qwen_gateway.service.completions import CompletionService
+from qwen_gateway.service.normalise import Normalise
+from qwen_gateway.service.pipeline import Pipeline, Stage, compose
+from qwen_gateway.service.route import Route
 from qwen_gateway.store.audit import AuditRepository
 from qwen_gateway.store.db import Database
 from qwen_gateway.store.keys import KeyRepository
 from qwen_gateway.store.spill import SpillFile
-from qwen_gateway.store.usage import UsageEntry, UsageRepository
+from qwen_gateway.store.usage import UsageRepository
 from qwen_gateway.store.writer import BatchWriter
 
 log = logging.getLogger(__name__)
+DRAIN_SECONDS = 10.0  # how long shutdown waits for cut-off requests to account
 
 
 def _replica_options(
@@ -99,6 +112,7 @@ def build_router(
     observer: RouteObserver | None = None,
     clock: Callable[[], float] = time.monotonic,
     engine_observer: Callable[[str], EngineObserver] = lambda name: QUIET,
+    count_tokens: TokenCounter | None = None,
 ) -> Router:
     """Deployments, replicas, splits and intent routing from the settings; ``engines`` (by
     deployment name, started) replaces the engines that would be built, for tests and
@@ -152,6 +166,7 @@ def build_router(
         affinity=r.affinity,
         max_attempts=r.max_attempts,
         observer=observer,
+        count_tokens=count_tokens,
     )
 
 
@@ -227,192 +242,103 @@ def _jwt(settings: Settings) -> JWTVerifier | None:
     )
 
 
-class Tenancy:
-    """The store and key management: what the server and the admin CLI commands share."""
+@dataclass(frozen=True, slots=True)
+class Store:
+    """The database, the background writer, Redis (if any) and key management, with the admin
+    service over them: what the server and the admin CLI commands share."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.db = Database(settings.database_url)
-        self.usage = UsageRepository(self.db)
-        self.audit = AuditRepository(self.db)
-        u = settings.usage
-        self.writer = BatchWriter(
-            self.usage, self.audit, u.queue_size, u.batch_size, u.flush_seconds,
-            spill=SpillFile(settings.data_dir / "usage-spill.jsonl"),
-        )  # fmt: skip
-        self.redis: Any = None  # Redis only swaps implementations, here and in Container
-        if settings.redis.url is not None:
-            import redis.asyncio
-
-            # a Redis that stops answering fails calls (503, queued settles) instead of hanging;
-            # a burst beyond the pool waits for a connection instead of failing
-            pool = redis.asyncio.BlockingConnectionPool.from_url(
-                settings.redis.url.get_secret_value(),
-                max_connections=settings.redis.max_connections,
-                timeout=5,
-                socket_connect_timeout=5,
-                socket_timeout=5,
-            )
-            self.redis = redis.asyncio.Redis.from_pool(pool)  # closed with the client
-        bus: InvalidationBus = (
-            RedisBus(self.redis, settings.limits.redis_prefix)
-            if self.redis is not None
-            else LocalBus()
-        )
-        self.keys = KeyManager(
-            KeyRepository(self.db), self.writer.put, bus, settings.auth.key_cache_seconds
-        )
-
-    async def start(self) -> None:
-        await self.db.migrate()
-        self.writer.start()
-        await self.keys.start()
-
-    async def aclose(self) -> None:
-        await self.writer.aclose()
-        await self.keys.aclose()
-        if self.redis is not None:
-            await self.redis.aclose()
-        await self.db.aclose()
+    db: Database
+    usage: UsageRepository
+    audit: AuditRepository
+    writer: BatchWriter
+    redis: Any  # redis.asyncio.Redis, or None: Redis only swaps implementations, here
+    keys: KeyManager
+    admin: AdminService
 
 
-class Container:
-    """Everything one gateway process needs, built from Settings."""
+def _redis(settings: Settings) -> Any:
+    if settings.redis.url is None:
+        return None
+    import redis.asyncio
 
-    def __init__(
-        self,
-        settings: Settings,
-        engines: Mapping[str, Engine | Sequence[Engine]] | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    # a Redis that stops answering fails calls (503, queued settles) instead of hanging;
+    # a burst beyond the pool waits for a connection instead of failing
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        settings.redis.url.get_secret_value(),
+        max_connections=settings.redis.max_connections,
+        timeout=5,
+        socket_connect_timeout=5,
+        socket_timeout=5,
+    )
+    return redis.asyncio.Redis.from_pool(pool)  # closed with the client
+
+
+def build_store(settings: Settings) -> Store:
+    """The store part, built (nothing opened: :func:`open_store` does that)."""
+    db = Database(settings.database_url)
+    usage = UsageRepository(db)
+    audit = AuditRepository(db)
+    u = settings.usage
+    writer = BatchWriter(
+        usage, audit, u.queue_size, u.batch_size, u.flush_seconds,
+        spill=SpillFile(settings.data_dir / "usage-spill.jsonl"),
+    )  # fmt: skip
+    client = _redis(settings)
+    bus: InvalidationBus = (
+        RedisBus(client, settings.limits.redis_prefix) if client is not None else LocalBus()
+    )
+    keys = KeyManager(KeyRepository(db), bus, settings.auth.key_cache_seconds)
+    admin = AdminService(keys, usage, audit, writer.put, writer.flush)
+    return Store(db, usage, audit, writer, client, keys, admin)
+
+
+async def open_store(store: Store, stack: AsyncExitStack) -> None:
+    """Open the store (migrations, the writer, the key bus); ``stack`` closes it, writing what
+    is queued (the usage and audit of the last requests)."""
+    stack.push_async_callback(store.db.aclose)
+    await store.db.migrate()
+    if store.redis is not None:
+        stack.push_async_callback(store.redis.aclose)
+    store.writer.start()
+    stack.push_async_callback(store.writer.aclose)
+    await store.keys.start()
+    stack.push_async_callback(store.keys.aclose)
+
+
+@asynccontextmanager
+async def build_admin(settings: Settings) -> AsyncIterator[AdminService]:
+    """The admin service on an open store, for the CLI's key and usage commands: the same
+    build path as the server's, without the engines."""
+    store = build_store(settings)
+    async with AsyncExitStack() as stack:
+        await open_store(store, stack)
+        yield store.admin
+
+
+class Fleet:
+    """The engines of every deployment: loaded in the background once the store is open
+    (/ready answers 503 until they are), their health, and their closing."""
+
+    def __init__(self, settings: Settings, router: Router, db: Database) -> None:
         self.settings = settings
-        self.metrics = Metrics()
-        self.router = build_router(settings, engines, self.metrics, clock, self.metrics.engine)
-        specs: Sequence[ModelSettings] = settings.deployments or [settings.model]
-        self.tenancy = Tenancy(settings)
-        self.db, self.usage, self.audit = self.tenancy.db, self.tenancy.usage, self.tenancy.audit
-        self.writer, self.redis, self.keys = (
-            self.tenancy.writer,
-            self.tenancy.redis,
-            self.tenancy.keys,
-        )
-        static = settings.server.api_key
-        self.auth = Authenticator(
-            enabled=settings.auth.enabled,
-            keys=self.keys,
-            jwt=_jwt(settings),
-            static_key=static.get_secret_value() if static is not None else None,
-            audit=self.writer.put,
-            throttle=FailureThrottle(settings.auth.failure_limit),
-        )
-        backend = settings.limits.backend
-        if backend == "redis" and self.redis is None:
-            raise ConfigError("limits.backend is 'redis' but redis.url is not set")
-        limiter: Limiter = (
-            RedisLimiter(self.redis, settings.limits.lease_seconds, settings.limits.redis_prefix)
-            if self.redis is not None and backend != "local"
-            else LocalLimiter(settings.limits.lease_seconds)
-        )
-        self.leases = LeaseKeeper(limiter, settings.limits.lease_seconds, observer=self.metrics)
-        self.metrics.watch_pending_settles(lambda: self.leases.pending)
-        self.gate = Gate(self.leases, settings.limits.models)
-        self.router.count_tokens = self.gate.prompt_tokens
-        self.gate.context_window = lambda: max(
-            d.info.context_window for d in self.router.deployments
-        )
-        self.bootstrap_key: str | None = None  # the first admin key, to show once
-        #: where the first admin key is written (0600), so that it survives a failed start
-        self.bootstrap_key_file = settings.data_dir / "admin-key"
-        self.service = CompletionService(
-            self.router,
-            RequestLimits(
-                max_output_tokens=max(d.max_output_tokens for d in specs),
-                max_n=max(d.max_n for d in specs),
-            ),
-            gate=self.gate,
-        )
-        self.metrics.watch_writer(self.writer.counts)
-        self.metrics.watch_replicas(
-            lambda: (
-                (s.deployment, s.replica, int(s.breaker), s.healthy, s.outstanding)
-                for s in self.router.replica_states()
-            )
-        )
+        self.router = router
+        self.db = db
         self._loading: asyncio.Task[None] | None = None
         self.load_error: BaseException | None = None
         self.database_up = True  # as /ready last found it
-        self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
 
     @property
     def engines(self) -> dict[str, Engine]:
         """Every replica's engine (pending until built), by name (see Router.engines)."""
         return dict(self.router.engines())
 
-    async def start(self) -> None:
-        """Open the store (migrations), then begin loading the engines; /ready answers 503
-        until they are loaded."""
-        await self.tenancy.start()
-        await self.gate.start()
-        if self.settings.auth.enabled and await self.keys.count() == 0:
-            self.bootstrap_key, _ = await self.keys.create(
-                "admin (created at first start)", role="admin", actor="bootstrap"
-            )
-            write_private(self.bootstrap_key_file, self.bootstrap_key + "\n")
-            log.warning(
-                "first start: an admin key was created and written to %s (readable by this "
-                "user only); keep it somewhere safe and delete the file",
-                self.bootstrap_key_file,
-            )
+    def start(self) -> None:
+        """Begin loading the engines."""
         self._loading = asyncio.create_task(self._load())
 
-    def request_started(self) -> None:
-        self._in_flight += 1
-        self._idle.clear()
-
-    async def finish(
-        self, record: RequestRecord, endpoint: str | None, method: str, status: int
-    ) -> None:
-        """When a request has ended, however it ended: record usage, settle its limits.
-        ``endpoint`` is the path template of the route that took it (None: no route did)."""
-        try:
-            await self._account(record, endpoint, method, status)
-        finally:
-            self._in_flight -= 1
-            if self._in_flight <= 0:
-                self._idle.set()
-
-    async def _account(
-        self, record: RequestRecord, endpoint: str | None, method: str, status: int
-    ) -> None:
-        if method == "POST" and endpoint is not None and endpoint.startswith("/v1/"):
-            principal = record.principal if isinstance(record.principal, Principal) else None
-            ttft = record.ttft
-            self.writer.put(
-                UsageEntry(
-                    ts=datetime.now(UTC),
-                    request_id=record.request_id,
-                    principal=principal.id if principal is not None else "anonymous",
-                    key_id=principal.key_id if principal is not None else None,
-                    model=record.model,
-                    deployment=record.deployment,
-                    path=endpoint,
-                    status=status,
-                    prompt_tokens=record.prompt_tokens,
-                    completion_tokens=record.completion_tokens,
-                    latency_ms=round((time.perf_counter() - record.started) * 1000, 3),
-                    ttft_ms=None if ttft is None else round(ttft * 1000, 3),
-                    cancelled=record.cancelled,
-                    stream=record.stream,
-                    arm=record.arm,
-                )
-            )
-        permit, record.permit = record.permit, None
-        if permit is not None:
-            try:
-                await self.gate.settle(permit, record.completion_tokens)
-            except Exception:
-                log.exception("settling rate limits failed")
+    def stop_loading(self) -> None:
+        if self._loading is not None and not self._loading.done():
+            self._loading.cancel()
 
     async def _load(self) -> None:
         try:
@@ -456,13 +382,217 @@ class Container:
         return True
 
     async def aclose(self) -> None:
-        if self._loading is not None and not self._loading.done():
-            self._loading.cancel()
-        # requests cut off by the shutdown are still running their clean-up: let them account
-        with suppress(TimeoutError):
-            async with asyncio.timeout(10):
-                await self._idle.wait()
         await self.router.aclose()
         await asyncio.gather(*(e.aclose() for e in self.engines.values()), return_exceptions=True)
-        await self.gate.aclose()
-        await self.tenancy.aclose()  # writes what is queued: usage of the last requests
+
+
+@dataclass(slots=True)
+class Services:
+    """What one gateway process serves with, built from Settings by :func:`assemble`."""
+
+    settings: Settings
+    metrics: Metrics
+    store: Store
+    router: Router
+    gate: Gate
+    leases: LeaseKeeper
+    fleet: Fleet
+    pipeline: Pipeline
+    completions: CompletionService
+    #: the first admin key, created at the first start with authentication on, to show once
+    bootstrap_key: str | None = None
+
+    @property
+    def bootstrap_key_file(self) -> Path:
+        """Where the first admin key is written (0600), so that it survives a failed start."""
+        return self.settings.data_dir / "admin-key"
+
+
+def _limiter(settings: Settings, client: Any) -> Limiter:
+    backend = settings.limits.backend
+    if backend == "redis" and client is None:
+        raise ConfigError("limits.backend is 'redis' but redis.url is not set")
+    if client is not None and backend != "local":
+        return RedisLimiter(client, settings.limits.lease_seconds, settings.limits.redis_prefix)
+    return LocalLimiter(settings.limits.lease_seconds)
+
+
+def assemble(
+    settings: Settings,
+    engines: Mapping[str, Engine | Sequence[Engine]] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    stages: Sequence[Stage] = (),
+) -> Services:
+    """Every service, wired: nothing is opened or started (:func:`run` does that).
+    ``engines`` (by deployment name) replaces the engines that would be built; ``stages`` are
+    the optional pipeline stages (input policy, cache, output policy)."""
+    metrics = Metrics()
+    store = build_store(settings)
+    leases = LeaseKeeper(_limiter(settings, store.redis), settings.limits.lease_seconds,
+                         observer=metrics)  # fmt: skip
+    metrics.watch_pending_settles(lambda: leases.pending)
+
+    def largest_window() -> int:
+        return max(d.info.context_window for d in router.deployments)
+
+    gate = Gate(leases, settings.limits.models, context_window=largest_window)
+    router = build_router(
+        settings, engines, metrics, clock, metrics.engine, count_tokens=gate.prompt_tokens
+    )
+    fleet = Fleet(settings, router, store.db)
+    static = settings.server.api_key
+    authenticator = Authenticator(
+        enabled=settings.auth.enabled,
+        keys=store.keys,
+        jwt=_jwt(settings),
+        static_key=static.get_secret_value() if static is not None else None,
+        audit=store.writer.put,
+        throttle=FailureThrottle(settings.auth.failure_limit),
+    )
+    specs: Sequence[ModelSettings] = settings.deployments or [settings.model]
+    normalise = Normalise(
+        router,
+        RequestLimits(
+            max_output_tokens=max(d.max_output_tokens for d in specs),
+            max_n=max(d.max_n for d in specs),
+        ),
+    )
+    accounting = Accounting(store.writer.put, gate.settle)
+    pipeline = Pipeline(
+        authenticate=Authenticate(authenticator),
+        normalise=normalise,
+        generate=compose(Route(router, Admit(gate)), stages),
+        account=accounting,
+        stages=tuple(stages),
+    )
+    metrics.in_flight.set_function(lambda: accounting.in_flight)
+    metrics.watch_writer(store.writer.counts)
+    metrics.watch_replicas(
+        lambda: (
+            (s.deployment, s.replica, int(s.breaker), s.healthy, s.outstanding)
+            for s in router.replica_states()
+        )
+    )
+    completions = CompletionService(router, normalise, pipeline.generate)
+    return Services(settings, metrics, store, router, gate, leases, fleet, pipeline, completions)
+
+
+async def _bootstrap(services: Services) -> None:
+    """With authentication on and no key yet: an admin key, written to a file for the
+    operator."""
+    if not services.settings.auth.enabled or await services.store.admin.count_keys() > 0:
+        return
+    key, _ = await services.store.admin.create_key(
+        "admin (created at first start)", Actor("bootstrap"), role="admin"
+    )
+    services.bootstrap_key = key
+    path = services.bootstrap_key_file
+    write_private(path, key + "\n")
+    log.warning(
+        "first start: an admin key was created and written to %s (readable by this "
+        "user only); keep it somewhere safe and delete the file",
+        path,
+    )
+
+
+async def start(services: Services, stack: AsyncExitStack) -> None:
+    """Open the store (migrations), then begin loading the engines (/ready answers 503 until
+    they are loaded); ``stack`` closes everything in the reverse order."""
+    await open_store(services.store, stack)
+    await services.gate.start()
+    stack.push_async_callback(services.gate.aclose)
+    await _bootstrap(services)
+    stack.push_async_callback(services.fleet.aclose)
+    stack.push_async_callback(_drain, services.pipeline.account)
+    services.fleet.start()
+    stack.callback(services.fleet.stop_loading)
+
+
+async def _drain(accounting: Accounting) -> None:
+    """Requests cut off by the shutdown are still running their clean-up: let them account."""
+    with suppress(TimeoutError):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            await accounting.idle()
+
+
+@asynccontextmanager
+async def build(
+    settings: Settings,
+    engines: Mapping[str, Engine | Sequence[Engine]] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    stages: Sequence[Stage] = (),
+) -> AsyncIterator[Services]:
+    """The services, started; closed on exit."""
+    services = assemble(settings, engines, clock, stages)
+    async with AsyncExitStack() as stack:
+        await start(services, stack)
+        yield services
+
+
+class Container:
+    """The services of one gateway process, for an app whose lifespan starts and stops them
+    (``create_app``): :func:`assemble` now, :func:`start` at start-up, closed at shutdown."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engines: Mapping[str, Engine | Sequence[Engine]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        stages: Sequence[Stage] = (),
+    ) -> None:
+        self.services = assemble(settings, engines, clock, stages)
+        self._stack: AsyncExitStack | None = None
+
+    async def start(self) -> None:
+        stack = AsyncExitStack()
+        try:
+            await start(self.services, stack)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+
+    async def aclose(self) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+
+    # what tests and the CLI read
+
+    @property
+    def settings(self) -> Settings:
+        return self.services.settings
+
+    @property
+    def store(self) -> Store:
+        return self.services.store
+
+    @property
+    def router(self) -> Router:
+        return self.services.router
+
+    @property
+    def engines(self) -> dict[str, Engine]:
+        return self.services.fleet.engines
+
+    @property
+    def leases(self) -> LeaseKeeper:
+        return self.services.leases
+
+    @property
+    def bootstrap_key(self) -> str | None:
+        return self.services.bootstrap_key
+
+    @property
+    def bootstrap_key_file(self) -> Path:
+        return self.services.bootstrap_key_file
+
+    @property
+    def load_error(self) -> BaseException | None:
+        return self.services.fleet.load_error
+
+    async def wait_loaded(self) -> None:
+        await self.services.fleet.wait_loaded()
+
+    async def ready(self) -> bool:
+        return await self.services.fleet.ready()

@@ -17,6 +17,8 @@ from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.errors import RateLimited
 from qwen_gateway.observability.metrics import Metrics
 from qwen_gateway.policy.auth import Authenticator, FailureThrottle
+from qwen_gateway.service.account import Accounting
+from qwen_gateway.service.authenticate import Authenticate
 from qwen_gateway.store.audit import AuditEntry
 
 PATH = "/v1/chat/completions"
@@ -55,25 +57,34 @@ class Service:
             yield {"n": n}
 
 
-class Finished:
+class Finished(Accounting):
+    """The account stage, noting each request that ended."""
+
     def __init__(self) -> None:
+        super().__init__(lambda entry: None, self._settle)
         self.calls: list[tuple[RequestRecord, str | None, str, int]] = []
 
-    async def __call__(
+    async def _settle(self, permit: Any, completion_tokens: int) -> None:
+        return None
+
+    async def finish(
         self, record: RequestRecord, endpoint: str | None, method: str, status: int
     ) -> None:
         self.calls.append((record, endpoint, method, status))
+        await super().finish(record, endpoint, method, status)
 
 
 def make_app(service: Service, finished: Finished) -> GatewayApp:
     audit: list[AuditEntry] = []
-    auth = Authenticator(
-        enabled=True,
-        keys=None,
-        jwt=None,
-        static_key=KEY,
-        audit=audit.append,
-        throttle=FailureThrottle(100),
+    auth = Authenticate(
+        Authenticator(
+            enabled=True,
+            keys=None,
+            jwt=None,
+            static_key=KEY,
+            audit=audit.append,
+            throttle=FailureThrottle(100),
+        )
     )
     app = GatewayApp(docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
@@ -84,7 +95,7 @@ def make_app(service: Service, finished: Finished) -> GatewayApp:
 
     app.add_hot_route(PATH, service.chat, auth, keepalive=15.0)
     app.add_middleware(
-        GatewayMiddleware, metrics=Metrics(), max_body_bytes=10_000, on_finish=finished
+        GatewayMiddleware, metrics=Metrics(), max_body_bytes=10_000, account=finished
     )
     return app
 

@@ -302,7 +302,7 @@ async def test_the_fault_suite_leaves_no_tasks_or_connections(
         assert pooled[1] <= pooled[0]
         # the usage writer stores in the background (a batch's session closes in a task of
         # its own): wait until what is queued is written
-        await g.container.writer.flush()
+        await g.container.store.writer.flush()
         assert asyncio.all_tasks() <= baseline, asyncio.all_tasks() - baseline
     assert established_to(faulty.port) == 0
     assert len(asyncio.all_tasks()) == tasks_before

@@ -44,8 +44,8 @@ async def test_a_90_10_split_holds_over_1000_requests(tmp_path: Path) -> None:
         for arm in ("stable", "canary"):
             assert sample(metrics, "qwen_gateway_route_split_total", model="qwen",
                           arm=arm) == counts[arm]  # fmt: skip
-        await g.container.writer.flush()
-        rows = await g.container.usage.report(["model", "arm", "deployment"])
+        await g.container.store.writer.flush()
+        rows = await g.container.store.usage.report(["model", "arm", "deployment"])
         assert {(r["model"], r["arm"], r["deployment"]): r["requests"] for r in rows} == {
             ("qwen", "stable", "stable"): counts["stable"],
             ("qwen", "canary", "canary"): counts["canary"],
@@ -74,7 +74,7 @@ async def test_usage_keeps_the_arm_when_its_fallback_answers(tmp_path: Path) -> 
     async with routed(tmp_path, deployments, {"canary": canary}, routing=routing) as g:
         answered = Counter(await _models(g.http, 40))
         assert set(answered) == {"stable"}  # every canary request fell back
-        await g.container.writer.flush()
+        await g.container.store.writer.flush()
         usage = await g.http.get("/admin/usage", params={"group_by": "arm,deployment"})
         rows = {(r["arm"], r["deployment"]): r["requests"] for r in usage.json()["data"]}
         assert set(rows) == {("stable", "stable"), ("canary", "stable")}

@@ -54,7 +54,7 @@ async def admin_key(g: InProcess) -> str:
     """An admin key: the one created at first start, or a new one."""
     if g.container.bootstrap_key is not None:
         return g.container.bootstrap_key
-    secret, _ = await g.container.keys.create("test admin", role="admin")
+    secret, _ = await g.container.store.keys.create("test admin", role="admin")
     return secret
 
 

@@ -54,7 +54,7 @@ async def test_key_lifecycle_and_storage(tmp_path: Path, database_url: str) -> N
         key, key_id = created["key"], created["id"]
         assert key.startswith("sk-qg-") and created["prefix"] == key[:12] + "…"
         assert "key_hash" not in created
-        stored = await g.container.keys.get(key_id)
+        stored = await g.container.store.keys.get(key_id)
         assert key not in repr(stored) and stored.key_hash != key  # only the SHA-256 is kept
         sdk = client(g, key)
         await sdk.models.list()
@@ -75,6 +75,36 @@ async def test_key_lifecycle_and_storage(tmp_path: Path, database_url: str) -> N
         ]
         for action in ("key.create", "key.rotate", "key.revoke"):
             assert action in actions
+
+
+async def test_an_admin_changes_a_keys_limits_and_they_apply_at_once(
+    tmp_path: Path, database_url: str
+) -> None:
+    async with secured(tmp_path, database_url) as g:
+        admin = {"Authorization": f"Bearer {await admin_key(g)}"}
+        created = (
+            await g.http.post("/admin/keys", json={"name": "svc", "rpm": 1}, headers=admin)
+        ).json()
+        sdk = client(g, created["key"])
+        await sdk.chat.completions.create(model="scripted", messages=ASK)  # type: ignore[arg-type]
+        with pytest.raises(openai.RateLimitError):
+            await sdk.chat.completions.create(model="scripted", messages=ASK)  # type: ignore[arg-type]
+        path = f"/admin/keys/{created['id']}"
+        bad = await g.http.patch(path, json={"rpm": 0}, headers=admin)
+        assert (bad.status_code, bad.json()["error"]["param"]) == (400, "rpm")
+        unknown = await g.http.patch(path, json={"name": "x"}, headers=admin)
+        assert unknown.status_code == 400
+        updated = await g.http.patch(path, json={"rpm": None, "tpm": 10**6}, headers=admin)
+        assert updated.status_code == 200
+        assert (updated.json()["rpm"], updated.json()["tpm"]) == (None, 10**6)
+        await sdk.chat.completions.create(model="scripted", messages=ASK)  # type: ignore[arg-type]
+        missing = await g.http.patch("/admin/keys/999999", json={"rpm": 5}, headers=admin)
+        assert missing.status_code == 404
+        (event,) = (await g.http.get("/admin/audit?action=key.update", headers=admin)).json()[
+            "data"
+        ]
+        assert event["target"] == f"key:{created['id']}"
+        assert event["details"]["limits"] == {"rpm": [1, None], "tpm": [None, 10**6]}
 
 
 HOSTILE = [
@@ -120,8 +150,8 @@ async def test_bad_credentials_and_attacks(tmp_path: Path) -> None:
         resp = await g.http.get("/v1/models", headers={"Authorization": "Bearer sk-qg-wrong"})
         assert resp.status_code == 429
         assert int(resp.headers["retry-after"]) >= 1
-        await g.container.writer.flush()
-        failures = await g.container.audit.recent(100, "auth.failure")
+        await g.container.store.writer.flush()
+        failures = await g.container.store.audit.recent(100, "auth.failure")
         assert failures and all(f["client"] == "127.0.0.1" for f in failures)
         assert all(key not in str(f) for f in failures)  # no credential in the trail
 
@@ -236,9 +266,9 @@ async def test_revoke_and_rotate_during_a_redis_outage_commit_answer_200_and_are
             assert rotated.status_code == 200, rotated.text
             with pytest.raises(openai.AuthenticationError):
                 await client(g, victim["key"]).models.list()
-            await g.container.writer.flush()
+            await g.container.store.writer.flush()
             for action, key in (("key.revoke", victim), ("key.rotate", other)):
-                events = await g.container.audit.recent(100, action)
+                events = await g.container.store.audit.recent(100, action)
                 assert f"key:{key['id']}" in [e["target"] for e in events], action
             proxy.up()
 
@@ -265,18 +295,16 @@ async def test_the_invalidation_listener_resubscribes_after_a_redis_outage(
             behind_proxy = redis.asyncio.from_url(url)
             bus = RedisBus(behind_proxy, prefix, backoff=(0.05, 0.5))
             # another replica; its clock stands still, so only an invalidation empties its cache
-            replica = KeyManager(
-                KeyRepository(g.container.db), lambda _: None, bus, clock=lambda: 0
-            )
+            replica = KeyManager(KeyRepository(g.container.store.db), bus, clock=lambda: 0)
             await replica.start()
             await eventually(both, "the replica subscribed")
-            secret, record = await g.container.keys.create("victim")
+            secret, record = await g.container.store.keys.create("victim")
             assert await replica.lookup(secret) is not None  # cached now
             proxy.down()
             await eventually(one, "the replica's subscription was cut")
             proxy.up()
             await eventually(both, "the replica resubscribed")
-            await g.container.keys.revoke(record.id)
+            await g.container.store.keys.revoke(record.id)
 
             async def forgotten() -> bool:
                 return await replica.lookup(secret) is None

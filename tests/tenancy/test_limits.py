@@ -184,8 +184,8 @@ async def test_a_request_that_fails_is_charged_only_what_it_used(
         engine.broken = False
         assert (await ask(g, key, "m", max_tokens=reply)).status_code == 200
         assert (await ask(g, key, "m", max_tokens=reply)).status_code == 429
-        await g.container.writer.flush()
-        rows = await g.container.usage.report(["key"])
+        await g.container.store.writer.flush()
+        rows = await g.container.store.usage.report(["key"])
         (mine,) = [r for r in rows if r["errors"]]  # the key with room for one request
         assert (mine["requests"], mine["errors"]) == (5, 4)  # 3 failed, 1 refused
         assert mine["prompt_tokens"] + mine["completion_tokens"] == usage["total_tokens"]

@@ -35,8 +35,10 @@ async def test_usage_is_recorded_and_reported(tmp_path: Path, database_url: str)
         bad = await g.http.post("/v1/chat/completions", json={"model": "scripted"},
                                 headers={"Authorization": f"Bearer {b}"})  # fmt: skip
         assert bad.status_code == 400
-        await g.container.writer.flush()
-        assert set(ids) | {bad.headers["x-request-id"]} <= await g.container.usage.request_ids()
+        await g.container.store.writer.flush()
+        assert (
+            set(ids) | {bad.headers["x-request-id"]} <= await g.container.store.usage.request_ids()
+        )
 
         keys = {k["id"]: k for k in (await g.http.get("/admin/keys", headers=admin)).json()["data"]}
         key_a = next(f"key:{i}" for i, k in keys.items() if k["prefix"] == a[:12] + "…")
@@ -91,6 +93,12 @@ def test_keys_and_usage_cli(tmp_path: Path) -> None:
     assert "default_max_tokens=64" in table
     shown = json.loads(run_cli(data, "keys", "show", str(created["id"]), "--json"))
     assert shown[0]["status"] == "active"
+    updated = json.loads(run_cli(
+        data, "keys", "update", str(created["id"]), "--rpm", "7", "--clear", "tpm,daily_tokens",
+        "--json",
+    ))  # fmt: skip
+    assert (updated[0]["rpm"], updated[0]["tpm"], updated[0]["daily_tokens"]) == (7, None, None)
+    assert updated[0]["monthly_tokens"] == 9000
     rotated = run_cli(data, "keys", "rotate", str(created["id"])).strip()
     assert rotated.startswith("sk-qg-") and rotated != created["key"]
     run_cli(data, "keys", "revoke", str(created["id"]))
@@ -125,11 +133,11 @@ async def test_a_request_to_no_route_records_nothing_and_spoils_no_batch(
             g.http.post("/v1/x%00y"),
         )
         assert (legit.status_code, nul.status_code) == (200, 404)
-        await g.container.writer.flush()
-        assert rid in await g.container.usage.request_ids()
-        assert nul.headers["x-request-id"] not in await g.container.usage.request_ids()
-        assert g.container.writer.stats.dropped == 0
-        rows = await g.container.usage.report(["key"], since=started)
+        await g.container.store.writer.flush()
+        assert rid in await g.container.store.usage.request_ids()
+        assert nul.headers["x-request-id"] not in await g.container.store.usage.request_ids()
+        assert g.container.store.writer.stats.dropped == 0
+        rows = await g.container.store.usage.report(["key"], since=started)
         assert [r["requests"] for r in rows] == [1]  # the legitimate request only
         assert all(r["key"] != "anonymous" for r in rows)
 
@@ -141,7 +149,7 @@ async def test_usage_of_requests_during_a_database_outage_is_stored_once_it_is_b
         async with secured(
             tmp_path, url, auth={"enabled": False}, usage={"queue_size": 10, "batch_size": 5}
         ) as g:
-            g.container.db.ping_ttl = 0
+            g.container.store.db.ping_ttl = 0
             headers: dict[str, str] = {}  # authentication needs the database: none here
             body = {"model": "scripted", "messages": ASK}
             assert (
@@ -164,7 +172,7 @@ async def test_usage_of_requests_during_a_database_outage_is_stored_once_it_is_b
             await eventually(is_ready)
 
             async def all_stored() -> bool:
-                return set(ids) <= await g.container.usage.request_ids()
+                return set(ids) <= await g.container.store.usage.request_ids()
 
             await eventually(all_stored)
             metrics = (await g.http.get("/metrics")).text

@@ -13,18 +13,20 @@ from qwen_gateway.api.errors import install_error_handlers
 from qwen_gateway.api.fastpath import GatewayApp
 from qwen_gateway.api.middleware import GatewayMiddleware
 from qwen_gateway.api.routes import include_routes
-from qwen_gateway.container import Container
+from qwen_gateway.container import Container, Fleet
 
 
 def create_app(container: Container, on_ready: Callable[[], None] | None = None) -> FastAPI:
-    """The app; ``on_ready`` runs once the engines have loaded."""
+    """The app over the container's services, which its lifespan starts and closes;
+    ``on_ready`` runs once the engines have loaded."""
+    services = container.services
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await container.start()
         announce: asyncio.Task[None] | None = None
         if on_ready is not None:
-            announce = asyncio.create_task(_announce(container, on_ready))
+            announce = asyncio.create_task(_announce(services.fleet, on_ready))
         try:
             yield
         finally:
@@ -41,24 +43,32 @@ def create_app(container: Container, on_ready: Callable[[], None] | None = None)
         # operators paste admin keys; server.docs serves the OpenAPI document only
         docs_url=None,
         redoc_url=None,
-        openapi_url="/openapi.json" if container.settings.server.docs else None,
+        openapi_url="/openapi.json" if services.settings.server.docs else None,
     )
     install_error_handlers(app)
-    include_routes(app, container)
-    keepalive = container.settings.server.keepalive_seconds
-    app.add_hot_route("/v1/chat/completions", container.service.chat, container.auth, keepalive)
-    app.add_hot_route("/v1/completions", container.service.complete, container.auth, keepalive)
+    include_routes(
+        app,
+        server=services.settings.server,
+        authenticate=services.pipeline.authenticate,
+        service=services.completions,
+        admin=services.store.admin,
+        metrics_source=services.metrics,
+        health_check=services.fleet,
+    )
+    keepalive = services.settings.server.keepalive_seconds
+    authenticate = services.pipeline.authenticate
+    app.add_hot_route("/v1/chat/completions", services.completions.chat, authenticate, keepalive)
+    app.add_hot_route("/v1/completions", services.completions.complete, authenticate, keepalive)
     app.add_middleware(
         GatewayMiddleware,
-        metrics=container.metrics,
-        max_body_bytes=container.settings.server.max_body_bytes,
-        on_start=container.request_started,
-        on_finish=container.finish,
+        metrics=services.metrics,
+        max_body_bytes=services.settings.server.max_body_bytes,
+        account=services.pipeline.account,
     )
     return app
 
 
-async def _announce(container: Container, on_ready: Callable[[], None]) -> None:
-    await container.wait_loaded()
-    if await container.ready():
+async def _announce(fleet: Fleet, on_ready: Callable[[], None]) -> None:
+    await fleet.wait_loaded()
+    if await fleet.ready():
         on_ready()

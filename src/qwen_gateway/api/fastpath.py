@@ -41,7 +41,7 @@ from qwen_gateway.api.routes import (
 from qwen_gateway.api.sse import EventStreamResponse
 from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.errors import GatewayError, InvalidRequest
-from qwen_gateway.policy.auth import Authenticator
+from qwen_gateway.service.authenticate import Authenticate
 
 #: The service call of a hot endpoint: the parsed body and the request's record in, a
 #: complete response (a dict) or an async iterator of chunks out.
@@ -93,7 +93,7 @@ class HotRoute:
     """One hot endpoint as an ASGI app (inside the app's middleware, see :class:`GatewayApp`)."""
 
     def __init__(
-        self, call: ServiceCall, auth: Authenticator, keepalive: float, route: Endpoint
+        self, call: ServiceCall, auth: Authenticate, keepalive: float, route: Endpoint
     ) -> None:
         self._call = call
         self._auth = auth
@@ -151,8 +151,8 @@ class HotRoute:
             else set()
         )
         client = scope.get("client")
-        record.principal = await self._auth.authenticate(
-            authorization, keys, client[0] if client else "unknown", scope["path"]
+        await self._auth(
+            record, authorization, keys, client[0] if client else "unknown", scope["path"]
         )
         if ctype.split(";")[0].strip().lower() != "application/json":
             raise InvalidRequest(
@@ -178,7 +178,7 @@ class GatewayApp(FastAPI):
         self._hot_stack: dict[str, ASGIApp] | None = None
 
     def add_hot_route(
-        self, path: str, call: ServiceCall, auth: Authenticator, keepalive: float
+        self, path: str, call: ServiceCall, auth: Authenticate, keepalive: float
     ) -> None:
         """Serve ``POST path`` with ``call`` (the route registered at ``path`` stays for the
         OpenAPI document and the other methods)."""

@@ -1,4 +1,5 @@
-"""Per-request plumbing as plain ASGI: request ids, body size cap, access log and metrics."""
+"""Per-request plumbing as plain ASGI: request ids, body size cap, access log and metrics, and
+the pipeline's account stage once each request has ended."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import asyncio
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import ClientDisconnect
@@ -16,6 +16,7 @@ from qwen_gateway.api.errors import envelope
 from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.observability.logging import access_log
 from qwen_gateway.observability.metrics import Metrics
+from qwen_gateway.service.account import Accounting
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _QUIET_PATHS = frozenset({"/metrics", "/health", "/ready"})
@@ -46,14 +47,14 @@ class GatewayMiddleware:
         *,
         metrics: Metrics,
         max_body_bytes: int,
-        on_start: Callable[[], None] | None = None,
-        on_finish: Callable[[RequestRecord, str | None, str, int], Awaitable[None]] | None = None,
+        account: Accounting | None = None,
     ) -> None:
-        self.on_start = on_start
+        """``account``: the pipeline's last stage, told when each request begins and ends
+        (it also keeps the count of requests in flight)."""
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
-        self.on_finish = on_finish
+        self.account = account
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -91,9 +92,9 @@ class GatewayMiddleware:
                     raise BodyTooLarge
             return message
 
-        self.metrics.in_flight.inc()
-        if self.on_start is not None:
-            self.on_start()
+        account = self.account
+        if account is not None:
+            account.start()
         try:
             await self.app(scope, receive_wrapper, send_wrapper)
         except BodyTooLarge:
@@ -105,10 +106,9 @@ class GatewayMiddleware:
             record.cancelled = True
             raise
         finally:
-            self.metrics.in_flight.dec()
             self._finish(scope, record, status)
-            if self.on_finish is not None:
-                await self.on_finish(record, _endpoint(scope), scope.get("method", ""), status)
+            if account is not None:
+                await account.finish(record, _endpoint(scope), scope.get("method", ""), status)
 
     async def _too_large(self, send: Send) -> None:
         body = _json_bytes(

@@ -9,7 +9,7 @@ import math
 import re
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import suppress
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from fastapi import APIRouter, FastAPI, Request
@@ -18,16 +18,18 @@ from starlette.requests import ClientDisconnect
 
 from qwen_gateway.api.admin import admin_router
 from qwen_gateway.api.sse import EventStreamResponse
-from qwen_gateway.container import Container
+from qwen_gateway.config import ServerSettings
 from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.core.types import ModelInfo
 from qwen_gateway.errors import InvalidRequest
-from qwen_gateway.observability.metrics import CONTENT_TYPE
-from qwen_gateway.policy.auth import check_model, require_admin
-from qwen_gateway.policy.principal import Principal
+from qwen_gateway.observability.metrics import CONTENT_TYPE, Metrics
+from qwen_gateway.policy.auth import check_model
 from qwen_gateway.protocol.chat import ChatCompletionRequest
 from qwen_gateway.protocol.common import Model
 from qwen_gateway.protocol.completions import CompletionRequest
+from qwen_gateway.service.admin import AdminService
+from qwen_gateway.service.authenticate import Authenticate
+from qwen_gateway.service.completions import CompletionService
 
 T = TypeVar("T")
 ROUTE_HEADER = "x-qwen-gateway-route"
@@ -42,21 +44,34 @@ def record_of(request: Request) -> RequestRecord:
     return record
 
 
-def authenticated(container: Container, *, admin: bool = False) -> Any:
-    """A dependency: who is calling (key, JWT or static key), noted on the request record."""
-    auth = container.auth
+class Health(Protocol):
+    """What /health and /ready ask: the engines' state and the database's."""
+
+    database_up: bool
+    load_error: BaseException | None
+
+    @property
+    def loading(self) -> bool: ...
+
+    async def healthy(self) -> bool: ...
+
+    async def ready(self) -> bool: ...
+
+
+def authenticated(authenticate: Authenticate, *, admin: bool = False) -> Any:
+    """A dependency: the pipeline's authenticate stage for this request (key, JWT or static
+    key), the caller noted on the request record."""
 
     async def check(request: Request) -> None:
         client = request.client.host if request.client is not None else "unknown"
-        principal = await auth.authenticate(
+        await authenticate(
+            record_of(request),
             request.headers.get("authorization"),
             set(request.query_params.keys()),
             client,
             request.url.path,
+            admin=admin,
         )
-        if admin:
-            require_admin(principal)
-        record_of(request).principal = principal
 
     return check
 
@@ -154,10 +169,11 @@ def _headers(record: RequestRecord) -> dict[str, str] | None:
     return headers
 
 
-def _metrics_check(container: Container) -> Callable[[Request], Awaitable[None]]:
+def _metrics_check(
+    server: ServerSettings, authenticate: Authenticate
+) -> Callable[[Request], Awaitable[None]]:
     """/metrics: open, or (``server.metrics_auth``) the scraper's token or an admin key."""
-    server = container.settings.server
-    admin = authenticated(container, admin=True)
+    admin = authenticated(authenticate, admin=True)
     token = server.metrics_token.get_secret_value() if server.metrics_token else None
 
     async def check(request: Request) -> None:
@@ -192,12 +208,20 @@ def _body_schema(model: type[Any]) -> dict[str, Any]:
     }
 
 
-def include_routes(app: FastAPI, container: Container) -> None:
-    service = container.service
-    keepalive = container.settings.server.keepalive_seconds
+def include_routes(
+    app: FastAPI,
+    *,
+    server: ServerSettings,
+    authenticate: Authenticate,
+    service: CompletionService,
+    admin: AdminService,
+    metrics_source: Metrics,
+    health_check: Health,
+) -> None:
+    keepalive = server.keepalive_seconds
     # authentication is called directly on the hot routes: FastAPI's dependency solving costs
     # more than the check itself
-    check = authenticated(container)
+    check = authenticated(authenticate)
     v1 = APIRouter(prefix="/v1")
 
     @v1.post("/chat/completions", openapi_extra=_body_schema(ChatCompletionRequest))
@@ -215,11 +239,7 @@ def include_routes(app: FastAPI, container: Container) -> None:
         return await respond(request, result, keepalive)
 
     def allowed(request: Request, model: str) -> bool:
-        """The caller's allowlist admits the model (an alias when its deployment is)."""
-        principal = record_of(request).principal
-        if not isinstance(principal, Principal):
-            return True  # authentication is off
-        return principal.allows(model) or principal.allows(container.router.canonical(model))
+        return service.allowed(record_of(request).principal, model)
 
     @v1.get("/models")
     async def list_models(request: Request) -> JSONResponse:
@@ -239,21 +259,21 @@ def include_routes(app: FastAPI, container: Container) -> None:
 
     @ops.get("/health")
     async def health() -> JSONResponse:
-        if await container.healthy():
+        if await health_check.healthy():
             return JSONResponse({"status": "ok"})
         return JSONResponse({"status": "engine_down"}, status_code=503)
 
     @ops.get("/ready")
     async def ready() -> JSONResponse:
-        if await container.ready():
+        if await health_check.ready():
             return JSONResponse({"status": "ready"})
         code = "engine_unavailable"
-        if not container.database_up:
+        if not health_check.database_up:
             status, message = "unavailable", "The database is unreachable."
             code = "database_unavailable"
-        elif container.load_error is not None or not await container.healthy():
+        elif health_check.load_error is not None or not await health_check.healthy():
             status, message = "failed", "The engine is failed."
-        elif container.loading:
+        elif health_check.loading:
             status, message = "loading", "The engine is loading."
         else:
             status, message = "unavailable", "A deployment has no replica ready."
@@ -271,13 +291,13 @@ def include_routes(app: FastAPI, container: Container) -> None:
             headers={"Retry-After": "5"},
         )
 
-    metrics_check = _metrics_check(container)
+    metrics_check = _metrics_check(server, authenticate)
 
     @ops.get("/metrics")
     async def metrics(request: Request) -> Response:
         await metrics_check(request)
-        return Response(container.metrics.render(), media_type=CONTENT_TYPE)
+        return Response(metrics_source.render(), media_type=CONTENT_TYPE)
 
     app.include_router(v1)
     app.include_router(ops)
-    app.include_router(admin_router(container, authenticated(container, admin=True)))
+    app.include_router(admin_router(admin, authenticated(authenticate, admin=True)))

@@ -1,5 +1,6 @@
 """``qwen-gateway keys ...`` and ``qwen-gateway usage``: key management and usage reports,
-straight on the database the servers use (no server needs to run)."""
+straight on the database the servers use (no server needs to run), through the same admin
+service as the admin API."""
 
 from __future__ import annotations
 
@@ -17,12 +18,14 @@ from rich.console import Console
 from rich.table import Table
 
 from qwen_gateway.config import ConfigError, Settings, load_settings
-from qwen_gateway.container import Tenancy
+from qwen_gateway.container import build_admin
 from qwen_gateway.core.limits import KeyLimits
 from qwen_gateway.errors import GatewayError
 from qwen_gateway.policy.keys import key_view
+from qwen_gateway.service.admin import CLI, GROUPS, USAGE_COLUMNS, AdminService
+from qwen_gateway.store.keys import KeyRecord
 
-keys_app = typer.Typer(help="Create, list, show, revoke and rotate API keys.")
+keys_app = typer.Typer(help="Create, list, show, update, revoke and rotate API keys.")
 err = Console(stderr=True)
 T = TypeVar("T")
 
@@ -43,14 +46,10 @@ def _settings(config: Path | None, data_dir: Path | None) -> Settings:
         raise typer.Exit(2) from None
 
 
-def _run(settings: Settings, work: Callable[[Tenancy], Awaitable[T]]) -> T:
+def _run(settings: Settings, work: Callable[[AdminService], Awaitable[T]]) -> T:
     async def go() -> T:
-        tenancy = Tenancy(settings)
-        await tenancy.start()
-        try:
-            return await work(tenancy)
-        finally:
-            await tenancy.aclose()  # writes the audit events of this command
+        async with build_admin(settings) as admin:  # closing writes this command's audit
+            return await work(admin)
 
     try:
         return asyncio.run(go())
@@ -139,8 +138,9 @@ def create(
     allowed = tuple(m.strip() for m in models.split(",") if m.strip()) if models else None
     secret, record = _run(
         _settings(config, data_dir),
-        lambda t: t.keys.create(
+        lambda a: a.create_key(
             name,
+            CLI,
             role="admin" if admin else "inference",
             models=allowed,
             limits=KeyLimits(
@@ -152,7 +152,6 @@ def create(
                 default_max_tokens=default_max_tokens,
             ),
             expires_at=_expiry(expires),
-            actor="cli",
         ),
     )
     view = {"key": secret, **key_view(record)}
@@ -168,7 +167,7 @@ def list_keys(
     as_json: JsonOpt = False, config: ConfigOpt = None, data_dir: DataDirOpt = None
 ) -> None:
     """List keys (never their secrets)."""
-    records = _run(_settings(config, data_dir), lambda t: t.keys.list())
+    records = _run(_settings(config, data_dir), lambda a: a.list_keys())
     _print_keys([key_view(r) for r in records], as_json)
 
 
@@ -180,7 +179,52 @@ def show(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Show one key."""
-    record = _run(_settings(config, data_dir), lambda t: t.keys.get(key_id))
+    record = _run(_settings(config, data_dir), lambda a: a.key(key_id))
+    _print_keys([key_view(record)], as_json)
+
+
+@keys_app.command("update")
+def update(
+    key_id: Annotated[int, typer.Argument(help="The key's id.")],
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute.", min=1)] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens per minute.", min=1)] = None,
+    max_concurrency: Annotated[int | None, typer.Option(help="Concurrent requests.", min=1)] = None,
+    daily_tokens: Annotated[
+        int | None, typer.Option(help="Token budget per UTC day.", min=1)
+    ] = None,
+    monthly_tokens: Annotated[
+        int | None, typer.Option(help="Token budget per UTC month.", min=1)
+    ] = None,
+    default_max_tokens: Annotated[
+        int | None,
+        typer.Option(help="Output tokens for requests that send no max_tokens.", min=1),
+    ] = None,
+    clear: Annotated[
+        str | None, typer.Option(help="Comma-separated limits to remove, e.g. rpm,tpm.")
+    ] = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Change a key's limits: those given replace the key's, --clear removes some; every
+    replica applies them within a second."""
+    given = {
+        "rpm": rpm, "tpm": tpm, "max_concurrency": max_concurrency,
+        "daily_tokens": daily_tokens, "monthly_tokens": monthly_tokens,
+        "default_max_tokens": default_max_tokens,
+    }  # fmt: skip
+    cleared = [c.strip() for c in clear.split(",") if c.strip()] if clear else []
+    if any(c not in given for c in cleared):
+        err.print(f"[red]--clear[/red] takes a comma-separated subset of {', '.join(given)}.")
+        raise typer.Exit(2)
+    changes: dict[str, int | None] = {k: v for k, v in given.items() if v is not None}
+    changes.update(dict.fromkeys(cleared))
+
+    async def work(a: AdminService) -> KeyRecord:
+        current = await a.key(key_id)
+        return await a.update_limits(key_id, current.limits.model_copy(update=changes), CLI)
+
+    record = _run(_settings(config, data_dir), work)
     _print_keys([key_view(record)], as_json)
 
 
@@ -191,7 +235,7 @@ def revoke(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Revoke a key: every replica refuses it within a second."""
-    record = _run(_settings(config, data_dir), lambda t: t.keys.revoke(key_id, actor="cli"))
+    record = _run(_settings(config, data_dir), lambda a: a.revoke_key(key_id, CLI))
     err.print(f"Revoked key {record.id} ({record.name!r}).")
 
 
@@ -202,7 +246,7 @@ def rotate(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Give a key a new secret (printed once); the old secret stops working."""
-    secret, record = _run(_settings(config, data_dir), lambda t: t.keys.rotate(key_id, actor="cli"))
+    secret, record = _run(_settings(config, data_dir), lambda a: a.rotate_key(key_id, CLI))
     err.print(f"Rotated key {record.id} ({record.name!r}). The new key is shown this once:")
     sys.stdout.write(secret + "\n")
 
@@ -220,15 +264,18 @@ def usage(
     """Requests and tokens per key, model (as asked for), deployment (as answered), split arm
     and day."""
     groups = [g.strip() for g in group_by.split(",") if g.strip()]
-    if any(g not in ("key", "model", "deployment", "arm", "day") for g in groups):
+    if any(g not in GROUPS for g in groups) or len(set(groups)) != len(groups):
         err.print(
             "[red]--group-by[/red] takes a comma-separated subset of key, model, deployment, "
             "arm, day."
         )
         raise typer.Exit(2)
     start = _expiry(since) if since else None
-    rows = _run(_settings(config, data_dir), lambda t: t.usage.report(groups, start))  # type: ignore[arg-type]
-    columns = [*groups, "requests", "prompt_tokens", "completion_tokens", "cancelled", "errors"]
+    fmt = "json" if as_json else "csv" if as_csv else "table"
+    rows = _run(
+        _settings(config, data_dir), lambda a: a.usage(groups, CLI, since=start, format=fmt)
+    )
+    columns = [*groups, *USAGE_COLUMNS]
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
     elif as_csv:

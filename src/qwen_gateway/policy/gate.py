@@ -17,14 +17,19 @@ from qwen_gateway.qwen.tokenizer import QwenTokenizer, tokenized
 
 
 class Gate:
-    def __init__(self, limiter: Limiter, model_limits: Mapping[str, Limits]) -> None:
+    def __init__(
+        self,
+        limiter: Limiter,
+        model_limits: Mapping[str, Limits],
+        context_window: Callable[[], int] | None = None,
+    ) -> None:
         self.limiter = limiter
         self._model_limits = {k: v for k, v in model_limits.items() if v.any}
         self._tokenizer: QwenTokenizer | None = None
         self._template: ChatTemplate | None = None
         #: The largest context window served (a request may fall back to any deployment):
         #: prompts far beyond it are refused untokenised.
-        self.context_window: Callable[[], int] | None = None
+        self.context_window = context_window
 
     async def start(self) -> None:
         self._template = ChatTemplate(packaged_template_source())

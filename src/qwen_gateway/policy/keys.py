@@ -21,7 +21,6 @@ from typing import Any, Protocol
 from qwen_gateway.core.limits import KeyLimits
 from qwen_gateway.errors import InvalidRequest, NotFound
 from qwen_gateway.policy.principal import Principal
-from qwen_gateway.store.audit import AuditEntry
 from qwen_gateway.store.keys import KeyRecord, KeyRepository
 
 log = logging.getLogger(__name__)
@@ -191,13 +190,11 @@ class KeyManager:
     def __init__(
         self,
         repo: KeyRepository,
-        audit: Callable[[AuditEntry], None],
         bus: InvalidationBus,
         cache_ttl: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._repo = repo
-        self._audit = audit
         self._bus = bus
         self._ttl = cache_ttl
         self._clock = clock
@@ -222,20 +219,14 @@ class KeyManager:
         models: tuple[str, ...] | None = None,
         limits: KeyLimits | None = None,
         expires_at: datetime | None = None,
-        actor: str = "cli",
-        client: str | None = None,
     ) -> tuple[str, KeyRecord]:
-        """A new key: the secret is returned here once and never stored."""
+        """A new key: the secret is returned here once and never stored (the admin service
+        writes the audit trail)."""
         name = _clean_name(name)
         limits = limits or KeyLimits()
         if role not in ("inference", "admin"):
             raise InvalidRequest("role must be 'inference' or 'admin'.", param="role")
-        for field_name, most in LIMIT_RANGES.items():
-            value = getattr(limits, field_name)
-            if value is not None and not 1 <= value <= most:
-                raise InvalidRequest(
-                    f"{field_name} must be between 1 and {most}.", param=field_name
-                )
+        _check_limits(limits)
         if expires_at is not None and expires_at.tzinfo is None:
             expires_at = expires_at.replace(tzinfo=UTC)
         secret = new_secret()
@@ -243,7 +234,6 @@ class KeyManager:
             name=name, prefix=secret[:VISIBLE], key_hash=hash_key(secret), role=role,
             models=models, limits=limits, expires_at=expires_at, created_at=datetime.now(UTC),
         )  # fmt: skip
-        self._log("key.create", actor, record, client, {"role": role})
         return secret, record
 
     async def list(self) -> list[KeyRecord]:
@@ -255,18 +245,15 @@ class KeyManager:
             raise NotFound(f"No key with id {key_id}.", param="id")
         return record
 
-    async def revoke(self, key_id: int, actor: str = "cli", client: str | None = None) -> KeyRecord:
+    async def revoke(self, key_id: int) -> KeyRecord:
         record = await self.get(key_id)
         revoked = await self._repo.revoke(key_id, datetime.now(UTC))
         assert revoked is not None
         self._forget(record.key_hash)
-        self._log("key.revoke", actor, revoked, client)
         await self._bus.publish(record.key_hash)
         return revoked
 
-    async def rotate(
-        self, key_id: int, actor: str = "cli", client: str | None = None
-    ) -> tuple[str, KeyRecord]:
+    async def rotate(self, key_id: int) -> tuple[str, KeyRecord]:
         """A new secret for the same key (id, limits, usage history); the old one stops working."""
         record = await self.get(key_id)
         if record.revoked_at is not None:
@@ -275,9 +262,18 @@ class KeyManager:
         rotated = await self._repo.replace_secret(key_id, secret[:VISIBLE], hash_key(secret))
         assert rotated is not None
         self._forget(record.key_hash)
-        self._log("key.rotate", actor, rotated, client)
         await self._bus.publish(record.key_hash)
         return secret, rotated
+
+    async def update_limits(self, key_id: int, limits: KeyLimits) -> KeyRecord:
+        """New limits for a key; every replica applies them within a second."""
+        _check_limits(limits)
+        record = await self.get(key_id)
+        updated = await self._repo.set_limits(key_id, limits)
+        assert updated is not None
+        self._forget(record.key_hash)
+        await self._bus.publish(record.key_hash)
+        return updated
 
     async def count(self) -> int:
         return await self._repo.count()
@@ -302,20 +298,12 @@ class KeyManager:
             return None
         return record
 
-    def _log(
-        self,
-        action: str,
-        actor: str,
-        record: KeyRecord,
-        client: str | None,
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        self._audit(
-            AuditEntry(
-                datetime.now(UTC), action, actor, f"key:{record.id}", client,
-                {"name": record.name, "prefix": record.prefix, **(details or {})},
-            )
-        )  # fmt: skip
+
+def _check_limits(limits: KeyLimits) -> None:
+    for field_name, most in LIMIT_RANGES.items():
+        value = getattr(limits, field_name)
+        if value is not None and not 1 <= value <= most:
+            raise InvalidRequest(f"{field_name} must be between 1 and {most}.", param=field_name)
 
 
 def _clean_name(name: str) -> str:

@@ -71,6 +71,7 @@ class Router:
         max_attempts: int = 4,
         observer: RouteObserver | None = None,
         rng: random.Random | None = None,
+        count_tokens: TokenCounter | None = None,
     ) -> None:
         self._deployments = {d.name: d for d in deployments}
         self._names = {d.name: d.name for d in deployments}
@@ -80,7 +81,7 @@ class Router:
         self._intent = intent
         self._affinity = affinity
         self._observer: RouteObserver = observer or _Quiet()
-        self._retry = Retry(self._observer, max_attempts)
+        self._retry = Retry(self._observer, max_attempts, count_tokens)
         self._rng = rng or random.Random()
         self._health: asyncio.Task[None] | None = None
 

@@ -1,4 +1,5 @@
-"""The one request pipeline: validate -> pick the engine -> stream -> shape the response.
+"""The chat completions and legacy completions edges: normalise, generate through the
+pipeline (``service/pipeline.py``), shape the response.
 
 Streaming results are async iterators of OpenAI chunk dicts; only ``api/sse.py`` frames
 them. Closing an iterator closes the engine stream, which aborts the generation.
@@ -10,13 +11,10 @@ import secrets
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
-from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 
-from qwen_gateway.core.normalize import RequestLimits, chat_request, text_request
 from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.core.types import (
-    ChatRequest,
     ChoiceFinished,
     EngineEvent,
     GenerationRequest,
@@ -28,9 +26,7 @@ from qwen_gateway.core.types import (
     UsageMeter,
 )
 from qwen_gateway.errors import InternalError
-from qwen_gateway.policy.auth import check_model
-from qwen_gateway.policy.gate import Gate
-from qwen_gateway.policy.principal import ANONYMOUS, Principal
+from qwen_gateway.policy.principal import Principal
 from qwen_gateway.policy.ratelimit import Permit
 from qwen_gateway.protocol.chat import (
     ChatCompletion,
@@ -43,10 +39,9 @@ from qwen_gateway.protocol.chat import (
 )
 from qwen_gateway.protocol.common import CompletionUsage
 from qwen_gateway.protocol.completions import Completion, CompletionChoice
-from qwen_gateway.routing.registry import RouteContext
 from qwen_gateway.routing.router import Router
-
-R = TypeVar("R", bound=GenerationRequest)
+from qwen_gateway.service.normalise import Normalise
+from qwen_gateway.service.pipeline import Generate
 
 
 def _usage(u: Usage) -> CompletionUsage:
@@ -58,17 +53,21 @@ def _usage(u: Usage) -> CompletionUsage:
 
 
 class CompletionService:
+    """The chat completions and legacy completions edges: each normalises its body, runs the
+    pipeline's :attr:`~qwen_gateway.service.pipeline.Pipeline.generate` chain and renders the
+    events as OpenAI's response or chunks."""
+
     def __init__(
         self,
         router: Router,
-        limits: RequestLimits,
+        normalise: Normalise,
+        generate: Generate,
         clock: Callable[[], float] = time.time,
-        gate: Gate | None = None,
     ) -> None:
         self._router = router
-        self._limits = limits
+        self._normalise = normalise
+        self._generate = generate
         self._clock = clock
-        self._gate = gate
 
     # ---- models -------------------------------------------------------------
 
@@ -79,54 +78,25 @@ class CompletionService:
     def model(self, name: str) -> ModelInfo:
         return self._router.info(name)
 
-    def _default_output(self, request: R, record: RequestRecord) -> R:
-        """A request naming no max_tokens gets the caller's default, else the model's; both
-        capped by the model's output limit."""
-        if request.sampling.max_tokens is not None:
-            return request
-        principal = record.principal if isinstance(record.principal, Principal) else ANONYMOUS
-        info = self._router.info(request.model)
-        default = principal.default_max_tokens or info.default_max_tokens
-        if default is None:
-            return request
-        limit = min(default, info.max_output_tokens)
-        return replace(request, sampling=replace(request.sampling, default_max_tokens=limit))
+    def allowed(self, principal: object, model: str) -> bool:
+        """The caller's allowlist admits the model (an alias when its deployment is)."""
+        if not isinstance(principal, Principal):
+            return True  # authentication is off
+        return principal.allows(model) or principal.allows(self._router.canonical(model))
 
-    def _route(
+    def _events(
         self, raw: Mapping[str, Any], record: RequestRecord, request: GenerationRequest
     ) -> AsyncGenerator[EngineEvent, None]:
-        """The routed event stream, for a model name the caller is allowed; it routes and
-        starts the engine at its first ``anext``. The router serves the request only from
-        deployments the caller may use, and admits it (limits) for the one it tries (the
-        permit, on the record, is settled when the request ends)."""
-        self._router.check(request.model)
-        record.model = request.model
-        principal = record.principal if isinstance(record.principal, Principal) else ANONYMOUS
-        # an alias is its deployment: allowed when either name is
-        canonical = self._router.canonical(request.model)
-        if canonical == request.model or not principal.allows(canonical):
-            check_model(principal, request.model)
         user = raw.get("user")
-        ctx = RouteContext(
-            principal.id, user if isinstance(user, str) and user else None, principal.models
-        )
-        if isinstance(request, ChatRequest):
-            request = replace(request, tenant=principal.id)
-        admit = None
-        if self._gate is not None:
-            asked = canonical if self._router.virtual(canonical) else None
-            admit = self._gate.admission(principal, request, record, asked)
-        return self._router.stream(request, ctx, record, admit)
+        return self._generate(request, record, user if isinstance(user, str) and user else None)
 
     # ---- chat -------------------------------------------------------------
 
     async def chat(
         self, raw: Mapping[str, Any], record: RequestRecord
     ) -> ChatCompletion | AsyncGenerator[ChatCompletionChunk | bytes, None]:
-        wire, request = chat_request(raw, self._limits, record.request_id)
-        request = self._default_output(request, record)
-        record.stream = wire.stream
-        events = self._route(raw, record, request)
+        wire, request = self._normalise.chat(raw, record)
+        events = self._events(raw, record, request)
         ident = f"chatcmpl-{secrets.token_hex(16)}"
         created = int(self._clock())
         if wire.stream:
@@ -229,10 +199,8 @@ class CompletionService:
     async def complete(
         self, raw: Mapping[str, Any], record: RequestRecord
     ) -> Completion | AsyncGenerator[Completion, None]:
-        wire, request = text_request(raw, self._limits, record.request_id)
-        request = self._default_output(request, record)
-        record.stream = wire.stream
-        events = self._route(raw, record, request)
+        wire, request = self._normalise.text(raw, record)
+        events = self._events(raw, record, request)
         ident = f"cmpl-{secrets.token_hex(16)}"
         created = int(self._clock())
         echo = request.prompt if wire.echo and isinstance(request.prompt, str) else ""

@@ -123,3 +123,16 @@ class KeyRepository:
                 .values(prefix=prefix, key_hash=key_hash)
             )
         return await self.get(key_id)
+
+    async def set_limits(self, key_id: int, limits: KeyLimits) -> KeyRecord | None:
+        async with self._db.sessions.begin() as session:
+            await session.execute(
+                update(ApiKeyRow)
+                .where(ApiKeyRow.id == key_id)
+                .values(
+                    rpm=limits.rpm, tpm=limits.tpm, max_concurrency=limits.max_concurrency,
+                    daily_tokens=limits.daily_tokens, monthly_tokens=limits.monthly_tokens,
+                    default_max_tokens=limits.default_max_tokens,
+                )
+            )  # fmt: skip
+        return await self.get(key_id)
