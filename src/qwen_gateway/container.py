@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -53,6 +54,7 @@ from qwen_gateway.service.admin import Actor, AdminService
 from qwen_gateway.service.admit import Admit
 from qwen_gateway.service.authenticate import Authenticate
 from qwen_gateway.service.completions import CompletionService
+from qwen_gateway.service.fleet import Fleet
 from qwen_gateway.service.normalise import Normalise
 from qwen_gateway.service.pipeline import Pipeline, Stage, compose
 from qwen_gateway.service.route import Route
@@ -168,24 +170,6 @@ def build_router(
         observer=observer,
         count_tokens=count_tokens,
     )
-
-
-async def build_engines(router: Router) -> None:
-    """Build every replica's pending engine, side by side, each put in its place once built;
-    raises the first failure once all have ended (the engines built are in place)."""
-
-    async def build(replica: Replica, pending: PendingEngine) -> None:
-        replica.engine = await pending.build()
-
-    builds = [
-        build(r, r.engine)
-        for d in router.deployments
-        for r in d.replicas
-        if isinstance(r.engine, PendingEngine)
-    ]
-    failures = [e for e in await asyncio.gather(*builds, return_exceptions=True) if e]
-    if failures:
-        raise failures[0]
 
 
 def intent_classifier(settings: Settings) -> IntentClassifier:
@@ -315,77 +299,6 @@ async def build_admin(settings: Settings) -> AsyncIterator[AdminService]:
         yield store.admin
 
 
-class Fleet:
-    """The engines of every deployment: loaded in the background once the store is open
-    (/ready answers 503 until they are), their health, and their closing."""
-
-    def __init__(self, settings: Settings, router: Router, db: Database) -> None:
-        self.settings = settings
-        self.router = router
-        self.db = db
-        self._loading: asyncio.Task[None] | None = None
-        self.load_error: BaseException | None = None
-        self.database_up = True  # as /ready last found it
-
-    @property
-    def engines(self) -> dict[str, Engine]:
-        """Every replica's engine (pending until built), by name (see Router.engines)."""
-        return dict(self.router.engines())
-
-    def start(self) -> None:
-        """Begin loading the engines."""
-        self._loading = asyncio.create_task(self._load())
-
-    def stop_loading(self) -> None:
-        if self._loading is not None and not self._loading.done():
-            self._loading.cancel()
-
-    async def _load(self) -> None:
-        try:
-            await asyncio.gather(build_engines(self.router), self._load_classifier())
-        except Exception as exc:
-            self.load_error = exc
-            log.error("engine failed to start", exc_info=exc)
-            return
-        self.router.start_health_checks(self.settings.routing.health_interval_seconds)
-
-    async def _load_classifier(self) -> None:
-        intent = self.router.intent
-        if intent is None or intent.classifier is not None:
-            return
-        classifier = await asyncio.to_thread(intent_classifier, self.settings)
-        intent.classifier = classifier
-
-    async def wait_loaded(self) -> None:
-        if self._loading is not None:
-            await asyncio.shield(self._loading)
-
-    async def healthy(self) -> bool:
-        """False while an engine's scheduler is down (restarting, or down for good)."""
-        states = await asyncio.gather(*(e.health() for e in self.engines.values()))
-        return not any(state.down for state in states)
-
-    @property
-    def loading(self) -> bool:
-        return self._loading is None or not self._loading.done()
-
-    async def ready(self) -> bool:
-        """The database answers and every deployment has a replica up (``database_up`` and
-        ``loading`` tell which is missing)."""
-        self.database_up = await self.db.reachable()
-        if not self.database_up or self.loading or self.load_error is not None:
-            return False
-        for deployment in self.router.deployments:  # each needs one replica up
-            states = await asyncio.gather(*(r.engine.health() for r in deployment.replicas))
-            if not any(state.ready for state in states):
-                return False
-        return True
-
-    async def aclose(self) -> None:
-        await self.router.aclose()
-        await asyncio.gather(*(e.aclose() for e in self.engines.values()), return_exceptions=True)
-
-
 @dataclass(slots=True)
 class Services:
     """What one gateway process serves with, built from Settings by :func:`assemble`."""
@@ -439,7 +352,12 @@ def assemble(
     router = build_router(
         settings, engines, metrics, clock, metrics.engine, count_tokens=gate.prompt_tokens
     )
-    fleet = Fleet(settings, router, store.db)
+    fleet = Fleet(
+        router,
+        store.db.reachable,
+        functools.partial(intent_classifier, settings),
+        settings.routing.health_interval_seconds,
+    )
     static = settings.server.api_key
     authenticator = Authenticator(
         enabled=settings.auth.enabled,

@@ -13,7 +13,8 @@ from qwen_gateway.api.errors import install_error_handlers
 from qwen_gateway.api.fastpath import GatewayApp
 from qwen_gateway.api.middleware import GatewayMiddleware
 from qwen_gateway.api.routes import include_routes
-from qwen_gateway.container import Container, Fleet
+from qwen_gateway.container import Container
+from qwen_gateway.service.fleet import Fleet
 
 
 def create_app(container: Container, on_ready: Callable[[], None] | None = None) -> FastAPI:

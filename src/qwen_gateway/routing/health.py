@@ -1,6 +1,7 @@
 """Health checks of replicas.
 
-An engine is asked whether it is up through :func:`engine_up` alone. A check that fails with
+An engine is asked whether it is up through :func:`engine_up` alone (and whether it is down
+for good through :func:`engine_down`). A check that fails with
 an error or runs past its time is logged and counted as a failure by the replica's breaker (an
 engine whose health check crashes is as broken as one whose requests do); an engine that simply
 says it is down is marked down, which the balancer uses to try it last.
@@ -21,6 +22,11 @@ log = logging.getLogger(__name__)
 async def engine_up(engine: Engine) -> bool:
     """Whether ``engine`` says it takes requests: the one place an engine is asked."""
     return (await engine.health()).ready
+
+
+async def engine_down(engine: Engine) -> bool:
+    """Whether ``engine``'s scheduler is down (restarting, or down for good): /health fails."""
+    return (await engine.health()).down
 
 
 async def probe(deployment: str, replica: Replica, seconds: float) -> bool:
