@@ -9,7 +9,7 @@ goes to FastAPI as before; the two routes stay registered there too (the OpenAPI
 describes them, and a ``GET`` still gets FastAPI's 405).
 
 The behaviour is the route's: authentication first, then the body (``Content-Type``, the
-strict JSON of :func:`qwen_gateway.api.routes.read_json`), the service call raced against the
+strict JSON of :func:`qwen_gateway.api.body.parse_json`), the service call raced against the
 client leaving (which cancels it, aborting the generation), errors in the OpenAI envelope
 with their headers, the route and rate-limit headers on success.
 """
@@ -17,7 +17,6 @@ with their headers, the route and rate-limit headers on success.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,15 +28,10 @@ from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from qwen_gateway.api.body import parse_json
 from qwen_gateway.api.disconnect import ClientWatch
 from qwen_gateway.api.errors import error_response
-from qwen_gateway.api.routes import (
-    _BadNumber,
-    _bounded_int,
-    _finite,
-    _headers,
-    _no_constant,
-)
+from qwen_gateway.api.routes import _headers
 from qwen_gateway.api.sse import EventStreamResponse
 from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.errors import GatewayError, InvalidRequest
@@ -46,22 +40,6 @@ from qwen_gateway.service.authenticate import Authenticate
 #: The service call of a hot endpoint: the parsed body and the request's record in, a
 #: complete response (a dict) or an async iterator of chunks out.
 ServiceCall = Callable[[Mapping[str, Any], RequestRecord], Awaitable[Any]]
-
-
-def parse_json(body: bytes) -> Any:
-    """The request body as JSON, as strictly as :func:`qwen_gateway.api.routes.read_json`."""
-    try:
-        return json.loads(
-            body, parse_float=_finite, parse_int=_bounded_int, parse_constant=_no_constant
-        )
-    except (json.JSONDecodeError, UnicodeDecodeError, _BadNumber) as exc:
-        raise InvalidRequest(
-            f"We could not parse the JSON body of your request: {exc}.", code="invalid_json"
-        ) from None
-    except RecursionError:
-        raise InvalidRequest(
-            "The JSON body of your request is nested too deeply.", code="invalid_json"
-        ) from None
 
 
 async def read_body(receive: Receive) -> bytes:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
-import math
 import re
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import suppress
@@ -17,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
 from qwen_gateway.api.admin import admin_router
+from qwen_gateway.api.body import parse_json
 from qwen_gateway.api.sse import EventStreamResponse
 from qwen_gateway.config import ServerSettings
 from qwen_gateway.core.record import RequestRecord
@@ -76,47 +75,11 @@ def authenticated(authenticate: Authenticate, *, admin: bool = False) -> Any:
     return check
 
 
-class _BadNumber(ValueError):
-    """A number in a JSON body that no request field could take."""
-
-
-_MAX_INT_DIGITS = 100  # far more than any field needs; Python refuses above 4300
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise _BadNumber(f"the number {text[:32]} is out of range")
-    return value
-
-
-def _bounded_int(text: str) -> int:
-    if len(text) > _MAX_INT_DIGITS:
-        raise _BadNumber(f"an integer has more than {_MAX_INT_DIGITS} digits")
-    return int(text)
-
-
-def _no_constant(name: str) -> Any:
-    raise _BadNumber(f"{name} is not a JSON number")
-
-
 async def read_json(request: Request) -> Any:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json":
         raise InvalidRequest("Content-Type must be application/json.", code="invalid_content_type")
-    body = await request.body()
-    try:
-        return json.loads(
-            body, parse_float=_finite, parse_int=_bounded_int, parse_constant=_no_constant
-        )
-    except (json.JSONDecodeError, UnicodeDecodeError, _BadNumber) as exc:
-        raise InvalidRequest(
-            f"We could not parse the JSON body of your request: {exc}.", code="invalid_json"
-        ) from None
-    except RecursionError:
-        raise InvalidRequest(
-            "The JSON body of your request is nested too deeply.", code="invalid_json"
-        ) from None
+    return parse_json(await request.body())
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:

@@ -36,6 +36,15 @@ DataDirOpt = Annotated[
     Path | None, typer.Option("--data-dir", help="Where the data (SQLite database) lives.")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+# a key's limits (core.limits.KeyLimits), as `keys create` and `keys update` take them
+RpmOpt = Annotated[int | None, typer.Option(help="Requests per minute.", min=1)]
+TpmOpt = Annotated[int | None, typer.Option(help="Tokens per minute.", min=1)]
+ConcurrencyOpt = Annotated[int | None, typer.Option(help="Concurrent requests.", min=1)]
+DailyOpt = Annotated[int | None, typer.Option(help="Token budget per UTC day.", min=1)]
+MonthlyOpt = Annotated[int | None, typer.Option(help="Token budget per UTC month.", min=1)]
+DefaultMaxOpt = Annotated[
+    int | None, typer.Option(help="Output tokens for requests that send no max_tokens.", min=1)
+]
 
 
 def _settings(config: Path | None, data_dir: Path | None) -> Settings:
@@ -113,19 +122,12 @@ def create(
     models: Annotated[
         str | None, typer.Option(help="Comma-separated models the key may use (default: all).")
     ] = None,
-    rpm: Annotated[int | None, typer.Option(help="Requests per minute.", min=1)] = None,
-    tpm: Annotated[int | None, typer.Option(help="Tokens per minute.", min=1)] = None,
-    max_concurrency: Annotated[int | None, typer.Option(help="Concurrent requests.", min=1)] = None,
-    daily_tokens: Annotated[
-        int | None, typer.Option(help="Token budget per UTC day.", min=1)
-    ] = None,
-    monthly_tokens: Annotated[
-        int | None, typer.Option(help="Token budget per UTC month.", min=1)
-    ] = None,
-    default_max_tokens: Annotated[
-        int | None,
-        typer.Option(help="Output tokens for requests that send no max_tokens.", min=1),
-    ] = None,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    max_concurrency: ConcurrencyOpt = None,
+    daily_tokens: DailyOpt = None,
+    monthly_tokens: MonthlyOpt = None,
+    default_max_tokens: DefaultMaxOpt = None,
     expires: Annotated[
         str | None, typer.Option(help="Expiry: 30d, 12h, 90m or an ISO date/time.")
     ] = None,
@@ -186,19 +188,12 @@ def show(
 @keys_app.command("update")
 def update(
     key_id: Annotated[int, typer.Argument(help="The key's id.")],
-    rpm: Annotated[int | None, typer.Option(help="Requests per minute.", min=1)] = None,
-    tpm: Annotated[int | None, typer.Option(help="Tokens per minute.", min=1)] = None,
-    max_concurrency: Annotated[int | None, typer.Option(help="Concurrent requests.", min=1)] = None,
-    daily_tokens: Annotated[
-        int | None, typer.Option(help="Token budget per UTC day.", min=1)
-    ] = None,
-    monthly_tokens: Annotated[
-        int | None, typer.Option(help="Token budget per UTC month.", min=1)
-    ] = None,
-    default_max_tokens: Annotated[
-        int | None,
-        typer.Option(help="Output tokens for requests that send no max_tokens.", min=1),
-    ] = None,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    max_concurrency: ConcurrencyOpt = None,
+    daily_tokens: DailyOpt = None,
+    monthly_tokens: MonthlyOpt = None,
+    default_max_tokens: DefaultMaxOpt = None,
     clear: Annotated[
         str | None, typer.Option(help="Comma-separated limits to remove, e.g. rpm,tpm.")
     ] = None,
