@@ -70,6 +70,30 @@ async def test_a_failure_comes_after_the_chunks_before_it() -> None:
         await anext(batches)
 
 
+async def test_a_failed_future_the_source_waits_on_is_raised_in_the_source() -> None:
+    """The error of what the source awaits is the source's to handle: it can catch it and go
+    on, or let it through to the consumer after the chunks before it."""
+    answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    caught: list[BaseException] = []
+
+    async def source() -> AsyncGenerator[int, None]:
+        yield 1
+        try:
+            await answer
+        except EngineUnavailable as exc:
+            caught.append(exc)
+        yield 2
+        await answer  # done already: fails again, now to the consumer
+
+    batches = ready_batches(source())
+    assert await anext(batches) == [1]
+    answer.set_exception(EngineUnavailable("upstream gone"))
+    assert await anext(batches) == [2]  # caught by the source, which went on
+    assert len(caught) == 1
+    with pytest.raises(EngineUnavailable, match="upstream gone"):
+        await anext(batches)
+
+
 async def test_cancelling_the_consumer_cancels_the_waiting_source() -> None:
     source = Source([[1]])
     batches = ready_batches(source.chunks())

@@ -85,7 +85,9 @@ async def _resume(step: Generator[Any, None, Any], yielded: Any) -> Any:
             if yielded is None or not yielded.cancelled():
                 error = exc
         except BaseException:
-            pass
+            # the future failed: not an error of this task's, and nothing is lost: the step
+            # takes the future's outcome when it is resumed below, and raises it itself
+            error = None
         try:
             yielded = step.throw(error) if error is not None else step.send(None)
         except StopIteration as done:
