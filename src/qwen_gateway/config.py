@@ -256,6 +256,25 @@ class UsageSettings(Section):
     flush_seconds: float = Field(default=0.5, gt=0)
 
 
+class RiskClassifierSettings(Section):
+    """``safety.classifier``: the high-risk classifier (financial, medical, legal advice)."""
+
+
+class ReviewSettings(Section):
+    """``safety.review``: the human review queue."""
+
+
+class SafetySettings(Section):
+    """``safety:``: content safety. Absent: nothing is filtered, classified or stored."""
+
+    classifier: RiskClassifierSettings = Field(default_factory=RiskClassifierSettings)
+    review: ReviewSettings = Field(default_factory=ReviewSettings)
+
+
+class CacheSettings(Section):
+    """``cache:``: the response cache. Absent: nothing is cached."""
+
+
 class Settings(Section):
     data_dir: Path = Field(
         default_factory=lambda: (
@@ -273,6 +292,8 @@ class Settings(Section):
     #: The model registry; empty: one deployment made of the ``model`` section.
     deployments: list[DeploymentSettings] = Field(default_factory=list)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    safety: SafetySettings | None = None
+    cache: CacheSettings | None = None
 
     @property
     def database_url(self) -> str:

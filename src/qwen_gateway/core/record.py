@@ -23,6 +23,11 @@ class RequestRecord:
     cancelled: bool = False
     principal: Any = None  # policy.Principal, once authenticated
     permit: Any = None  # policy.ratelimit.Permit while the request holds one
+    cache: str | None = None  # the response cache's verdict: "hit", "miss" or "bypass"
+    #: content-safety categories that matched ("input:<category>", "output:<category>"),
+    #: for metrics and the audit trail: never the matched text
+    safety: list[str] | None = None
+    review_id: str | None = None  # the review item this answer was queued as, if any
 
     def mark_first_token(self) -> None:
         if self.first_token_at is None:

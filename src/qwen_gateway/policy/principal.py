@@ -22,6 +22,8 @@ class Principal:
     key_id: int | None = None
     #: output tokens for a request that names no max_tokens (None: the deployment's default)
     default_max_tokens: int | None = None
+    #: the caller's tier (a key's ``tier``, a JWT's tier claim): picks content-safety policies
+    tier: str | None = None
 
     def allows(self, model: str) -> bool:
         return self.models is None or model in self.models

@@ -27,6 +27,7 @@ class ApiKeyRow(Base):
     daily_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     monthly_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     default_max_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tier: Mapped[str | None] = mapped_column(String(64), nullable=True)  # content-safety tier
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -52,6 +53,7 @@ class UsageRow(Base):
     ttft_ms: Mapped[float | None] = mapped_column(nullable=True)
     cancelled: Mapped[bool] = mapped_column(Boolean, default=False)
     stream: Mapped[bool] = mapped_column(Boolean, default=False)
+    cache: Mapped[str | None] = mapped_column(String(8), nullable=True)  # "hit": from the cache
 
 
 class AuditRow(Base):
