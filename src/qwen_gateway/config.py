@@ -260,8 +260,60 @@ class RiskClassifierSettings(Section):
     """``safety.classifier``: the high-risk classifier (financial, medical, legal advice)."""
 
 
+DEFAULT_REVIEW_NOTICE = (
+    "This answer is being reviewed by a person; fetch it with GET /v1/reviews/{review_id} "
+    "once it is approved. 该回答正在人工审核中，审核通过后可通过 GET /v1/reviews/{review_id} 获取。"
+)
+
+
 class ReviewSettings(Section):
-    """``safety.review``: the human review queue."""
+    """``safety.review``: the human review queue.
+
+    ``encryption_key``: the key the content of review items is encrypted with (AES-256-GCM):
+    32 bytes, urlsafe base64, as ``qwen-gateway reviews keygen`` prints; required while
+    ``store_content`` is on. ``store_content``: keep the prompt and answer of a review item
+    (encrypted) for the reviewer and for release; off: items hold metadata only, and a held
+    answer cannot be released. ``retention_days``: items are deleted this long after they
+    were made. ``notice``: what a client receives instead of a held answer; ``{review_id}``
+    is replaced by the item's id."""
+
+    encryption_key: SecretStr | None = None
+    store_content: bool = True
+    retention_days: int = Field(default=30, ge=1, le=36_500)
+    notice: str = Field(default=DEFAULT_REVIEW_NOTICE, min_length=1, max_length=2000)
+    #: how often each replica deletes expired items and refreshes the queue gauges
+    maintenance_seconds: float = Field(default=60.0, gt=0)
+
+    @field_validator("encryption_key")
+    @classmethod
+    def _key_is_32_bytes(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            import base64
+            import binascii
+
+            try:
+                raw = base64.urlsafe_b64decode(value.get_secret_value().encode("ascii"))
+            except (binascii.Error, UnicodeEncodeError, ValueError):
+                raw = b""
+            if len(raw) != 32:
+                raise ValueError(
+                    "must be 32 bytes in urlsafe base64 (make one with `qwen-gateway reviews "
+                    "keygen`)"
+                )
+        return value
+
+    @field_validator("notice")
+    @classmethod
+    def _notice_names_the_review(cls, value: str) -> str:
+        if "{review_id}" not in value:
+            raise ValueError("must contain the placeholder {review_id}")
+        try:
+            value.format(review_id="rev_0")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError(
+                "may use only the placeholder {review_id} (write other braces as {{ and }})"
+            ) from None
+        return value
 
 
 class SafetySettings(Section):

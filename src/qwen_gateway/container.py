@@ -24,6 +24,7 @@ from qwen_gateway.config import (
     ConfigError,
     DeploymentSettings,
     ModelSettings,
+    ReviewSettings,
     Settings,
     check_registry,
 )
@@ -31,7 +32,7 @@ from qwen_gateway.core.normalize import RequestLimits
 from qwen_gateway.engines.base import QUIET, Engine, EngineObserver
 from qwen_gateway.engines.plugin import EngineContext
 from qwen_gateway.engines.registry import PendingEngine, configure
-from qwen_gateway.observability.metrics import Metrics
+from qwen_gateway.observability.metrics import Metrics, ReviewMetrics
 from qwen_gateway.policy.auth import Authenticator, FailureThrottle
 from qwen_gateway.policy.gate import Gate
 from qwen_gateway.policy.jwt import JWTConfig, JWTVerifier
@@ -49,6 +50,7 @@ from qwen_gateway.routing.intent import (
 from qwen_gateway.routing.registry import Deployment, IntentRoute, Split
 from qwen_gateway.routing.retry import TokenCounter
 from qwen_gateway.routing.router import RouteObserver, Router
+from qwen_gateway.safety.crypto import ContentCipher
 from qwen_gateway.service.account import Accounting
 from qwen_gateway.service.admin import Actor, AdminService
 from qwen_gateway.service.admit import Admit
@@ -57,10 +59,12 @@ from qwen_gateway.service.completions import CompletionService
 from qwen_gateway.service.fleet import Fleet
 from qwen_gateway.service.normalise import Normalise
 from qwen_gateway.service.pipeline import Pipeline, Stage, compose
+from qwen_gateway.service.reviews import ReviewService
 from qwen_gateway.service.route import Route
 from qwen_gateway.store.audit import AuditRepository
 from qwen_gateway.store.db import Database
 from qwen_gateway.store.keys import KeyRepository
+from qwen_gateway.store.reviews import ReviewRepository
 from qwen_gateway.store.spill import SpillFile
 from qwen_gateway.store.usage import UsageRepository
 from qwen_gateway.store.writer import BatchWriter
@@ -238,6 +242,8 @@ class Store:
     redis: Any  # redis.asyncio.Redis, or None: Redis only swaps implementations, here
     keys: KeyManager
     admin: AdminService
+    #: the human review queue: only with a ``safety:`` section
+    reviews: ReviewService | None = None
 
 
 def _redis(settings: Settings) -> Any:
@@ -257,7 +263,39 @@ def _redis(settings: Settings) -> Any:
     return redis.asyncio.Redis.from_pool(pool)  # closed with the client
 
 
-def build_store(settings: Settings) -> Store:
+def review_cipher(review: ReviewSettings) -> ContentCipher | None:
+    """The cipher of review content; a :class:`ConfigError` when content is to be kept and
+    there is no key to encrypt it with."""
+    if review.encryption_key is None:
+        if review.store_content:
+            raise ConfigError(
+                "safety.review.encryption_key is required while safety.review.store_content "
+                "is on (review items keep the prompt and answer, encrypted): make one with "
+                "`qwen-gateway reviews keygen`, or set safety.review.store_content: false"
+            )
+        return None
+    return ContentCipher(review.encryption_key.get_secret_value())
+
+
+def _reviews(
+    settings: Settings, db: Database, writer: BatchWriter, observer: ReviewMetrics | None
+) -> ReviewService | None:
+    if settings.safety is None:
+        return None
+    review = settings.safety.review
+    return ReviewService(
+        ReviewRepository(db),
+        review_cipher(review),
+        store_content=review.store_content,
+        retention_days=review.retention_days,
+        notice=review.notice,
+        record=writer.put,
+        flush=writer.flush,
+        observer=observer,
+    )
+
+
+def build_store(settings: Settings, review_observer: ReviewMetrics | None = None) -> Store:
     """The store part, built (nothing opened: :func:`open_store` does that)."""
     db = Database(settings.database_url)
     usage = UsageRepository(db)
@@ -273,7 +311,8 @@ def build_store(settings: Settings) -> Store:
     )
     keys = KeyManager(KeyRepository(db), bus, settings.auth.key_cache_seconds)
     admin = AdminService(keys, usage, audit, writer.put, writer.flush)
-    return Store(db, usage, audit, writer, client, keys, admin)
+    reviews = _reviews(settings, db, writer, review_observer)
+    return Store(db, usage, audit, writer, client, keys, admin, reviews)
 
 
 async def open_store(store: Store, stack: AsyncExitStack) -> None:
@@ -299,6 +338,20 @@ async def build_admin(settings: Settings) -> AsyncIterator[AdminService]:
         yield store.admin
 
 
+@asynccontextmanager
+async def build_reviews(settings: Settings) -> AsyncIterator[ReviewService]:
+    """The review service on an open store, for the CLI's review commands."""
+    store = build_store(settings)
+    if store.reviews is None:
+        raise ConfigError(
+            "the review queue is off: the configuration has no 'safety:' section "
+            "(pass the server's config file with --config)"
+        )
+    async with AsyncExitStack() as stack:
+        await open_store(store, stack)
+        yield store.reviews
+
+
 @dataclass(slots=True)
 class Services:
     """What one gateway process serves with, built from Settings by :func:`assemble`."""
@@ -314,6 +367,11 @@ class Services:
     completions: CompletionService
     #: the first admin key, created at the first start with authentication on, to show once
     bootstrap_key: str | None = None
+
+    @property
+    def reviews(self) -> ReviewService | None:
+        """The human review queue (with a ``safety:`` section; else None)."""
+        return self.store.reviews
 
     @property
     def bootstrap_key_file(self) -> Path:
@@ -340,7 +398,7 @@ def assemble(
     ``engines`` (by deployment name) replaces the engines that would be built; ``stages`` are
     the optional pipeline stages (input policy, cache, output policy)."""
     metrics = Metrics()
-    store = build_store(settings)
+    store = build_store(settings, metrics.reviews() if settings.safety is not None else None)
     leases = LeaseKeeper(_limiter(settings, store.redis), settings.limits.lease_seconds,
                          observer=metrics)  # fmt: skip
     metrics.watch_pending_settles(lambda: leases.pending)
@@ -420,10 +478,22 @@ async def start(services: Services, stack: AsyncExitStack) -> None:
     await services.gate.start()
     stack.push_async_callback(services.gate.aclose)
     await _bootstrap(services)
+    reviews, safety = services.reviews, services.settings.safety
+    if reviews is not None and safety is not None:  # retention and queue gauges, each replica
+        maintenance = asyncio.create_task(
+            reviews.maintain(safety.review.maintenance_seconds), name="review-maintenance"
+        )
+        stack.push_async_callback(_cancel, maintenance)
     stack.push_async_callback(services.fleet.aclose)
     stack.push_async_callback(_drain, services.pipeline.account)
     services.fleet.start()
     stack.callback(services.fleet.stop_loading)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task
 
 
 async def _drain(accounting: Accounting) -> None:

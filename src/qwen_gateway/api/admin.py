@@ -32,7 +32,7 @@ class KeyCreate(KeyLimits):
 B = TypeVar("B", bound=BaseModel)
 
 
-async def _body(request: Request, model: type[B], what: str) -> B:
+async def body_of(request: Request, model: type[B], what: str) -> B:
     try:
         return model.model_validate_json(await request.body())
     except ValidationError as exc:
@@ -41,7 +41,7 @@ async def _body(request: Request, model: type[B], what: str) -> B:
         raise InvalidRequest(f"Invalid {what}: {err['msg']}.", param=param) from None
 
 
-def _caller(request: Request) -> Actor:
+def caller_of(request: Request) -> Actor:
     record = request.scope.get("state", {}).get("record")
     principal = record.principal if isinstance(record, RequestRecord) else None
     actor = principal.id if isinstance(principal, Principal) else "anonymous"
@@ -61,10 +61,10 @@ def admin_router(admin: AdminService, check: Any) -> APIRouter:
 
     @router.post("/keys", status_code=201)
     async def create_key(request: Request) -> JSONResponse:
-        body = await _body(request, KeyCreate, "key request")
+        body = await body_of(request, KeyCreate, "key request")
         secret, record = await admin.create_key(
             body.name,
-            _caller(request),
+            caller_of(request),
             role=body.role,
             models=tuple(body.models) if body.models is not None else None,
             limits=KeyLimits.model_validate(body.model_dump(include=set(KeyLimits.model_fields))),
@@ -85,20 +85,20 @@ def admin_router(admin: AdminService, check: Any) -> APIRouter:
     @router.patch("/keys/{key_id}")
     async def update_key(key_id: int, request: Request) -> JSONResponse:
         # the limits sent replace the key's (null: no limit of that kind), the others stay
-        body = await _body(request, KeyLimits, "limits")
+        body = await body_of(request, KeyLimits, "limits")
         current = await admin.key(key_id)
         limits = current.limits.model_copy(
             update={f: getattr(body, f) for f in body.model_fields_set}
         )
-        return JSONResponse(key_view(await admin.update_limits(key_id, limits, _caller(request))))
+        return JSONResponse(key_view(await admin.update_limits(key_id, limits, caller_of(request))))
 
     @router.post("/keys/{key_id}/revoke")
     async def revoke_key(key_id: int, request: Request) -> JSONResponse:
-        return JSONResponse(key_view(await admin.revoke_key(key_id, _caller(request))))
+        return JSONResponse(key_view(await admin.revoke_key(key_id, caller_of(request))))
 
     @router.post("/keys/{key_id}/rotate")
     async def rotate_key(key_id: int, request: Request) -> JSONResponse:
-        secret, record = await admin.rotate_key(key_id, _caller(request))
+        secret, record = await admin.rotate_key(key_id, caller_of(request))
         return JSONResponse({"key": secret, **key_view(record)})
 
     @router.get("/usage")
@@ -110,7 +110,9 @@ def admin_router(admin: AdminService, check: Any) -> APIRouter:
         format: Literal["json", "csv"] = "json",
     ) -> Response:
         groups = [g.strip() for g in group_by.split(",") if g.strip()]
-        rows = await admin.usage(groups, _caller(request), since=since, until=until, format=format)
+        rows = await admin.usage(
+            groups, caller_of(request), since=since, until=until, format=format
+        )
         if format == "json":
             return JSONResponse({"object": "list", "group_by": groups, "data": rows})
         out = io.StringIO()

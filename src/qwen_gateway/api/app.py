@@ -55,6 +55,7 @@ def create_app(container: Container, on_ready: Callable[[], None] | None = None)
         admin=services.store.admin,
         metrics_source=services.metrics,
         health_check=services.fleet,
+        reviews=services.reviews,
     )
     keepalive = services.settings.server.keepalive_seconds
     authenticate = services.pipeline.authenticate

@@ -16,6 +16,7 @@ from starlette.requests import ClientDisconnect
 
 from qwen_gateway.api.admin import admin_router
 from qwen_gateway.api.body import parse_json
+from qwen_gateway.api.reviews import admin_review_router, client_review_router
 from qwen_gateway.api.sse import EventStreamResponse
 from qwen_gateway.config import ServerSettings
 from qwen_gateway.core.record import RequestRecord
@@ -29,6 +30,7 @@ from qwen_gateway.protocol.completions import CompletionRequest
 from qwen_gateway.service.admin import AdminService
 from qwen_gateway.service.authenticate import Authenticate
 from qwen_gateway.service.completions import CompletionService
+from qwen_gateway.service.reviews import ReviewService
 
 T = TypeVar("T")
 ROUTE_HEADER = "x-qwen-gateway-route"
@@ -180,6 +182,7 @@ def include_routes(
     admin: AdminService,
     metrics_source: Metrics,
     health_check: Health,
+    reviews: ReviewService | None = None,
 ) -> None:
     keepalive = server.keepalive_seconds
     # authentication is called directly on the hot routes: FastAPI's dependency solving costs
@@ -264,3 +267,8 @@ def include_routes(
     app.include_router(v1)
     app.include_router(ops)
     app.include_router(admin_router(admin, authenticated(authenticate, admin=True)))
+    if reviews is not None:  # content safety configured
+        app.include_router(
+            client_review_router(reviews, check, lambda request: record_of(request).principal)
+        )
+        app.include_router(admin_review_router(reviews, authenticated(authenticate, admin=True)))

@@ -15,6 +15,7 @@ from rich.console import Console
 
 from qwen_gateway.cli.admin import keys_app, usage
 from qwen_gateway.cli.intent import intent_app
+from qwen_gateway.cli.reviews import reviews_app
 from qwen_gateway.config import ConfigError, Settings, load_settings, redacted
 
 app = typer.Typer(
@@ -27,6 +28,7 @@ config_app = typer.Typer(help="Inspect the configuration.")
 app.add_typer(config_app, name="config")
 app.add_typer(keys_app, name="keys")
 app.add_typer(intent_app, name="intent")
+app.add_typer(reviews_app, name="reviews")
 app.command("usage")(usage)
 err = Console(stderr=True)
 

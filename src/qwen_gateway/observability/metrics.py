@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime
 from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -161,6 +163,51 @@ class EngineMetrics:
         self._restarts.inc()
 
 
+class ReviewMetrics:
+    """The human review queue's metrics, registered only when content safety is configured.
+    The depth and the oldest pending item come from the database (every replica reports the
+    shared queue), refreshed by the queue's maintenance task and after each submission and
+    decision; the oldest item's age is computed at scrape time."""
+
+    def __init__(self, r: CollectorRegistry, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._oldest: float | None = None  # unix time of the oldest pending item
+        self.depth = Gauge(
+            "qwen_gateway_review_queue_depth", "Review items waiting for a decision", registry=r
+        )
+        Gauge(
+            "qwen_gateway_review_oldest_pending_seconds",
+            "Age of the oldest review item waiting for a decision (0: none waits)",
+            registry=r,
+        ).set_function(self._oldest_age)
+        self.decisions = Counter(
+            "qwen_gateway_review_decisions",
+            "Review decisions, by decision (approved, rejected)",
+            ["decision"],
+            registry=r,
+        )
+        self.submissions = Counter(
+            "qwen_gateway_review_submitted",
+            "Items sent for review, by category and mode (hold, deliver_and_review)",
+            ["category", "mode"],
+            registry=r,
+        )
+
+    def _oldest_age(self) -> float:
+        return 0.0 if self._oldest is None else max(0.0, self._clock() - self._oldest)
+
+    # service.reviews.ReviewObserver
+    def submitted(self, category: str, mode: str) -> None:
+        self.submissions.labels(category, mode).inc()
+
+    def decided(self, decision: str) -> None:
+        self.decisions.labels(decision).inc()
+
+    def queue(self, depth: int, oldest: datetime | None) -> None:
+        self.depth.set(depth)
+        self._oldest = oldest.timestamp() if oldest is not None else None
+
+
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
@@ -260,6 +307,10 @@ class Metrics:
     def engine(self, model: str) -> EngineMetrics:
         """The observer for the engine named ``model`` (a deployment, or ``name[i]``)."""
         return EngineMetrics(self, model)
+
+    def reviews(self, clock: Callable[[], float] = time.time) -> ReviewMetrics:
+        """The review queue's metrics (call once: they are registered on this registry)."""
+        return ReviewMetrics(self.registry, clock)
 
     def watch_pending_settles(self, source: Callable[[], int]) -> None:
         Gauge(

@@ -1,10 +1,20 @@
-"""Table definitions. Metadata only: no prompt or completion text is ever stored here."""
+"""Table definitions. Metadata only: no prompt or completion text is stored here, except the
+encrypted content of review items that a safety policy holds for a human (``reviews``)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Index, Integer, String
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -67,3 +77,30 @@ class AuditRow(Base):
     target: Mapped[str | None] = mapped_column(String(300), nullable=True)
     client: Mapped[str | None] = mapped_column(String(100), nullable=True)
     details: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)
+
+
+class ReviewRow(Base):
+    """An item of the human review queue. The prompt and answer are AES-GCM ciphertext (the
+    review id as associated data), present only when the policy keeps content."""
+
+    __tablename__ = "reviews"
+    __table_args__ = (
+        Index("ix_reviews_status_created", "status", "created_at"),
+        Index("ix_reviews_key_id", "key_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # rev_<hex>, public
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16))  # pending, approved, rejected
+    mode: Mapped[str] = mapped_column(String(24))  # hold, deliver_and_review
+    direction: Mapped[str] = mapped_column(String(8))  # input, output
+    category: Mapped[str] = mapped_column(String(64))
+    principal: Mapped[str] = mapped_column(String(300))
+    key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    deployment: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    request_id: Mapped[str] = mapped_column(String(128))
+    prompt_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    answer_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    reviewer: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    reason: Mapped[str | None] = mapped_column(String(1000), nullable=True)
