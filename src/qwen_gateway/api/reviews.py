@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from qwen_gateway.api.admin import body_of, caller_of
 from qwen_gateway.policy.principal import Principal
@@ -17,6 +17,8 @@ from qwen_gateway.service.reviews import ReviewService
 
 class Decision(BaseModel):
     """The body of ``POST /admin/reviews/{id}/approve`` and ``.../reject`` (may be empty)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     reason: str | None = Field(default=None, max_length=1000)
 

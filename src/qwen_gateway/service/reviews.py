@@ -293,12 +293,16 @@ class ReviewService:
         """Purge and refresh every ``interval`` seconds, until cancelled (the server's
         background task). A failed round (database down) is logged and retried."""
         while True:
-            try:
-                await self.purge()
-                await self.refresh()
-            except Exception as exc:
-                log.error("review queue maintenance failed (%s); retrying", type(exc).__name__)
+            await self.maintain_once()
             await asyncio.sleep(interval)
+
+    async def maintain_once(self) -> None:
+        """One round of maintenance; a failure is logged (the next round retries)."""
+        try:
+            await self.purge()
+            await self.refresh()
+        except Exception as exc:
+            log.error("review queue maintenance failed (%s); retrying", type(exc).__name__)
 
     # ---- helpers -------------------------------------------------------------------------
 
