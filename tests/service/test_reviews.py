@@ -259,8 +259,9 @@ async def test_content_under_another_key_is_a_clear_error(
             await rotated.show(review_id)
         assert "encryption_key" in caught.value.message and caught.value.status_code == 500
         await rotated.decide(review_id, True, REVIEWER)
-        with pytest.raises(UndecryptableContent):
+        with pytest.raises(UndecryptableContent) as client_side:
             await rotated.fetch_for(review_id, me[0])
+        assert "encryption_key" not in client_side.value.message  # the client is not told why
 
 
 async def test_without_store_content_only_metadata_is_kept(

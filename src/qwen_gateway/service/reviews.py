@@ -200,7 +200,13 @@ class ReviewService:
             raise NotFound(f"No review '{review_id}'.", param="review_id")
         content = None
         if record.status == "approved" and record.answer_ciphertext is not None:
-            content = self._decrypt(record.answer_ciphertext, record.id)
+            try:
+                content = self._decrypt(record.answer_ciphertext, record.id)
+            except UndecryptableContent as exc:  # the operator's to fix: told in the log
+                log.error("%s", exc.message)
+                raise UndecryptableContent(
+                    f"The answer of review '{review_id}' cannot be released at the moment."
+                ) from None
         return ReviewResult(
             record.id, record.status, record.category, int(record.created_at.timestamp()), content
         )
