@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from qwen_gateway.cache.similar import (
+    BUCKET_CAP,
     DEFAULT_THRESHOLD,
     SimilarIndex,
     normalise,
@@ -216,3 +217,15 @@ def test_the_evaluation_set_is_as_documented() -> None:
     assert {r["lang"] for r in rows} == {"en", "zh", "mixed"}
     assert all(set(r) == {"a", "b", "paraphrase", "lang", "kind"} for r in rows)
     assert len({(r["a"], r["b"]) for r in rows}) == len(rows)
+
+
+def test_a_crowded_bucket_keeps_only_its_most_recently_used_entries() -> None:
+    index = SimilarIndex(threshold=0.1)
+    words = ["alpha", "beta", "gamma", "delta"]
+    texts = [" ".join(words[i:] + words[:i]) + "!" * n for n in range(10) for i in range(4)]
+    for i, text in enumerate(texts[: BUCKET_CAP + 5]):  # one signature, other order or punctuation
+        index.add("t", text, f"k{i}")
+    assert len(index) == BUCKET_CAP
+    before = index.candidates_compared
+    assert index.lookup("t", "alpha beta gamma delta") is not None
+    assert index.candidates_compared - before == BUCKET_CAP

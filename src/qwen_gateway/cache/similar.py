@@ -51,6 +51,7 @@ import math
 import re
 import threading
 import unicodedata
+from array import array
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
 
@@ -59,6 +60,10 @@ from qwen_gateway.config import ConfigError
 #: the threshold shipped as the default: above the highest-scoring near-miss of both evaluation
 #: sets in ``benchmarks/data`` (a subject/object swap), see docs/benchmarks.md
 DEFAULT_THRESHOLD = 0.75
+#: the most entries one (scope, signature) bucket keeps, so that a lookup compares at most this
+#: many: texts of one bucket are near-duplicates of each other, a full bucket drops its least
+#: recently used
+BUCKET_CAP = 32
 
 # --- normalisation -------------------------------------------------------------------------
 
@@ -222,12 +227,23 @@ def _relations(words: list[str], content: set[str]) -> set[str]:
     return out
 
 
+#: (content words and relations, numbers, negations)
+_Signature = tuple[tuple[str, ...], tuple[str, ...], int]
+#: (scope, signature)
+_Bucket = tuple[str, _Signature]
+
+
 @dataclass(frozen=True, slots=True)
 class Reading:
-    """What the index keeps of a text: its signature (the guards) and its vector."""
+    """What is compared of a text: its signature (the guards) and its vector."""
 
-    signature: tuple[tuple[str, ...], tuple[str, ...], int]
+    signature: _Signature
     vector: dict[str, float]
+
+    def packed(self) -> tuple[array[int], array[float]]:
+        """The vector as the index keeps it: the features' hashes and weights, in two arrays
+        (much smaller than the dictionary; the hashes are this process's own)."""
+        return array("q", map(hash, self.vector)), array("d", self.vector.values())
 
 
 def read(text: str) -> Reading:
@@ -287,8 +303,9 @@ def _cosine(a: dict[str, float], b: dict[str, float]) -> float:
 @dataclass(slots=True)
 class _Entry:
     scope: str
-    bucket: tuple[str, tuple[tuple[str, ...], tuple[str, ...], int]]
-    vector: dict[str, float]
+    bucket: _Bucket
+    hashes: array[int]
+    weights: array[float]
 
 
 class SimilarIndex:
@@ -309,8 +326,8 @@ class SimilarIndex:
         self.threshold = threshold
         self.max_entries = max_entries
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self._buckets: dict[tuple[str, tuple[tuple[str, ...], tuple[str, ...], int]], set[str]]
-        self._buckets = {}
+        # the keys of each (scope, signature), least recently used first
+        self._buckets: dict[_Bucket, dict[str, None]] = {}
         self._lock = threading.Lock()
         #: lookups made, and entries compared by them (the candidates of their buckets)
         self.lookups = 0
@@ -325,25 +342,34 @@ class SimilarIndex:
         bucket = (scope, reading.signature)
         with self._lock:
             self._drop(key)
-            self._entries[key] = _Entry(scope, bucket, reading.vector)
-            self._buckets.setdefault(bucket, set()).add(key)
+            self._entries[key] = _Entry(scope, bucket, *reading.packed())
+            keys = self._buckets.setdefault(bucket, {})
+            keys[key] = None
+            if len(keys) > BUCKET_CAP:
+                self._drop(next(iter(keys)))
             while len(self._entries) > self.max_entries:
                 self._drop(next(iter(self._entries)))
 
     def lookup(self, scope: str, text: str) -> tuple[str, float] | None:
         """The best key of ``scope`` whose text is a near-duplicate of ``text``, with its score."""
         reading = read(text)
+        query = {hash(feature): weight for feature, weight in reading.vector.items()}
         best: tuple[str, float] | None = None
         with self._lock:
-            candidates = self._buckets.get((scope, reading.signature), ())
+            candidates = self._buckets.get((scope, reading.signature), {})
             self.lookups += 1
             self.candidates_compared += len(candidates)
             for key in candidates:
-                score = _cosine(reading.vector, self._entries[key].vector)
+                entry = self._entries[key]
+                score = sum(
+                    w * query.get(h, 0.0) for h, w in zip(entry.hashes, entry.weights, strict=True)
+                )
                 if score >= self.threshold and (best is None or score > best[1]):
                     best = (key, score)
             if best is not None:
                 self._entries.move_to_end(best[0])
+                del candidates[best[0]]
+                candidates[best[0]] = None
         return best
 
     def remove(self, key: str) -> None:
@@ -356,6 +382,6 @@ class SimilarIndex:
         if entry is None:
             return
         keys = self._buckets[entry.bucket]
-        keys.discard(key)
+        del keys[key]
         if not keys:
             del self._buckets[entry.bucket]
