@@ -229,3 +229,10 @@ def test_a_crowded_bucket_keeps_only_its_most_recently_used_entries() -> None:
     before = index.candidates_compared
     assert index.lookup("t", "alpha beta gamma delta") is not None
     assert index.candidates_compared - before == BUCKET_CAP
+
+
+@pytest.mark.parametrize(("cached", "asked"), [("", ""), ("???", "!!!"), ("Please!", "谢谢")])
+def test_texts_with_nothing_to_compare_never_match(cached: str, asked: str) -> None:
+    index = SimilarIndex(threshold=0.01)
+    index.add("t", cached, "k")
+    assert index.lookup("t", asked) is None
