@@ -23,8 +23,9 @@ words in another order) may be answered from the cache. Two texts are compared i
    The signature is also the index: entries are bucketed by (scope, signature), so a lookup
    compares the query with the few entries of one bucket, never with the whole index.
 2. **Similarity, thresholded.** Within the bucket, the best entry by cosine similarity of a
-   vector computed offline without a model (character trigrams of each word, Chinese character
-   unigrams and bigrams, word bigrams for order) is returned if it reaches ``threshold``. The
+   vector computed offline without a model (character trigrams of each word, Chinese characters,
+   and pairs of consecutive content words or characters, which see order) is returned if it
+   reaches ``threshold``. The
    guards decide *what* is said; the similarity, weighted towards pairs of consecutive content
    words, rejects the same words in a different order ("dog bites man" vs "man bites dog").
    That is the weakest guard: a subject/object swap around a verb scores close to a paraphrase
