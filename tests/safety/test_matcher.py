@@ -119,6 +119,10 @@ def test_live_start_is_where_a_keyword_could_still_start() -> None:
     assert matcher.live_start("zzc") == 2
     assert matcher.live_start("zzz") == 3
     assert matcher.live_start("abcd") == 4  # complete: nothing more can extend it
+    longer = Matcher([Rule("a", "s", keywords=("ab", "abc"))])
+    assert longer.live_start("zab") == 1  # complete, and "abc" could still follow
+    assert longer.live_start("zabc") == 4
+    assert longer.live_start("zzab", begin=3) == 4
 
 
 def test_the_shipped_lists_cover_the_required_categories_and_words() -> None:

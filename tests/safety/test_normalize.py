@@ -6,7 +6,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qwen_gateway.safety.normalize import Normalised, fold_char, normalise, normalise_pattern
+from qwen_gateway.safety.normalize import (
+    Normalised,
+    fold_char,
+    fold_text,
+    normalise,
+    normalise_pattern,
+)
 
 FOLDS = [
     # compatibility forms: full-width letters and spaces, ligatures, circled digits
@@ -123,7 +129,7 @@ TEXT = st.text(
 def test_normalising_commutes_with_concatenation(left: str, right: str) -> None:
     whole = normalise(left + right)
     a, b = normalise(left), normalise(right)
-    assert whole.text == a.text + b.text
+    assert whole.text == a.text + b.text == fold_text(left + right)
     assert whole.origin == a.origin[:-1] + tuple(len(left) + i for i in b.origin)
 
 

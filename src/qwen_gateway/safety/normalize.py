@@ -31,7 +31,7 @@ from functools import cache
 
 import opencc
 
-__all__ = ["Normalised", "fold_char", "normalise", "normalise_pattern"]
+__all__ = ["Normalised", "fold_char", "fold_text", "normalise", "normalise_pattern"]
 
 _DROPPED_CATEGORIES = frozenset("ZPSMC")
 
@@ -81,6 +81,23 @@ def fold_char(char: str) -> str:
     return "".join(c for c in simplified if _keep(c))
 
 
+class _FoldTable(dict[int, str]):
+    """``str.translate``'s table: each code point's fold, computed on first sight."""
+
+    def __missing__(self, code: int) -> str:
+        folded = fold_char(chr(code))
+        self[code] = folded
+        return folded
+
+
+_FOLD_TABLE = _FoldTable()
+
+
+def fold_text(raw: str) -> str:
+    """``normalise(raw).text`` without the offset map, at ``str.translate``'s speed."""
+    return raw.translate(_FOLD_TABLE)
+
+
 def normalise(raw: str) -> Normalised:
     """Fold ``raw`` for matching and keep the map from normalised to raw offsets."""
     parts: list[str] = []
@@ -99,4 +116,4 @@ def normalise(raw: str) -> Normalised:
 
 def normalise_pattern(pattern: str) -> str:
     """The form a list entry is matched in: the same fold as the text's."""
-    return "".join(fold_char(char) for char in pattern)
+    return fold_text(pattern)
