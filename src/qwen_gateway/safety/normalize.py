@@ -20,14 +20,16 @@ character that produced it. Per character this means:
 3. separators dropped: every character whose Unicode category is a separator (Z*), punctuation
    (P*), symbol (S*), mark (M*) or other (C*).
 
-The fold of each distinct character is computed once and kept (bounded by the alphabet).
+The fold of each character is remembered: every Basic Multilingual Plane character once seen
+(at most 65,536 entries), and the most recent other ones in a bounded cache, so text made of
+many rare code points cannot grow memory without bound.
 """
 
 from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 import opencc
 
@@ -66,7 +68,7 @@ def _keep(char: str) -> bool:
     return unicodedata.category(char)[0] not in _DROPPED_CATEGORIES
 
 
-@cache
+@lru_cache(maxsize=1 << 16)
 def fold_char(char: str) -> str:
     """The normalised form of one raw character (often ``""``, sometimes several characters)."""
     decomposed = unicodedata.normalize("NFKD", char)
@@ -86,7 +88,8 @@ class _FoldTable(dict[int, str]):
 
     def __missing__(self, code: int) -> str:
         folded = fold_char(chr(code))
-        self[code] = folded
+        if code <= 0xFFFF:
+            self[code] = folded
         return folded
 
 
@@ -102,8 +105,9 @@ def normalise(raw: str) -> Normalised:
     """Fold ``raw`` for matching and keep the map from normalised to raw offsets."""
     parts: list[str] = []
     origin: list[int] = []
+    table = _FOLD_TABLE
     for index, char in enumerate(raw):
-        folded = fold_char(char)
+        folded = table[ord(char)]
         if folded:
             parts.append(folded)
             if len(folded) == 1:
