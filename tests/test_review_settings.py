@@ -64,12 +64,27 @@ async def test_without_a_safety_section_there_is_no_review_queue(tmp_path: Path)
         assert not [t for t in asyncio.all_tasks() if t.get_name() == "review-maintenance"]
 
 
-async def test_keeping_content_needs_a_key(tmp_path: Path) -> None:
+async def test_without_a_key_one_is_made_at_first_start_and_kept(tmp_path: Path) -> None:
+    key_file = tmp_path / "review-key"
+    async with build(settings(tmp_path, safety={}), {"m": scripted("m")}) as services:
+        assert services.reviews is not None
+        made = key_file.read_text().strip()
+        assert len(base64.urlsafe_b64decode(made)) == 32
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        review_id = await services.reviews.submit(
+            mode="hold", direction="output", category="c", principal_id="p", key_id=None,
+            deployment="m", request_id="r", prompt="q", answer="the answer",
+        )  # fmt: skip
+    async with build(settings(tmp_path, safety={}), {"m": scripted("m")}) as services:
+        assert services.reviews is not None
+        assert key_file.read_text().strip() == made  # the same key: old items still open
+        item = await services.reviews.show(review_id)
+        assert item.answer == "the answer"
+    key_file.write_text("not a key\n")
     with pytest.raises(ConfigError) as caught:
         async with build(settings(tmp_path, safety={}), {"m": scripted("m")}):
             pass
-    assert "safety.review.encryption_key" in str(caught.value)
-    assert "qwen-gateway reviews keygen" in str(caught.value)
+    assert str(key_file) in str(caught.value) and "not a key" not in str(caught.value)
     metadata_only = settings(tmp_path, safety={"review": {"store_content": False}})
     async with build(metadata_only, {"m": scripted("m")}) as services:
         assert services.reviews is not None

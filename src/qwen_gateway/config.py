@@ -316,11 +316,63 @@ class ReviewSettings(Section):
         return value
 
 
+SafetyAction = Literal["block", "redact", "flag", "review"]
+
+
+class DirectedAction(Section):
+    """An action per direction: ``input`` (the prompt) and ``output`` (the answer); None: the
+    category is not acted on in that direction."""
+
+    input: SafetyAction | None = None
+    output: SafetyAction | None = None
+
+
+class RuleSetSettings(Section):
+    """A named rule set: keyword lists and regexes by category, from files and inline.
+
+    ``files``: YAML rule files (``default`` names the lists shipped with the gateway;
+    otherwise a path); ``keywords`` / ``regex``: category -> entries, added to the files'.
+    Keywords match after normalisation (width, case, traditional/simplified Chinese,
+    separators and invisible characters); regexes run over the normalised text."""
+
+    files: list[str] = Field(default_factory=list)
+    keywords: dict[str, list[str]] = Field(default_factory=dict)
+    regex: dict[str, list[str]] = Field(default_factory=dict)
+
+
+class SafetyPolicySettings(Section):
+    """Which rule sets (and classifier categories) apply to whom, and what each category does.
+
+    A policy applies to a request when each of its selectors that is set matches (no selector:
+    all traffic): ``keys`` (API key ids), ``tiers`` (a key's tier or a JWT's tier claim),
+    ``deployments`` (the deployment the request was routed to; for the prompt, the deployment
+    or alias the client named). When several policies apply their rule sets are joined and
+    the strongest action per category wins (block > redact > review > flag)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    rule_sets: list[str] = Field(default_factory=list)
+    keys: list[int] = Field(default_factory=list)
+    tiers: list[str] = Field(default_factory=list)
+    deployments: list[str] = Field(default_factory=list)
+    #: category (a rule category, a classifier category, or ``*`` for every other rule
+    #: category) -> one action for both directions, or per direction
+    actions: dict[str, SafetyAction | DirectedAction] = Field(default_factory=dict)
+    #: what a ``review`` does: ``deliver_and_review`` (the client gets the answer, a human
+    #: looks later) or ``hold`` (the client gets a notice with a review id, and the answer
+    #: once a reviewer approves it)
+    review: Literal["deliver_and_review", "hold"] = "deliver_and_review"
+
+
 class SafetySettings(Section):
     """``safety:``: content safety. Absent: nothing is filtered, classified or stored."""
 
     classifier: RiskClassifierSettings = Field(default_factory=RiskClassifierSettings)
     review: ReviewSettings = Field(default_factory=ReviewSettings)
+
+    rule_sets: dict[str, RuleSetSettings] = Field(default_factory=dict)
+    policies: list[SafetyPolicySettings] = Field(default_factory=list)
+    #: the character a redacted span is replaced with (one per character of the span)
+    mask: str = Field(default="*", min_length=1, max_length=1)
 
 
 class CacheSettings(Section):

@@ -24,7 +24,7 @@ from qwen_gateway.config import (
     ConfigError,
     DeploymentSettings,
     ModelSettings,
-    ReviewSettings,
+    SafetySettings,
     Settings,
     check_registry,
 )
@@ -50,7 +50,7 @@ from qwen_gateway.routing.intent import (
 from qwen_gateway.routing.registry import Deployment, IntentRoute, Split
 from qwen_gateway.routing.retry import TokenCounter
 from qwen_gateway.routing.router import RouteObserver, Router
-from qwen_gateway.safety.crypto import ContentCipher
+from qwen_gateway.safety.crypto import ContentCipher, generate_key
 from qwen_gateway.service.account import Accounting
 from qwen_gateway.service.admin import Actor, AdminService
 from qwen_gateway.service.admit import Admit
@@ -61,7 +61,8 @@ from qwen_gateway.service.normalise import Normalise
 from qwen_gateway.service.pipeline import Pipeline, Stage, compose
 from qwen_gateway.service.reviews import ReviewService
 from qwen_gateway.service.route import Route
-from qwen_gateway.store.audit import AuditRepository
+from qwen_gateway.service.safety import SafetyRuntime, safety_stages
+from qwen_gateway.store.audit import AuditEntry, AuditRepository
 from qwen_gateway.store.db import Database
 from qwen_gateway.store.keys import KeyRepository
 from qwen_gateway.store.reviews import ReviewRepository
@@ -263,18 +264,33 @@ def _redis(settings: Settings) -> Any:
     return redis.asyncio.Redis.from_pool(pool)  # closed with the client
 
 
-def review_cipher(review: ReviewSettings) -> ContentCipher | None:
-    """The cipher of review content; a :class:`ConfigError` when content is to be kept and
-    there is no key to encrypt it with."""
-    if review.encryption_key is None:
-        if review.store_content:
-            raise ConfigError(
-                "safety.review.encryption_key is required while safety.review.store_content "
-                "is on (review items keep the prompt and answer, encrypted): make one with "
-                "`qwen-gateway reviews keygen`, or set safety.review.store_content: false"
-            )
+def review_cipher(settings: Settings) -> ContentCipher | None:
+    """The cipher of review content (None when content is not kept): the configured key, or
+    else one made at the first start and kept in ``<data_dir>/review-key`` (0600), which is
+    enough on one machine; replicas sharing a database must be given one key in the
+    configuration, since each would otherwise make its own."""
+    assert settings.safety is not None
+    review = settings.safety.review
+    if not review.store_content:
         return None
-    return ContentCipher(review.encryption_key.get_secret_value())
+    if review.encryption_key is not None:
+        return ContentCipher(review.encryption_key.get_secret_value())
+    path = settings.data_dir / "review-key"
+    try:
+        return ContentCipher(path.read_text(encoding="ascii").strip())
+    except FileNotFoundError:
+        pass  # the first start: made below
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"Cannot use the review key in {path}: {exc}") from None
+    key = generate_key()
+    write_private(path, key + "\n")
+    log.warning(
+        "safety.review.encryption_key is not set: review content is encrypted with a key made "
+        "now and kept in %s (readable by this user only); replicas sharing a database need "
+        "one key in their configuration (`qwen-gateway reviews keygen`)",
+        path,
+    )
+    return ContentCipher(key)
 
 
 def _reviews(
@@ -285,7 +301,7 @@ def _reviews(
     review = settings.safety.review
     return ReviewService(
         ReviewRepository(db),
-        review_cipher(review),
+        review_cipher(settings),
         store_content=review.store_content,
         retention_days=review.retention_days,
         notice=review.notice,
@@ -365,6 +381,8 @@ class Services:
     fleet: Fleet
     pipeline: Pipeline
     completions: CompletionService
+    #: the content-safety policies in force (None: no ``safety:`` section)
+    safety: SafetyRuntime | None = None
     #: the first admin key, created at the first start with authentication on, to show once
     bootstrap_key: str | None = None
 
@@ -393,10 +411,12 @@ def assemble(
     engines: Mapping[str, Engine | Sequence[Engine]] | None = None,
     clock: Callable[[], float] = time.monotonic,
     stages: Sequence[Stage] = (),
+    reload: Callable[[], Settings] | None = None,
 ) -> Services:
     """Every service, wired: nothing is opened or started (:func:`run` does that).
     ``engines`` (by deployment name) replaces the engines that would be built; ``stages`` are
-    the optional pipeline stages (input policy, cache, output policy)."""
+    optional pipeline stages (input policy, cache, output policy) besides those the settings
+    configure; ``reload`` reads the settings again (a hot reload of the safety policies)."""
     metrics = Metrics()
     store = build_store(settings, metrics.reviews() if settings.safety is not None else None)
     leases = LeaseKeeper(_limiter(settings, store.redis), settings.limits.lease_seconds,
@@ -434,6 +454,12 @@ def assemble(
         ),
     )
     accounting = Accounting(store.writer.put, gate.settle)
+    safety = _safety(settings, reload, metrics, store.writer.put)
+    if safety is not None:
+        stages = [
+            *stages,
+            *safety_stages(safety, router.canonical, store.writer.put, store.reviews, metrics),
+        ]
     pipeline = Pipeline(
         authenticate=Authenticate(authenticator),
         normalise=normalise,
@@ -450,7 +476,28 @@ def assemble(
         )
     )
     completions = CompletionService(router, normalise, pipeline.generate)
-    return Services(settings, metrics, store, router, gate, leases, fleet, pipeline, completions)
+    return Services(
+        settings, metrics, store, router, gate, leases, fleet, pipeline, completions, safety
+    )
+
+
+def _safety(
+    settings: Settings,
+    reload: Callable[[], Settings] | None,
+    metrics: Metrics,
+    audit: Callable[[AuditEntry], None],
+) -> SafetyRuntime | None:
+    """The safety policies, compiled (a mistake in them is a ConfigError now, not on a
+    request); None without a ``safety:`` section. A reload reads the section again; turning
+    safety on or off takes a restart."""
+    if settings.safety is None:
+        return None
+
+    def load() -> SafetySettings:
+        fresh = reload() if reload is not None else settings
+        return fresh.safety or SafetySettings()
+
+    return SafetyRuntime.build(settings.safety, load, None, metrics, audit)
 
 
 async def _bootstrap(services: Services) -> None:
@@ -509,9 +556,10 @@ async def build(
     engines: Mapping[str, Engine | Sequence[Engine]] | None = None,
     clock: Callable[[], float] = time.monotonic,
     stages: Sequence[Stage] = (),
+    reload: Callable[[], Settings] | None = None,
 ) -> AsyncIterator[Services]:
     """The services, started; closed on exit."""
-    services = assemble(settings, engines, clock, stages)
+    services = assemble(settings, engines, clock, stages, reload)
     async with AsyncExitStack() as stack:
         await start(services, stack)
         yield services
@@ -527,8 +575,9 @@ class Container:
         engines: Mapping[str, Engine | Sequence[Engine]] | None = None,
         clock: Callable[[], float] = time.monotonic,
         stages: Sequence[Stage] = (),
+        reload: Callable[[], Settings] | None = None,
     ) -> None:
-        self.services = assemble(settings, engines, clock, stages)
+        self.services = assemble(settings, engines, clock, stages, reload)
         self._stack: AsyncExitStack | None = None
 
     async def start(self) -> None:

@@ -12,7 +12,8 @@ from qwen_gateway import __version__
 from qwen_gateway.api.errors import install_error_handlers
 from qwen_gateway.api.fastpath import GatewayApp
 from qwen_gateway.api.middleware import GatewayMiddleware
-from qwen_gateway.api.routes import include_routes
+from qwen_gateway.api.routes import authenticated, include_routes
+from qwen_gateway.api.safety import reload_on_sighup, safety_router
 from qwen_gateway.container import Container
 from qwen_gateway.service.fleet import Fleet
 
@@ -25,6 +26,7 @@ def create_app(container: Container, on_ready: Callable[[], None] | None = None)
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await container.start()
+        unhook = reload_on_sighup(services.safety) if services.safety is not None else None
         announce: asyncio.Task[None] | None = None
         if on_ready is not None:
             announce = asyncio.create_task(_announce(services.fleet, on_ready))
@@ -33,6 +35,8 @@ def create_app(container: Container, on_ready: Callable[[], None] | None = None)
         finally:
             if announce is not None:
                 announce.cancel()
+            if unhook is not None:
+                unhook()
             await container.aclose()
 
     app = GatewayApp(
@@ -57,6 +61,9 @@ def create_app(container: Container, on_ready: Callable[[], None] | None = None)
         health_check=services.fleet,
         reviews=services.reviews,
     )
+    if services.safety is not None:
+        admin_only = authenticated(services.pipeline.authenticate, admin=True)
+        app.include_router(safety_router(services.safety, admin_only))
     keepalive = services.settings.server.keepalive_seconds
     authenticate = services.pipeline.authenticate
     app.add_hot_route("/v1/chat/completions", services.completions.chat, authenticate, keepalive)

@@ -45,6 +45,9 @@ MonthlyOpt = Annotated[int | None, typer.Option(help="Token budget per UTC month
 DefaultMaxOpt = Annotated[
     int | None, typer.Option(help="Output tokens for requests that send no max_tokens.", min=1)
 ]
+TierOpt = Annotated[
+    str | None, typer.Option(help="The key's tier (content-safety policies select tiers).")
+]
 
 
 def _settings(config: Path | None, data_dir: Path | None) -> Settings:
@@ -94,7 +97,7 @@ def _print_keys(rows: list[dict[str, Any]], as_json: bool) -> None:
     for r in rows:
         limits = ", ".join(
             f"{k}={r[k]}" for k in ("rpm", "tpm", "max_concurrency", "daily_tokens",
-                                    "monthly_tokens", "default_max_tokens") if r[k] is not None
+                                    "monthly_tokens", "default_max_tokens", "tier") if r.get(k) is not None
         )  # fmt: skip
         table_rows.append([
             str(r["id"]), r["name"], r["prefix"], r["role"],
@@ -128,6 +131,7 @@ def create(
     daily_tokens: DailyOpt = None,
     monthly_tokens: MonthlyOpt = None,
     default_max_tokens: DefaultMaxOpt = None,
+    tier: TierOpt = None,
     expires: Annotated[
         str | None, typer.Option(help="Expiry: 30d, 12h, 90m or an ISO date/time.")
     ] = None,
@@ -152,6 +156,7 @@ def create(
                 daily_tokens=daily_tokens,
                 monthly_tokens=monthly_tokens,
                 default_max_tokens=default_max_tokens,
+                tier=tier,
             ),
             expires_at=_expiry(expires),
         ),
@@ -194,6 +199,7 @@ def update(
     daily_tokens: DailyOpt = None,
     monthly_tokens: MonthlyOpt = None,
     default_max_tokens: DefaultMaxOpt = None,
+    tier: TierOpt = None,
     clear: Annotated[
         str | None, typer.Option(help="Comma-separated limits to remove, e.g. rpm,tpm.")
     ] = None,
@@ -206,13 +212,13 @@ def update(
     given = {
         "rpm": rpm, "tpm": tpm, "max_concurrency": max_concurrency,
         "daily_tokens": daily_tokens, "monthly_tokens": monthly_tokens,
-        "default_max_tokens": default_max_tokens,
+        "default_max_tokens": default_max_tokens, "tier": tier,
     }  # fmt: skip
     cleared = [c.strip() for c in clear.split(",") if c.strip()] if clear else []
     if any(c not in given for c in cleared):
         err.print(f"[red]--clear[/red] takes a comma-separated subset of {', '.join(given)}.")
         raise typer.Exit(2)
-    changes: dict[str, int | None] = {k: v for k, v in given.items() if v is not None}
+    changes: dict[str, int | str | None] = {k: v for k, v in given.items() if v is not None}
     changes.update(dict.fromkeys(cleared))
 
     async def work(a: AdminService) -> KeyRecord:

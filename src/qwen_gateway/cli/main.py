@@ -188,7 +188,8 @@ def serve(
     if settings.needs_tiny_model:
         ensure_tiny_model(settings)  # the embedded default, also for a managed vLLM
     try:
-        container = Container(settings)
+        # SIGHUP and POST /admin/safety/reload read the configuration again
+        container = Container(settings, reload=lambda: load_settings(cli, config_file=config))
     except ConfigError as exc:
         err.print(f"[red]Configuration error:[/red] {exc}")
         raise typer.Exit(2) from None

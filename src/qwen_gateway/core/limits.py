@@ -37,10 +37,12 @@ class Limits(BaseModel):
 
 
 class KeyLimits(Limits):
-    """An API key's limits, and its output tokens for requests that name no ``max_tokens``
-    (None: the deployment's default)."""
+    """An API key's limits, its output tokens for requests that name no ``max_tokens``
+    (None: the deployment's default), and its tier (content-safety policies select keys by
+    tier, as they select JWTs by their tier claim)."""
 
     default_max_tokens: int | None = Field(default=None, ge=1)
+    tier: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
     @property
     def rates(self) -> Limits:

@@ -28,6 +28,7 @@ class RequestRecord:
     #: for metrics and the audit trail: never the matched text
     safety: list[str] | None = None
     review_id: str | None = None  # the review item this answer was queued as, if any
+    review: Any = None  # a review the prompt asked for (the input policy tells the output's)
 
     def mark_first_token(self) -> None:
         if self.first_token_at is None:

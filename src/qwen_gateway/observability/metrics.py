@@ -272,7 +272,21 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.safety_actions = Counter(
+            "qwen_gateway_safety_actions",
+            "Content-safety findings by direction (input, output), category and the action "
+            "taken (block, redact, flag, review); once per request and category",
+            ["direction", "category", "action"],
+            registry=r,
+        )
+        self.safety_reloads = Counter(
+            "qwen_gateway_safety_reloads",
+            "Content-safety policy reloads by result (ok, error: the old policies stay)",
+            ["result"],
+            registry=r,
+        )
         self._engine_metrics(r)
+        self._safety = _Children(self.safety_actions)
         self._requests = _Children(self.requests)
         self._latency = _Children(self.latency)
         self._ttft = _Children(self.ttft)
@@ -341,6 +355,13 @@ class Metrics:
 
     def route_split(self, model: str, arm: str) -> None:
         self.splits.labels(model, arm).inc()
+
+    # service.safety.SafetyObserver
+    def safety_action(self, direction: str, category: str, action: str) -> None:
+        self._safety(direction, category, action).inc()
+
+    def safety_reload(self, result: str) -> None:
+        self.safety_reloads.labels(result).inc()
 
     def observe_request(
         self,

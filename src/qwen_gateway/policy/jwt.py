@@ -114,7 +114,11 @@ class JWTVerifier:
         limits = cfg.tiers[str(tier)] if tier is not None else Limits()
         admin = cfg.admin_claim is not None and claims.get(cfg.admin_claim) is True
         return Principal(
-            f"jwt:{subject}", role="admin" if admin else "inference", models=allowed, limits=limits
+            f"jwt:{subject}",
+            role="admin" if admin else "inference",
+            models=allowed,
+            limits=limits,
+            tier=str(tier) if tier is not None else None,
         )
 
     def _check_lifetime(self, claims: Mapping[str, Any]) -> None:

@@ -153,6 +153,7 @@ def principal_of(record: KeyRecord) -> Principal:
         limits=lim.rates,
         key_id=record.id,
         default_max_tokens=lim.default_max_tokens,
+        tier=lim.tier,
     )
 
 
@@ -171,6 +172,7 @@ def key_view(record: KeyRecord) -> dict[str, Any]:
         "daily_tokens": lim.daily_tokens,
         "monthly_tokens": lim.monthly_tokens,
         "default_max_tokens": lim.default_max_tokens,
+        "tier": lim.tier,
         "expires_at": record.expires_at.isoformat() if record.expires_at else None,
         "created_at": record.created_at.isoformat(),
         "revoked_at": record.revoked_at.isoformat() if record.revoked_at else None,
@@ -304,6 +306,14 @@ def _check_limits(limits: KeyLimits) -> None:
         value = getattr(limits, field_name)
         if value is not None and not 1 <= value <= most:
             raise InvalidRequest(f"{field_name} must be between 1 and {most}.", param=field_name)
+    # model_copy (an update) skips the field's own check: the tier is checked again here
+    try:
+        KeyLimits.model_validate({"tier": limits.tier})
+    except ValueError:
+        raise InvalidRequest(
+            "tier is 1–64 letters, digits and . _ -, starting with a letter or digit.",
+            param="tier",
+        ) from None
 
 
 def _clean_name(name: str) -> str:

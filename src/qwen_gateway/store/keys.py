@@ -42,6 +42,7 @@ def _record(row: ApiKeyRow) -> KeyRecord:
             daily_tokens=row.daily_tokens,
             monthly_tokens=row.monthly_tokens,
             default_max_tokens=row.default_max_tokens,
+            tier=row.tier,
         ),
         expires_at=_aware(row.expires_at),
         created_at=_aware(row.created_at) or row.created_at,
@@ -79,7 +80,7 @@ class KeyRepository:
             models=clean_json(list(models)) if models is not None else None,
             rpm=limits.rpm, tpm=limits.tpm, max_concurrency=limits.max_concurrency,
             daily_tokens=limits.daily_tokens, monthly_tokens=limits.monthly_tokens,
-            default_max_tokens=limits.default_max_tokens,
+            default_max_tokens=limits.default_max_tokens, tier=limits.tier,
             expires_at=expires_at, created_at=created_at,
         )  # fmt: skip
         async with self._db.sessions.begin() as session:
@@ -132,7 +133,7 @@ class KeyRepository:
                 .values(
                     rpm=limits.rpm, tpm=limits.tpm, max_concurrency=limits.max_concurrency,
                     daily_tokens=limits.daily_tokens, monthly_tokens=limits.monthly_tokens,
-                    default_max_tokens=limits.default_max_tokens,
+                    default_max_tokens=limits.default_max_tokens, tier=limits.tier,
                 )
             )  # fmt: skip
         return await self.get(key_id)

@@ -1,0 +1,316 @@
+"""The content-safety stages through the API, with the openai SDK as the client.
+
+The answers come from the scripted backend (engines/scripted.py), which streams a fixed reply
+token by token through the real tokenizer, so a blocked phrase arrives split across tokens as
+it would from a model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from qwen_gateway.config import load_settings
+from qwen_gateway.container import Container
+from qwen_gateway.core.limits import KeyLimits
+from qwen_gateway.engines.prompt import PromptEngine
+from qwen_gateway.engines.scripted import ScriptedBackend
+from qwen_gateway.policy.keys import key_view
+from qwen_gateway.service.admin import Actor
+from support.fixtures import InProcess, open_in_process
+
+NAME = "scripted-qwen"
+ASK = [{"role": "user", "content": "Tell me a story."}]
+SAFETY: dict[str, Any] = {
+    "rule_sets": {
+        "blocklist": {"files": ["default"]},
+        "soft": {"keywords": {"mild": ["darn it"], "secret": ["project bluebird"]}},
+    },
+    "policies": [
+        {"name": "default", "rule_sets": ["blocklist"]},
+        {
+            "name": "soft",
+            "rule_sets": ["soft"],
+            "actions": {"mild": "flag", "secret": "redact"},
+        },
+    ],
+}
+
+
+@asynccontextmanager
+async def gateway(
+    reply: str, tmp_path: Path, safety: dict[str, Any] | None = None
+) -> AsyncIterator[tuple[InProcess, ScriptedBackend]]:
+    backend = ScriptedBackend(NAME, [reply])
+    settings = load_settings(
+        {"data_dir": str(tmp_path), "auth": {"enabled": False}, "safety": safety or SAFETY},
+        env={},
+    )
+    container = Container(settings, engines={NAME: PromptEngine(backend)})
+    async with open_in_process(container) as g:
+        yield g, backend
+
+
+async def audit_rows(g: InProcess, prefix: str = "safety.") -> list[dict[str, Any]]:
+    await g.container.store.writer.flush()
+    rows = await g.container.store.audit.recent(100)
+    return [r for r in rows if str(r["action"]).startswith(prefix)]
+
+
+def metric(g: InProcess, text: str) -> float:
+    for line in g.container.services.metrics.render().decode().splitlines():
+        if line.startswith(text + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_a_blocked_prompt_is_a_400_naming_the_category_and_never_reaches_the_engine(
+    tmp_path: Path,
+) -> None:
+    async with gateway("fine", tmp_path) as (g, backend):
+        with pytest.raises(openai.BadRequestError) as caught:
+            await g.client.chat.completions.create(
+                model=NAME, messages=[{"role": "user", "content": "教我 賭 博 的技巧"}]
+            )
+        err = caught.value
+        assert err.status_code == 400
+        body = err.body
+        assert isinstance(body, dict)
+        assert body["code"] == "content_filter" and body["type"] == "invalid_request_error"
+        assert "gambling" in body["message"]
+        assert "赌" not in body["message"] and "賭" not in body["message"]
+        assert backend.requests == []  # nothing reached the engine
+        rows = await audit_rows(g)
+        assert [
+            (r["action"], r["details"]["category"], r["details"]["direction"]) for r in rows
+        ] == [("safety.block", "gambling", "input")]
+        assert "賭" not in str(rows)
+        assert (
+            metric(
+                g,
+                'qwen_gateway_safety_actions_total{action="block",category="gambling",direction="input"}',
+            )
+            == 1.0
+        )
+
+
+async def test_legacy_completions_prompts_are_checked_too(tmp_path: Path) -> None:
+    async with gateway("fine", tmp_path) as (g, backend):
+        with pytest.raises(openai.BadRequestError):
+            await g.client.completions.create(model=NAME, prompt="如何诈骗老人")
+        assert backend.requests == []
+
+
+async def test_a_redacted_prompt_reaches_the_engine_masked(tmp_path: Path) -> None:
+    async with gateway("ok", tmp_path) as (g, backend):
+        await g.client.chat.completions.create(
+            model=NAME, messages=[{"role": "user", "content": "about Project Bluebird today"}]
+        )
+        prompt = backend.tokenizer.decode(backend.requests[-1])  # type: ignore[union-attr]
+        assert "Bluebird" not in prompt and "about " in prompt and "today" in prompt
+        assert "*" * len("Project Bluebird") in prompt
+
+
+BLOCKED_REPLY = "Here is the plan. 我们来讨论赌博的技巧, and more text after it."
+
+
+async def test_a_blocked_answer_stops_before_the_phrase_when_streamed(tmp_path: Path) -> None:
+    async with gateway(BLOCKED_REPLY, tmp_path) as (g, _):
+        stream = await g.client.chat.completions.create(model=NAME, messages=ASK, stream=True)
+        text = ""
+        reasons = []
+        async for chunk in stream:
+            for c in chunk.choices:
+                text += c.delta.content or ""
+                if c.finish_reason:
+                    reasons.append(c.finish_reason)
+        assert reasons == ["content_filter"]
+        assert text == "Here is the plan. 我们来讨论"
+        rows = await audit_rows(g)
+        assert [(r["action"], r["details"]["direction"]) for r in rows] == [
+            ("safety.block", "output")
+        ]
+
+
+async def test_a_blocked_answer_is_cut_the_same_way_when_not_streamed(tmp_path: Path) -> None:
+    async with gateway(BLOCKED_REPLY, tmp_path) as (g, _):
+        c = await g.client.chat.completions.create(model=NAME, messages=ASK)
+        assert c.choices[0].finish_reason == "content_filter"
+        assert c.choices[0].message.content == "Here is the plan. 我们来讨论"
+        assert c.usage is not None and c.usage.completion_tokens > 0
+
+
+async def test_a_redacted_answer_masks_the_span_and_goes_on(tmp_path: Path) -> None:
+    reply = "The code name is PROJECT-BLUEBIRD, keep it quiet."
+    async with gateway(reply, tmp_path) as (g, _):
+        stream = await g.client.chat.completions.create(model=NAME, messages=ASK, stream=True)
+        text = ""
+        async for chunk in stream:
+            for c in chunk.choices:
+                text += c.delta.content or ""
+                assert c.finish_reason in (None, "stop")
+        assert text == "The code name is " + "*" * len("PROJECT-BLUEBIRD") + ", keep it quiet."
+        plain = await g.client.chat.completions.create(model=NAME, messages=ASK)
+        assert plain.choices[0].message.content == text
+
+
+async def test_a_flagged_answer_is_delivered_and_recorded(tmp_path: Path) -> None:
+    reply = "Well, darn it, that is fine."
+    async with gateway(reply, tmp_path) as (g, _):
+        c = await g.client.chat.completions.create(model=NAME, messages=ASK)
+        assert c.choices[0].message.content == reply
+        assert c.choices[0].finish_reason == "stop"
+        rows = await audit_rows(g)
+        assert [(r["action"], r["details"]["category"]) for r in rows] == [("safety.flag", "mild")]
+
+
+async def test_no_safety_section_changes_nothing(tmp_path: Path) -> None:
+    backend = ScriptedBackend(NAME, [BLOCKED_REPLY])
+    settings = load_settings({"data_dir": str(tmp_path), "auth": {"enabled": False}}, env={})
+    container = Container(settings, engines={NAME: PromptEngine(backend)})
+    assert container.services.safety is None
+    assert container.services.pipeline.stages == ()
+    async with open_in_process(container) as g:
+        c = await g.client.chat.completions.create(
+            model=NAME, messages=[{"role": "user", "content": "赌博"}]
+        )
+        assert c.choices[0].message.content == BLOCKED_REPLY
+        assert await audit_rows(g) == []
+
+
+async def test_a_reload_swaps_the_policies_and_a_bad_one_keeps_the_old(tmp_path: Path) -> None:
+    config: dict[str, Any] = {"rule_sets": {"x": {"keywords": {"pets": ["hamster"]}}},
+                              "policies": [{"name": "a", "rule_sets": ["x"]}]}  # fmt: skip
+    current = {"safety": config}
+
+    def reload() -> Any:
+        return load_settings(
+            {"data_dir": str(tmp_path), "auth": {"enabled": False}, **current}, env={}
+        )
+
+    backend = ScriptedBackend(NAME, ["a gerbil and a hamster"])
+    container = Container(reload(), engines={NAME: PromptEngine(backend)}, reload=reload)
+    async with open_in_process(container) as g:
+        c = await g.client.chat.completions.create(model=NAME, messages=ASK)
+        assert c.choices[0].message.content == "a gerbil and a "
+        config["rule_sets"]["x"]["keywords"]["pets"] = ["gerbil"]
+        r = await g.http.post("/admin/safety/reload")
+        assert r.status_code == 200, r.text
+        assert r.json()["generation"] == 2
+        c = await g.client.chat.completions.create(model=NAME, messages=ASK)
+        assert c.choices[0].message.content == "a "
+        config["policies"][0]["rule_sets"] = ["nope"]
+        r = await g.http.post("/admin/safety/reload")
+        assert r.status_code == 400 and "unknown rule set" in r.json()["error"]["message"]
+        c = await g.client.chat.completions.create(model=NAME, messages=ASK)
+        assert c.choices[0].message.content == "a "  # the old policies stay
+        rows = await audit_rows(g, "safety.reload")
+        assert sorted(r["details"]["result"] for r in rows) == ["error", "ok"]
+
+
+async def test_policies_select_callers_by_key_tier(tmp_path: Path) -> None:
+    """A key's tier (set with keys create/update) picks the policies; a JWT's comes from its
+    tier claim (tests/policy)."""
+    safety = {
+        "rule_sets": {"x": {"keywords": {"pets": ["hamster"]}}},
+        "policies": [{"name": "free", "rule_sets": ["x"], "tiers": ["free"]}],
+    }
+    backend = ScriptedBackend(NAME, ["a hamster"])
+    settings = load_settings({"data_dir": str(tmp_path), "safety": safety}, env={})
+    container = Container(settings, engines={NAME: PromptEngine(backend)})
+    async with open_in_process(container) as g:
+        admin = g.container.store.admin
+        free, record = await admin.create_key("free", Actor("test"), limits=KeyLimits(tier="free"))
+        paid, _ = await admin.create_key("paid", Actor("test"))
+        assert key_view(record)["tier"] == "free"
+
+        async def answer(key: str) -> str | None:
+            c = await g.client.with_options(api_key=key).chat.completions.create(
+                model=NAME, messages=ASK
+            )
+            return c.choices[0].message.content
+
+        assert await answer(free) == "a "
+        assert await answer(paid) == "a hamster"
+        updated = await admin.update_limits(
+            record.id, record.limits.model_copy(update={"tier": "gold"}), Actor("test")
+        )
+        assert updated.limits.tier == "gold"
+        assert await answer(free) == "a hamster"
+
+
+REVIEWED: dict[str, Any] = {
+    "rule_sets": {"risky": {"keywords": {"finance": ["guaranteed returns"]}}},
+    "policies": [{"name": "r", "rule_sets": ["risky"], "actions": {"finance": "review"},
+                  "review": "hold"}],
+}  # fmt: skip
+RISKY = "Here is my advice: buy this fund for guaranteed returns of 30% a year."
+
+
+async def review_of(g: InProcess, text: str) -> str:
+    found = re.search(r"rev_[0-9a-f]+", text)
+    assert found is not None, text
+    return found.group(0)
+
+
+async def test_hold_withholds_from_the_phrase_and_releases_the_answer_on_approval(
+    tmp_path: Path,
+) -> None:
+    async with gateway(RISKY, tmp_path, REVIEWED) as (g, _):
+        stream = await g.client.chat.completions.create(model=NAME, messages=ASK, stream=True)
+        text, reasons = "", []
+        async for chunk in stream:
+            for c in chunk.choices:
+                text += c.delta.content or ""
+                reasons += [c.finish_reason] if c.finish_reason else []
+        assert reasons == ["content_filter"]
+        assert text.startswith("Here is my advice: buy this fund for ")
+        assert "guaranteed" not in text and "30%" not in text
+        review_id = await review_of(g, text)
+        pending = await g.http.get(f"/v1/reviews/{review_id}")
+        assert pending.status_code == 202 and pending.json()["message"] is None
+        shown = (await g.http.get(f"/admin/reviews/{review_id}")).json()
+        assert shown["answer"] == RISKY and shown["category"] == "finance"
+        assert shown["mode"] == "hold"
+        r = await g.http.post(f"/admin/reviews/{review_id}/approve", json={})
+        assert r.status_code == 200, r.text
+        released = await g.http.get(f"/v1/reviews/{review_id}")
+        assert released.status_code == 200
+        assert released.json()["message"]["content"] == RISKY
+        rows = await audit_rows(g, "review.")
+        assert [r["action"] for r in rows if r["action"] != "review.show"] == ["review.approve"]
+
+
+async def test_a_prompt_that_asks_for_review_holds_the_whole_answer(tmp_path: Path) -> None:
+    async with gateway("An answer about money.", tmp_path, REVIEWED) as (g, _):
+        ask = [{"role": "user", "content": "Which fund has guaranteed returns?"}]
+        c = await g.client.chat.completions.create(model=NAME, messages=ask)
+        assert c.choices[0].finish_reason == "content_filter"
+        content = c.choices[0].message.content or ""
+        assert "money" not in content
+        review_id = await review_of(g, content)
+        shown = (await g.http.get(f"/admin/reviews/{review_id}")).json()
+        assert shown["direction"] == "input" and shown["answer"] == "An answer about money."
+        assert "guaranteed returns" in shown["prompt"]
+        await g.http.post(f"/admin/reviews/{review_id}/reject", json={"reason": "no"})
+        rejected = (await g.http.get(f"/v1/reviews/{review_id}")).json()
+        assert rejected["status"] == "rejected" and rejected["message"] is None
+
+
+async def test_deliver_and_review_delivers_and_queues(tmp_path: Path) -> None:
+    section = {
+        **REVIEWED,
+        "policies": [{**REVIEWED["policies"][0], "review": "deliver_and_review"}],
+    }
+    async with gateway(RISKY, tmp_path, section) as (g, _):
+        c = await g.client.chat.completions.create(model=NAME, messages=ASK)
+        assert c.choices[0].message.content == RISKY
+        assert c.choices[0].finish_reason == "stop"
+        listed = (await g.http.get("/admin/reviews?status=pending")).json()["data"]
+        assert [(r["mode"], r["category"]) for r in listed] == [("deliver_and_review", "finance")]
