@@ -376,7 +376,32 @@ class SafetySettings(Section):
 
 
 class CacheSettings(Section):
-    """``cache:``: the response cache. Absent: nothing is cached."""
+    """``cache:``: the exact response cache. Absent: nothing is cached (no stage at all)."""
+
+    #: ``local``: an LRU in this process, bounded by ``max_bytes``; ``redis``: shared by every
+    #: replica on ``redis.url`` (required then)
+    backend: Literal["local", "redis"] = "local"
+    #: ``tenant``: entries are the caller's own (a hit never crosses keys); ``shared``: every
+    #: caller reads what any caller stored
+    scope: Literal["tenant", "shared"] = "tenant"
+    ttl_seconds: float = Field(default=3600.0, gt=0)
+    #: the in-process store's bound, in bytes (keys, encoded answers and a per-entry overhead)
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    #: answers larger than this (encoded) are not stored, in either backend
+    max_entry_bytes: int = Field(default=1024 * 1024, ge=256)
+    #: Redis keys are ``<redis_prefix>:<hash>``
+    redis_prefix: str = Field(default="qwen-gateway:cache", min_length=1)
+    #: cache requests sampled with temperature > 0 and no seed as well
+    cache_nondeterministic: bool = False
+    #: cache answers that call tools as well
+    cache_tool_calls: bool = False
+    #: ``charged``: a hit counts its tokens against limits and in usage like the original;
+    #: ``free``: a hit counts 0 tokens (requests and concurrency are still counted)
+    billing: Literal["charged", "free"] = "charged"
+    #: API key ids (``keys list``) whose requests never use the cache
+    exclude_keys: list[int] = Field(default_factory=list)
+    #: principal ids (``key:3``, ``jwt:alice``, ``static``, ``anonymous``) likewise
+    exclude_principals: list[str] = Field(default_factory=list)
 
 
 class Settings(Section):

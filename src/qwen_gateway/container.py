@@ -20,7 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qwen_gateway.cache.decision import CacheRules
+from qwen_gateway.cache.store import CacheStore, LocalStore, RedisStore
 from qwen_gateway.config import (
+    CacheSettings,
     ConfigError,
     DeploymentSettings,
     ModelSettings,
@@ -55,6 +58,7 @@ from qwen_gateway.service.account import Accounting
 from qwen_gateway.service.admin import Actor, AdminService
 from qwen_gateway.service.admit import Admit
 from qwen_gateway.service.authenticate import Authenticate
+from qwen_gateway.service.cache import ResponseCache
 from qwen_gateway.service.completions import CompletionService
 from qwen_gateway.service.fleet import Fleet
 from qwen_gateway.service.normalise import Normalise
@@ -406,6 +410,30 @@ def _limiter(settings: Settings, client: Any) -> Limiter:
     return LocalLimiter(settings.limits.lease_seconds)
 
 
+def _response_cache(
+    cache: CacheSettings, client: Any, router: Router, gate: Gate, metrics: Metrics
+) -> ResponseCache:
+    """The ``cache:`` section's stage: its store (this process's LRU, or Redis) and rules."""
+    store: CacheStore
+    if cache.backend == "redis":
+        if client is None:
+            raise ConfigError("cache.backend is 'redis' but redis.url is not set")
+        store = RedisStore(client, cache.redis_prefix, cache.ttl_seconds, cache.max_entry_bytes,
+                           observer=metrics)  # fmt: skip
+    else:
+        local = LocalStore(cache.max_bytes, cache.ttl_seconds, cache.max_entry_bytes, metrics)
+        metrics.watch_cache_bytes(lambda: local.bytes)
+        store = local
+    rules = CacheRules(
+        cache_nondeterministic=cache.cache_nondeterministic,
+        cache_tool_calls=cache.cache_tool_calls,
+        exclude_keys=frozenset(cache.exclude_keys),
+        exclude_principals=frozenset(cache.exclude_principals),
+    )
+    return ResponseCache(store, rules, router, gate, shared=cache.scope == "shared",
+                         billing=cache.billing, observer=metrics)  # fmt: skip
+
+
 def assemble(
     settings: Settings,
     engines: Mapping[str, Engine | Sequence[Engine]] | None = None,
@@ -460,6 +488,8 @@ def assemble(
             *stages,
             *safety_stages(safety, router.canonical, store.writer.put, store.reviews, metrics),
         ]
+    if settings.cache is not None:
+        stages = [*stages, _response_cache(settings.cache, store.redis, router, gate, metrics)]
     pipeline = Pipeline(
         authenticate=Authenticate(authenticator),
         normalise=normalise,

@@ -64,6 +64,9 @@ class GatewayMiddleware:
         given = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = given if _REQUEST_ID.match(given) else f"req_{secrets.token_hex(16)}"
         record = RequestRecord(request_id)
+        cache_control = headers.get(b"cache-control")
+        if cache_control is not None:  # the response cache honours no-cache and no-store
+            record.cache_control = cache_control.decode("latin-1")
         scope.setdefault("state", {})["record"] = record
         status = 500
         id_header = (b"x-request-id", request_id.encode())

@@ -34,6 +34,7 @@ from qwen_gateway.service.reviews import ReviewService
 
 T = TypeVar("T")
 ROUTE_HEADER = "x-qwen-gateway-route"
+CACHE_HEADER = "x-qwen-gateway-cache"
 _HEADER_UNSAFE = re.compile(r"[^\x20-\x7e]")  # the route names operator and upstream strings
 
 
@@ -126,11 +127,14 @@ async def respond(request: Request, result: Any, keepalive: float) -> Response:
 
 
 def _headers(record: RequestRecord) -> dict[str, str] | None:
-    """x-ratelimit-* for a limited caller, and the route a routed request took."""
+    """x-ratelimit-* for a limited caller, the route a routed request took, and the response
+    cache's verdict (hit, miss or bypass) when the cache stage ran."""
     headers: dict[str, str] | None = getattr(record.permit, "headers", None)
     if record.route:
         route = _HEADER_UNSAFE.sub("?", record.route)
         headers = {**(headers or {}), ROUTE_HEADER: route}
+    if record.cache is not None:
+        headers = {**(headers or {}), CACHE_HEADER: record.cache}
     return headers
 
 

@@ -24,6 +24,9 @@ class RequestRecord:
     principal: Any = None  # policy.Principal, once authenticated
     permit: Any = None  # policy.ratelimit.Permit while the request holds one
     cache: str | None = None  # the response cache's verdict: "hit", "miss" or "bypass"
+    #: the request's ``Cache-Control`` header, as the client sent it (the cache reads
+    #: ``no-cache`` and ``no-store`` in it)
+    cache_control: str | None = None
     #: content-safety categories that matched ("input:<category>", "output:<category>"),
     #: for metrics and the audit trail: never the matched text
     safety: list[str] | None = None

@@ -287,6 +287,7 @@ class Metrics:
         )
         self._engine_metrics(r)
         self._safety = _Children(self.safety_actions)
+        self._cache_metrics(r)
         self._requests = _Children(self.requests)
         self._latency = _Children(self.latency)
         self._ttft = _Children(self.ttft)
@@ -317,6 +318,43 @@ class Metrics:
             "qwen_gateway_engine_restarts",
             "Times an engine's scheduler crashed and was restarted", model, registry=r,
         )  # fmt: skip
+
+    def _cache_metrics(self, r: CollectorRegistry) -> None:
+        self.cache_requests = Counter(
+            "qwen_gateway_cache_requests",
+            "Requests the response cache saw, by result: hit, miss, bypass",
+            ["result"],
+            registry=r,
+        )
+        self.cache_evictions = Counter(
+            "qwen_gateway_cache_evictions",
+            "Entries the in-process response cache dropped to make room",
+            registry=r,
+        )
+        self.cache_errors = Counter(
+            "qwen_gateway_cache_errors",
+            "Response cache operations that failed (Redis unreachable): served as misses",
+            ["operation"],
+            registry=r,
+        )
+        self._cache_requests = _Children(self.cache_requests)
+
+    # service.cache.CacheObserver, cache.store.StoreObserver
+    def cache_request(self, result: str) -> None:
+        self._cache_requests(result).inc()
+
+    def cache_evicted(self, count: int) -> None:
+        self.cache_evictions.inc(count)
+
+    def cache_error(self, operation: str) -> None:
+        self.cache_errors.labels(operation).inc()
+
+    def watch_cache_bytes(self, source: Callable[[], int]) -> None:
+        Gauge(
+            "qwen_gateway_cache_bytes",
+            "Bytes held by the in-process response cache (keys, answers, overhead)",
+            registry=self.registry,
+        ).set_function(source)
 
     def engine(self, model: str) -> EngineMetrics:
         """The observer for the engine named ``model`` (a deployment, or ``name[i]``)."""

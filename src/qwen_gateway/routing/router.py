@@ -152,6 +152,24 @@ class Router:
         """Whether ``name`` is a split or the intent model (not a deployment or an alias)."""
         return name in self._splits or (self._intent is not None and name == self._intent.model)
 
+    def keyed_target(self, name: str, ctx: RouteContext) -> str | None:
+        """What a request for ``name`` is sent to, when that follows from the request and its
+        caller alone (for a response cache's key): the deployment of a deployment or alias;
+        the arm's deployment for a sticky split (picked as the route would); the intent
+        model's own name (its choice is a function of the messages), unless a route of it
+        leads to a split that picks at random. None: a random pick (or an unknown name)."""
+        if self._intent is not None and name == self._intent.model:
+            for target in self._intent.routes.values():
+                if target in self._splits and self.keyed_target(target, ctx) is None:
+                    return None
+            return name
+        split = self._splits.get(name)
+        if split is not None:
+            if split.sticky == "none":
+                return None
+            name = split.pick(ctx, self._rng)  # sticky: a hash of the caller, not the rng
+        return self._names.get(name)
+
     def reachable(self, names: Iterable[str]) -> frozenset[str]:
         """The deployments that asking for ``names`` leads to without a fallback: a deployment
         or an alias its deployment, a split its arms, the intent model its routes' targets."""

@@ -88,4 +88,5 @@ def usage_entry(record: RequestRecord, endpoint: str, status: int) -> UsageEntry
         cancelled=record.cancelled,
         stream=record.stream,
         arm=record.arm,
+        cache=record.cache,
     )

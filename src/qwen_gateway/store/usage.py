@@ -33,6 +33,7 @@ class UsageEntry:
     cancelled: bool
     stream: bool
     arm: str | None = None  # the split arm the request was sent to, if any
+    cache: str | None = None  # the response cache's verdict: "hit", "miss", "bypass"
 
 
 class UsageRepository:
