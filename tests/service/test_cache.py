@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
+import yaml
 from sqlalchemy import select
 
 from qwen_gateway.config import ConfigError, load_settings
@@ -30,6 +32,7 @@ from qwen_gateway.store.tables import UsageRow
 from support.fixtures import InProcess, open_in_process
 from support.metrics import sample
 from support.redis_outage import proxied_redis
+from support.server import free_port, running_command
 from tenancy.helpers import admin_key, new_key
 
 REPLIES = ["first answer", "second answer", "third answer", "fourth answer"]
@@ -323,3 +326,59 @@ def test_no_cache_section_means_no_stage_and_redis_needs_a_url(tmp_path: Path) -
     assert [type(s) for s in with_cache.services.pipeline.stages] == [ResponseCache]
     with pytest.raises(ConfigError, match=r"redis\.url"):
         Container(load_settings({**base, "cache": {"backend": "redis"}}, env={}), engines=engines)  # type: ignore[arg-type]
+
+
+def _serve_args(tmp_path: Path, name: str, reply: str, redis_url: str, prefix: str) -> list[str]:
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(
+        yaml.safe_dump({
+            "deployments": [{"name": "m", "engine": "scripted", "options": {"replies": [reply]}}],
+            "redis": {"url": redis_url},
+            "cache": {"backend": "redis", "redis_prefix": prefix},
+        })
+    )  # fmt: skip
+    return ["--config", str(config)]
+
+
+@pytest.mark.e2e
+def test_two_gateway_processes_sharing_redis_serve_each_others_hits(
+    tmp_path: Path, redis_url: str
+) -> None:
+    prefix = f"test-cache-{secrets.token_hex(4)}"
+    a_port, b_port = free_port(), free_port()
+    a_args = _serve_args(tmp_path, "a", "from process a", redis_url, prefix)
+    b_args = _serve_args(tmp_path, "b", "from process b", redis_url, prefix)
+    with (
+        running_command([*a_args, "--port", str(a_port)], a_port, tmp_path / "a.log") as a,
+        running_command([*b_args, "--port", str(b_port)], b_port, tmp_path / "b.log") as b,
+        openai.OpenAI(base_url=a.base_url + "/v1", api_key="none", max_retries=0) as to_a,
+        openai.OpenAI(base_url=b.base_url + "/v1", api_key="none", max_retries=0) as to_b,
+    ):
+        asked = to_a.chat.completions.with_raw_response.create(
+            model="m",
+            messages=ASK,
+            temperature=0,  # type: ignore[arg-type]
+        )
+        assert asked.headers["x-qwen-gateway-cache"] == "miss"
+        assert asked.parse().choices[0].message.content == "from process a"
+        answered = to_b.chat.completions.with_raw_response.create(
+            model="m",
+            messages=ASK,
+            temperature=0,  # type: ignore[arg-type]
+        )
+        assert answered.headers["x-qwen-gateway-cache"] == "hit"
+        assert answered.parse().choices[0].message.content == "from process a"
+
+        streams = []
+        for client in (to_b, to_a):  # streamed: b answers, a replays b's answer
+            raw = client.chat.completions.with_raw_response.create(
+                model="m", messages=ASK, temperature=0, max_tokens=3, stream=True,  # type: ignore[arg-type]
+            )  # fmt: skip
+            deltas = [(c.choices[0].delta.content, c.choices[0].finish_reason)
+                      for c in raw.parse() if c.choices]  # fmt: skip
+            streams.append((raw.headers["x-qwen-gateway-cache"], deltas))
+        assert [verdict for verdict, _ in streams] == ["miss", "hit"]
+        assert streams[0][1] == streams[1][1]
+        assert "".join(d or "" for d, _ in streams[1][1]) == "from process b"
+        metrics = httpx.get(a.base_url + "/metrics").text
+    assert sample(metrics, "qwen_gateway_cache_requests_total", result="hit") == 1
