@@ -29,7 +29,9 @@ from qwen_gateway.service.pipeline import Generate, Slot
 from qwen_gateway.service.route import Route
 from qwen_gateway.store.db import Database
 from qwen_gateway.store.tables import UsageRow
+from routing.helpers import routed, scripted
 from support.fixtures import InProcess, open_in_process
+from support.flaky import FlakyEngine
 from support.metrics import sample
 from support.redis_outage import proxied_redis
 from support.server import free_port, running_command
@@ -382,3 +384,42 @@ def test_two_gateway_processes_sharing_redis_serve_each_others_hits(
         assert "".join(d or "" for d, _ in streams[1][1]) == "from process b"
         metrics = httpx.get(a.base_url + "/metrics").text
     assert sample(metrics, "qwen_gateway_cache_requests_total", result="hit") == 1
+
+
+async def test_random_splits_bypass_sticky_splits_and_intent_are_keyed(tmp_path: Path) -> None:
+    deployments = [{"name": "a"}, {"name": "b"}, {"name": "c"}]
+    routing = {
+        "splits": {
+            "random": {"arms": {"a": 1, "b": 1}},
+            "sticky": {"arms": {"a": 1, "b": 1}, "sticky": "user"},
+        },
+        "intent": {"routes": {"general": "a", "code": "b", "math": "c"}},
+    }
+    async with routed(tmp_path, deployments, routing=routing, cache={}) as g:
+
+        async def verdict(model: str, user: str | None = None) -> tuple[str, str]:
+            body = {"model": model, "messages": ASK, "temperature": 0}
+            r = await g.http.post(
+                "/v1/chat/completions", json={**body, "user": user} if user else body
+            )
+            return r.headers["x-qwen-gateway-cache"], r.json()["model"]
+
+        assert [(await verdict("random"))[0] for _ in range(2)] == ["bypass", "bypass"]
+        first = await verdict("sticky", "alice")
+        assert first[0] == "miss"
+        assert await verdict("sticky", "alice") == ("hit", first[1])
+        served = await verdict("auto")
+        assert served[0] == "miss"
+        assert await verdict("auto") == ("hit", served[1])
+
+
+async def test_an_answer_from_a_fallback_is_not_stored_under_the_primarys_key(
+    tmp_path: Path,
+) -> None:
+    deployments = [{"name": "primary", "fallbacks": ["backup"]}, {"name": "backup"}]
+    engines = {"primary": FlakyEngine(scripted("primary"), broken=True)}
+    async with routed(tmp_path, deployments, engines, cache={}) as g:  # type: ignore[arg-type]
+        for _ in range(2):
+            r = await g.http.post("/v1/chat/completions", json={
+                "model": "primary", "messages": ASK, "temperature": 0})  # fmt: skip
+            assert (r.json()["model"], r.headers["x-qwen-gateway-cache"]) == ("backup", "miss")
