@@ -431,7 +431,8 @@ def _response_cache(
         exclude_principals=frozenset(cache.exclude_principals),
     )
     return ResponseCache(store, rules, router, gate, shared=cache.scope == "shared",
-                         billing=cache.billing, observer=metrics)  # fmt: skip
+                         billing=cache.billing, observer=metrics,
+                         max_entry_chars=cache.max_entry_bytes)  # fmt: skip
 
 
 def assemble(

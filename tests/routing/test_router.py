@@ -502,3 +502,29 @@ async def test_failing_over_gives_the_admission_of_the_deployment_back(tmp_path:
         assert (await _chat(g.client, "a"))[0] == "a"
         with pytest.raises(openai.RateLimitError):
             await _chat(g.client, "a")
+
+
+async def test_keyed_target_names_what_a_request_is_sent_to_when_it_is_not_random(
+    tmp_path: Path,
+) -> None:
+    deployments = [{"name": "a", "aliases": ["a-alias"]}, {"name": "b"}]
+    routing = {
+        "splits": {
+            "random": {"arms": {"a": 1, "b": 1}},
+            "by-key": {"arms": {"a-alias": 1, "b": 1}, "sticky": "key"},
+        },
+        "intent": {"routes": {"general": "a", "code": "random"}},
+    }
+    async with routed(tmp_path, deployments, routing=routing) as g:
+        router = g.container.router
+        alice, bob = RouteContext("key:1"), RouteContext("key:2", user="u")
+        assert router.keyed_target("a", alice) == router.keyed_target("a-alias", alice) == "a"
+        assert router.keyed_target("random", alice) is None
+        picks = {router.keyed_target("by-key", RouteContext(f"key:{i}")) for i in range(40)}
+        assert picks == {"a", "b"}  # an arm (the alias as its deployment), the same each time
+        assert router.keyed_target("by-key", bob) == router.keyed_target("by-key", bob)
+        assert router.keyed_target("auto", alice) is None  # a route leads to a random split
+        assert router.keyed_target("unknown", alice) is None
+    routing["intent"] = {"routes": {"general": "a", "code": "by-key"}}
+    async with routed(tmp_path / "sticky", deployments, routing=routing) as g:
+        assert g.container.router.keyed_target("auto", RouteContext("key:1")) == "auto"

@@ -423,3 +423,15 @@ async def test_an_answer_from_a_fallback_is_not_stored_under_the_primarys_key(
             r = await g.http.post("/v1/chat/completions", json={
                 "model": "primary", "messages": ASK, "temperature": 0})  # fmt: skip
             assert (r.json()["model"], r.headers["x-qwen-gateway-cache"]) == ("backup", "miss")
+
+
+async def test_an_answer_larger_than_an_entry_may_be_is_served_and_not_stored(
+    tmp_path: Path,
+) -> None:
+    long = "word " * 80
+    async with cached(tmp_path, {"max_entry_bytes": 256}, replies=[long, "short"]) as g:
+        answers = [await ask(g) for _ in range(2)]
+        assert [text(r) for r in answers] == [long, "short"]
+        assert [r.headers["x-qwen-gateway-cache"] for r in answers] == ["miss", "miss"]
+        again = await ask(g)  # the short answer was stored
+        assert (text(again), again.headers["x-qwen-gateway-cache"]) == ("short", "hit")

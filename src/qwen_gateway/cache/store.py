@@ -100,8 +100,8 @@ class CacheStore(Protocol):
 
 class LocalStore:
     """An in-process LRU of encoded answers, at most ``max_bytes`` in all (keys, values and a
-    fixed overhead per entry), each for ``ttl`` seconds; entries larger than
-    ``max_entry_bytes`` are not kept. The least recently used go first when room is needed."""
+    fixed overhead per entry), each for ``ttl`` seconds; answers larger than
+    ``max_entry_bytes`` (encoded) are not kept. The least recently used go first when room is needed."""
 
     def __init__(
         self,
@@ -113,7 +113,7 @@ class LocalStore:
     ) -> None:
         self.max_bytes = max_bytes
         self._ttl = ttl
-        self._max_entry = min(max_entry_bytes, max_bytes)
+        self._max_entry = max_entry_bytes
         self._observer: StoreObserver = observer or _Quiet()
         self._clock = clock
         # key -> (expires at, the answer, its size in bytes)
@@ -135,8 +135,9 @@ class LocalStore:
         return answer
 
     async def put(self, key: str, answer: CachedAnswer) -> bool:
-        size = len(key) + len(encode(answer)) + ENTRY_OVERHEAD
-        if size > self._max_entry:
+        encoded = len(encode(answer))
+        size = len(key) + encoded + ENTRY_OVERHEAD
+        if encoded > self._max_entry or size > self.max_bytes:
             return False
         if key in self._entries:
             self._drop(key)

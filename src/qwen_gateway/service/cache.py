@@ -34,6 +34,8 @@ from qwen_gateway.core.types import (
     EngineEvent,
     GenerationRequest,
     RelayedChunk,
+    TextDelta,
+    ToolCallDelta,
     Usage,
 )
 from qwen_gateway.policy.auth import check_model
@@ -70,6 +72,7 @@ class ResponseCache:
         billing: Billing = "charged",
         observer: CacheObserver | None = None,
         similar: NearDuplicates | None = None,
+        max_entry_chars: int = 1024 * 1024,
     ) -> None:
         self.store = store
         self._rules = rules
@@ -79,6 +82,8 @@ class ResponseCache:
         self._billing = billing
         self._observer: CacheObserver = observer or _Quiet()
         self._similar = similar
+        #: a miss whose output grows past this stops being collected (it could not be kept)
+        self._max_chars = max_entry_chars
 
     @property
     def slot(self) -> Slot:
@@ -121,15 +126,18 @@ class ResponseCache:
                 return
         self._verdict(record, "miss")
         collected: list[Stored] = []
+        chars, keep = 0, decision.write
         async with aclosing(inner(request, record, user)) as events:
             async for event in events:
-                if isinstance(event, RelayedChunk):
-                    collected.extend(event.events)
-                elif isinstance(event, Usage):
-                    if decision.write:  # before the usage goes out: the edge stops there
+                if isinstance(event, Usage):
+                    if keep:  # stored before the usage goes out: the edge stops there
                         await self._store(key, collected, event, request, record, scope, target)
-                else:
-                    collected.append(event)
+                elif keep:
+                    found = event.events if isinstance(event, RelayedChunk) else (event,)
+                    collected.extend(found)
+                    chars += sum(_chars(e) for e in found)
+                    if chars > self._max_chars:
+                        keep, collected = False, []  # too large to keep: stop collecting
                 yield event
 
     def _verdict(self, record: RequestRecord, result: str) -> None:
@@ -193,6 +201,14 @@ class ResponseCache:
         text = _near_text(request)
         if text is not None:
             await self._similar.remember(_near_scope(scope, target), text, key)
+
+
+def _chars(event: Stored) -> int:
+    if isinstance(event, TextDelta):
+        return len(event.text)
+    if isinstance(event, ToolCallDelta):
+        return len(event.arguments) + len(event.name)
+    return 0
 
 
 def _near_text(request: GenerationRequest) -> str | None:
