@@ -99,9 +99,10 @@ class CacheStore(Protocol):
 
 
 class LocalStore:
-    """An in-process LRU of encoded answers, at most ``max_bytes`` in all (keys, values and a
-    fixed overhead per entry), each for ``ttl`` seconds; answers larger than
-    ``max_entry_bytes`` (encoded) are not kept. The least recently used go first when room is needed."""
+    """An in-process LRU of answers, at most ``max_bytes`` in all (keys, encoded answers and
+    a fixed overhead per entry), each for ``ttl`` seconds; answers larger than
+    ``max_entry_bytes`` (encoded) are not kept. The least recently used go first when room
+    is needed."""
 
     def __init__(
         self,
