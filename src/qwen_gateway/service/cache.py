@@ -103,7 +103,8 @@ class ResponseCache:
         principal = record.principal if isinstance(record.principal, Principal) else ANONYMOUS
         decision = self._rules.decide(request, principal.id, principal.key_id, record.cache_control)
         target = None
-        if not decision.bypass:
+        # a prompt the input policy sent for review is answered afresh (and never stored)
+        if not decision.bypass and record.review is None:
             ctx = RouteContext(principal.id, user, principal.models)
             target = self._router.keyed_target(request.model, ctx)
         if target is None:
