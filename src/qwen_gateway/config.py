@@ -375,6 +375,16 @@ class SafetySettings(Section):
     mask: str = Field(default="*", min_length=1, max_length=1)
 
 
+class NearCacheSettings(Section):
+    """``cache.similar``: reuse the answer to a near-identical last user message (same caller,
+    same deployment, same everything else). Off unless this section is given."""
+
+    #: similarity a stored message must reach (0–1]; see docs/benchmarks.md for the false-hit
+    #: rate at the default
+    threshold: float = Field(default=0.75, gt=0, le=1)
+    max_entries: int = Field(default=10_000, ge=1)
+
+
 class CacheSettings(Section):
     """``cache:``: the exact response cache. Absent: nothing is cached (no stage at all)."""
 
@@ -402,6 +412,8 @@ class CacheSettings(Section):
     exclude_keys: list[int] = Field(default_factory=list)
     #: principal ids (``key:3``, ``jwt:alice``, ``static``, ``anonymous``) likewise
     exclude_principals: list[str] = Field(default_factory=list)
+    #: near-duplicate lookups (None: exact matches only); only with ``scope: tenant``
+    similar: NearCacheSettings | None = None
 
 
 class Settings(Section):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from qwen_gateway.cache.decision import CacheRules
+from qwen_gateway.cache.similar import NearIndex, SimilarIndex
 from qwen_gateway.cache.store import CacheStore, LocalStore, RedisStore
 from qwen_gateway.config import (
     CacheSettings,
@@ -430,8 +431,15 @@ def _response_cache(
         exclude_keys=frozenset(cache.exclude_keys),
         exclude_principals=frozenset(cache.exclude_principals),
     )
+    near = None
+    if cache.similar is not None:
+        if cache.scope != "tenant":
+            raise ConfigError("cache.similar needs cache.scope: tenant (a near hit never "
+                              "crosses callers)")  # fmt: skip
+        index = SimilarIndex(cache.similar.threshold, cache.similar.max_entries)
+        near = NearIndex(index, metrics)
     return ResponseCache(store, rules, router, gate, shared=cache.scope == "shared",
-                         billing=cache.billing, observer=metrics,
+                         billing=cache.billing, observer=metrics, similar=near,
                          max_entry_chars=cache.max_entry_bytes)  # fmt: skip
 
 

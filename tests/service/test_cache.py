@@ -435,3 +435,41 @@ async def test_an_answer_larger_than_an_entry_may_be_is_served_and_not_stored(
         assert [r.headers["x-qwen-gateway-cache"] for r in answers] == ["miss", "miss"]
         again = await ask(g)  # the short answer was stored
         assert (text(again), again.headers["x-qwen-gateway-cache"]) == ("short", "hit")
+
+
+def asked(content: str, system: str | None = None) -> list[dict[str, str]]:
+    head = [{"role": "system", "content": system}] if system else []
+    return [*head, {"role": "user", "content": content}]
+
+
+async def test_near_duplicates_share_an_answer_within_a_caller_and_a_context(
+    tmp_path: Path,
+) -> None:
+    async with cached(tmp_path, {"similar": {}}, auth=True) as g:
+        key_a, key_b = await new_key(g), await new_key(g)
+        first = await ask(g, key_a, messages=asked("What is the capital of Australia?"))
+        assert (text(first), first.headers["x-qwen-gateway-cache"]) == ("first answer", "miss")
+        near = await ask(g, key_a, messages=asked("what is the capital of australia"))
+        assert (text(near), near.headers["x-qwen-gateway-cache"]) == ("first answer", "hit")
+        # a near-miss (another number), another caller, another system prompt: no reuse
+        number = await ask(g, key_a, messages=asked("What is 2+3?"))
+        assert text(number) == "second answer"
+        assert text(await ask(g, key_a, messages=asked("What is 2+2?"))) == "third answer"
+        other = await ask(g, key_b, messages=asked("what is the capital of australia"))
+        assert other.headers["x-qwen-gateway-cache"] == "miss"
+        system = await ask(
+            g, key_a, messages=asked("what is the capital of australia", system="Be brief.")
+        )
+        assert system.headers["x-qwen-gateway-cache"] == "miss"
+        page = (
+            await g.http.get("/metrics", headers={"Authorization": f"Bearer {await admin_key(g)}"})
+        ).text
+        assert sample(page, "qwen_gateway_cache_near_lookups_total", result="hit") == 1.0
+
+
+def test_near_duplicates_need_the_tenant_scope(tmp_path: Path) -> None:
+    tree = {"data_dir": str(tmp_path), "cache": {"scope": "shared", "similar": {}}}
+    with pytest.raises(ConfigError, match=r"cache\.similar needs cache\.scope: tenant"):
+        Container(
+            load_settings(tree, env={}), engines={"qwen2.5-tiny": scripted_engine("x", ["y"])}
+        )

@@ -55,6 +55,7 @@ import unicodedata
 from array import array
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
+from typing import Protocol
 
 from qwen_gateway.config import ConfigError
 
@@ -386,3 +387,28 @@ class SimilarIndex:
         del keys[key]
         if not keys:
             del self._buckets[entry.bucket]
+
+
+class NearIndex:
+    """A :class:`SimilarIndex` as the response cache's near-duplicate hook
+    (:class:`~qwen_gateway.cache.key.NearDuplicates`), with a count of what it found."""
+
+    def __init__(self, index: SimilarIndex, observer: NearObserver | None = None) -> None:
+        self.index = index
+        self._observer = observer
+
+    async def lookup(self, scope: str, text: str) -> str | None:
+        found = self.index.lookup(scope, text)
+        if self._observer is not None:
+            self._observer.cache_near_lookup("hit" if found is not None else "miss")
+        return None if found is None else found[0]
+
+    async def remember(self, scope: str, text: str, key: str) -> None:
+        self.index.add(scope, text, key)
+
+    async def forget(self, key: str) -> None:
+        self.index.remove(key)
+
+
+class NearObserver(Protocol):
+    def cache_near_lookup(self, result: str) -> None: ...

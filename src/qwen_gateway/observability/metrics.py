@@ -320,6 +320,13 @@ class Metrics:
         )  # fmt: skip
 
     def _cache_metrics(self, r: CollectorRegistry) -> None:
+        self.cache_near = Counter(
+            "qwen_gateway_cache_near_lookups",
+            "Near-duplicate lookups after an exact miss, by result: hit (an entry for a "
+            "near-identical last user message was found), miss",
+            ["result"],
+            registry=r,
+        )
         self.cache_requests = Counter(
             "qwen_gateway_cache_requests",
             "Requests the response cache saw, by result: hit, miss, bypass",
@@ -348,6 +355,9 @@ class Metrics:
 
     def cache_error(self, operation: str) -> None:
         self.cache_errors.labels(operation).inc()
+
+    def cache_near_lookup(self, result: str) -> None:
+        self.cache_near.labels(result).inc()
 
     def watch_cache_bytes(self, source: Callable[[], int]) -> None:
         Gauge(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
+from dataclasses import replace
 from typing import Protocol
 
 from qwen_gateway.cache.decision import Billing, CacheRules, Stored
@@ -154,8 +155,13 @@ class ResponseCache:
         text = _near_text(request)
         if text is None:
             return None
-        near = await self._similar.lookup(_near_scope(scope, target), text)
-        return None if near is None else await self.store.get(near)
+        near = await self._similar.lookup(_near_scope(request, scope, target), text)
+        if near is None:
+            return None
+        found = await self.store.get(near)
+        if found is None:
+            await self._similar.forget(near)
+        return found
 
     async def _admit(
         self,
@@ -201,7 +207,7 @@ class ResponseCache:
             return
         text = _near_text(request)
         if text is not None:
-            await self._similar.remember(_near_scope(scope, target), text, key)
+            await self._similar.remember(_near_scope(request, scope, target), text, key)
 
 
 def _chars(event: Stored) -> int:
@@ -219,6 +225,14 @@ def _near_text(request: GenerationRequest) -> str | None:
     return last_user_message(request)
 
 
-def _near_scope(scope: str, target: str) -> str:
-    """Near duplicates are looked up within the scope and for the same target."""
-    return f"{scope}|{target}"
+def _near_scope(request: GenerationRequest, scope: str, target: str) -> str:
+    """Near duplicates are looked up within the scope, for the same target, and among requests
+    equal in everything but their last user message (system prompt, history, sampling): the
+    exact key of the request with that message left empty."""
+    assert isinstance(request, ChatRequest)  # _near_text said so
+    messages = list(request.messages)
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i].role == "user":
+            messages[i] = replace(messages[i], content="")
+            break
+    return request_key(replace(request, messages=tuple(messages)), target, scope)
