@@ -314,3 +314,42 @@ async def test_deliver_and_review_delivers_and_queues(tmp_path: Path) -> None:
         assert c.choices[0].finish_reason == "stop"
         listed = (await g.http.get("/admin/reviews?status=pending")).json()["data"]
         assert [(r["mode"], r["category"]) for r in listed] == [("deliver_and_review", "finance")]
+
+
+async def test_the_cache_keeps_what_the_output_policy_let_through(tmp_path: Path) -> None:
+    """The cache sits between the policies: a redacted answer is cached redacted, a blocked
+    or held one is not cached, and a prompt sent for review is never answered from it."""
+    replies = ["The code name is project bluebird.", BLOCKED_REPLY, BLOCKED_REPLY, RISKY, RISKY]
+    backend = ScriptedBackend(NAME, replies)
+    safety = {**SAFETY, "rule_sets": {**SAFETY["rule_sets"], **REVIEWED["rule_sets"]},
+              "policies": [*SAFETY["policies"], *REVIEWED["policies"]]}  # fmt: skip
+    settings = load_settings(
+        {"data_dir": str(tmp_path), "auth": {"enabled": False}, "safety": safety, "cache": {}},
+        env={},
+    )
+    container = Container(settings, engines={NAME: PromptEngine(backend)})
+    async with open_in_process(container) as g:
+
+        async def ask(content: str) -> tuple[str, str, str]:
+            r = await g.http.post(
+                "/v1/chat/completions",
+                json={"model": NAME, "temperature": 0,
+                      "messages": [{"role": "user", "content": content}]},
+            )  # fmt: skip
+            choice = r.json()["choices"][0]
+            return (
+                choice["message"]["content"],
+                choice["finish_reason"],
+                r.headers["x-qwen-gateway-cache"],
+            )
+
+        redacted = "The code name is " + "*" * len("project bluebird") + "."
+        assert await ask("one") == (redacted, "stop", "miss")
+        assert await ask("one") == (redacted, "stop", "hit")
+        cut = await ask("two")
+        assert cut[1:] == ("content_filter", "miss")
+        assert (await ask("two"))[2] == "miss"  # the blocked answer was not kept
+        held = await ask("three")
+        assert held[1:] == ("content_filter", "miss") and "rev_" in held[0]
+        assert (await ask("three"))[2] == "miss"
+        assert (await ask("guaranteed returns?"))[2] == "bypass"
