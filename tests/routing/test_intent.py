@@ -30,7 +30,7 @@ from qwen_gateway.routing.intent import (
     load_examples,
     shipped_classifier,
 )
-from qwen_gateway.routing.tfidf import markers
+from qwen_gateway.core.tfidf import markers
 
 
 def test_the_splits_are_disjoint_and_balanced() -> None:

@@ -18,27 +18,28 @@ follow-up ("now in Go", "再证明一下").
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import hashlib
 import json
 import logging
 import re
 import threading
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from qwen_gateway.config import ConfigError
+from qwen_gateway.core import textclassifier
+from qwen_gateway.core.textclassifier import Example, evaluate, load_examples
+from qwen_gateway.core.tfidf import TOKENS, TfidfLogistic
 from qwen_gateway.core.types import ChatMessage
-from qwen_gateway.routing.tfidf import TOKENS, TfidfLogistic, markers
+
+__all__ = ["Example", "evaluate", "load_examples"]  # shared with safety, kept importable here
 
 log = logging.getLogger(__name__)
 
 DATA = Path(__file__).resolve().parent / "data"
 FALLBACK = "general"
-#: The views of the text the learned classifier reads (see routing/tfidf.py).
+#: The views of the text the learned classifier reads (see core/tfidf.py).
 VIEWS = ("char", "word", "marker")
 #: The marker view's weight against the n-gram views (each L2-normalised to 1).
 MARKER_WEIGHT = 0.25
@@ -58,29 +59,6 @@ class IntentClassifier(Protocol):
     name: str
 
     def classify(self, text: str) -> Intent: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Example:
-    text: str
-    label: str
-    lang: str = "en"
-    hard: bool = False
-
-
-def load_examples(path: Path) -> list[Example]:
-    """Labelled prompts, one JSON object a line: text, label, optional lang and hard."""
-    out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            out.append(Example(str(row["text"]), str(row["label"]), str(row.get("lang", "en")),
-                               bool(row.get("hard", False))))  # fmt: skip
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path}:{n}: not a labelled example ({exc})") from None
-    return out
 
 
 # ---- what to classify ----------------------------------------------------------
@@ -208,7 +186,7 @@ class RuleClassifier:
 @dataclass
 class LearnedClassifier:
     """TF-IDF views of the text (character 1–4-grams within word boundaries, word 1–2-grams,
-    and the markers of code and maths notation, see :mod:`~qwen_gateway.routing.tfidf`) into
+    and the markers of code and maths notation, see :mod:`~qwen_gateway.core.tfidf`) into
     a logistic regression; below ``threshold`` the fallback category answers.
 
     For the word n-grams each Chinese character is a token of its own (Chinese has no spaces, so
@@ -230,30 +208,10 @@ class LearnedClassifier:
 
     def fit(self, examples: Sequence[Example]) -> LearnedClassifier:
         try:
-            from sklearn.feature_extraction.text import TfidfVectorizer
-            from sklearn.linear_model import LogisticRegression
-            from sklearn.pipeline import FeatureUnion, make_pipeline
-        except ImportError:
-            raise ConfigError(
-                "Training the intent classifier needs scikit-learn: "
-                "pip install 'qwen-gateway[train]'."
-            ) from None
-
-        vectorizers = {
-            "char": lambda: TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 4),
-                                            sublinear_tf=True, min_df=1, lowercase=True),
-            "word": lambda: TfidfVectorizer(analyzer="word", ngram_range=(1, 2),
-                                            sublinear_tf=True, token_pattern=self._TOKENS,
-                                            lowercase=True),
-            "marker": lambda: TfidfVectorizer(analyzer=markers, sublinear_tf=True),
-        }  # fmt: skip
-        weights = {"marker": MARKER_WEIGHT} if "marker" in self.views else None
-        features = FeatureUnion(
-            [(v, vectorizers[v]()) for v in self.views], transformer_weights=weights
-        )
-        model = make_pipeline(features, LogisticRegression(C=100.0, max_iter=5000))
-        model.fit([e.text for e in examples], [e.label for e in examples])
-        self._model = TfidfLogistic.of(model, self.views)
+            self._model = textclassifier.fit(examples, self.views, weights={"marker": MARKER_WEIGHT},
+                                             what="the intent classifier")  # fmt: skip
+        except textclassifier.TrainingUnavailable as exc:
+            raise ConfigError(str(exc)) from None
         return self
 
     @property
@@ -283,11 +241,7 @@ class LearnedClassifier:
 
     def save(self, path: Path) -> None:
         """Write the trained model (an operator's retrained classifier) to ``path`` as JSON."""
-        data = self.to_json()
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
-        tmp.replace(path)
+        textclassifier.write_json(path, self.to_json())
 
     @classmethod
     def load(cls, path: Path) -> LearnedClassifier:
@@ -328,36 +282,23 @@ def load_saved(path: Path) -> LearnedClassifier | None:
     return LearnedClassifier.load(path) if path.is_file() else None
 
 
-def training_fingerprint(path: Path = DATA / "intent_train.jsonl") -> str:
-    """The SHA-256 of the shipped training examples, recorded in the shipped model."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+TRAINING = DATA / "intent_train.jsonl"
 
 
 def ship(path: Path = SHIPPED_MODEL) -> LearnedClassifier:
     """Train on the shipped examples and write the shipped model (for maintainers)."""
-    learned = LearnedClassifier().fit(load_examples(DATA / "intent_train.jsonl"))
-    data = {**learned.to_json(), "trained_on": training_fingerprint()}
-    raw = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
-    path.write_bytes(gzip.compress(raw, compresslevel=9, mtime=0))
+    learned = LearnedClassifier().fit(load_examples(TRAINING))
+    textclassifier.write_shipped(path, learned.to_json(), TRAINING)
     return learned
 
 
 def shipped_classifier(path: Path = SHIPPED_MODEL) -> LearnedClassifier | None:
     """The shipped model, or None when it is missing or was trained on other examples than
     the shipped ones (then a warning says to run ``qwen-gateway intent ship``)."""
-    try:
-        data = json.loads(gzip.decompress(path.read_bytes()))
-    except FileNotFoundError:
-        log.warning("%s is missing: the intent classifier is trained at start", path.name)
-        return None
-    if data.get("trained_on") != training_fingerprint():
-        log.warning(
-            "%s was trained on other examples than intent_train.jsonl: the classifier is trained "
-            "at start instead; run `qwen-gateway intent ship` to rewrite it",
-            path.name,
-        )
-        return None
-    return LearnedClassifier.from_json(data)
+    data = textclassifier.read_shipped(
+        path, TRAINING, "intent classifier", "qwen-gateway intent ship"
+    )
+    return None if data is None else LearnedClassifier.from_json(data)
 
 
 _default: LearnedClassifier | None = None
@@ -370,72 +311,7 @@ def default_classifier(threshold: float = 0.45) -> LearnedClassifier:
     global _default
     with _default_lock:
         if _default is None:
-            _default = shipped_classifier() or LearnedClassifier().fit(
-                load_examples(DATA / "intent_train.jsonl")
-            )
+            _default = shipped_classifier() or LearnedClassifier().fit(load_examples(TRAINING))
         if _default.threshold != threshold:
             _default = dataclasses.replace(_default, threshold=threshold)
         return _default
-
-
-# ---- evaluation -------------------------------------------------------------------
-
-
-@dataclass
-class Report:
-    total: int
-    correct: int
-    per_class: dict[str, dict[str, float]]  # precision, recall, support
-    per_language: dict[str, float]
-    hard_accuracy: float
-    hard_total: int
-
-    @property
-    def accuracy(self) -> float:
-        return self.correct / self.total if self.total else 0.0
-
-    def markdown(self, title: str) -> str:
-        lines = [
-            f"**{title}**: accuracy {100 * self.accuracy:.1f}% ({self.correct}/{self.total}); "
-            f"hard cases {100 * self.hard_accuracy:.1f}% (of {self.hard_total})",
-            "",
-            "| class | precision | recall | support |",
-            "|---|---:|---:|---:|",
-        ]
-        for c, m in sorted(self.per_class.items()):
-            lines.append(
-                f"| {c} | {100 * m['precision']:.1f}% | {100 * m['recall']:.1f}% | "
-                f"{int(m['support'])} |"
-            )
-        langs = ", ".join(f"{k} {100 * v:.1f}%" for k, v in sorted(self.per_language.items()))
-        lines += ["", f"Accuracy by language: {langs}."]
-        return "\n".join(lines)
-
-
-def evaluate(classifier: IntentClassifier, examples: Sequence[Example]) -> Report:
-    predicted = [classifier.classify(e.text).category for e in examples]
-    labels = sorted({e.label for e in examples} | set(predicted))
-    per_class = {}
-    for c in labels:
-        tp = sum(1 for e, p in zip(examples, predicted, strict=True) if p == c and e.label == c)
-        said = sum(1 for p in predicted if p == c)
-        support = sum(1 for e in examples if e.label == c)
-        per_class[c] = {
-            "precision": tp / said if said else 0.0,
-            "recall": tp / support if support else 0.0,
-            "support": float(support),
-        }
-    by_lang: Counter[str] = Counter()
-    right_lang: Counter[str] = Counter()
-    for e, p in zip(examples, predicted, strict=True):
-        by_lang[e.lang] += 1
-        right_lang[e.lang] += p == e.label
-    hard = [(e, p) for e, p in zip(examples, predicted, strict=True) if e.hard]
-    return Report(
-        total=len(examples),
-        correct=sum(1 for e, p in zip(examples, predicted, strict=True) if p == e.label),
-        per_class=per_class,
-        per_language={k: right_lang[k] / n for k, n in by_lang.items()},
-        hard_accuracy=sum(1 for e, p in hard if p == e.label) / len(hard) if hard else 0.0,
-        hard_total=len(hard),
-    )

@@ -1,6 +1,7 @@
-"""The learned intent classifier's fitted model: what scikit-learn's TF-IDF vectorizers and
-logistic regression learned, kept as plain data, saved as JSON and applied in pure Python
-(no pickle; neither scikit-learn nor numpy is needed to classify).
+"""A learned text classifier's fitted model (the intent classifier's, the high-risk
+classifier's): what scikit-learn's TF-IDF vectorizers and logistic regression learned, kept
+as plain data, saved as JSON and applied in pure Python (no pickle; neither scikit-learn nor
+numpy is needed to classify).
 
 The model has up to three *views* of a text, each a TF-IDF vectorizer of its own (sublinear
 term frequency, L2-normalised per view, as scikit-learn's ``FeatureUnion`` of them does):
