@@ -259,6 +259,12 @@ class UsageSettings(Section):
 class RiskClassifierSettings(Section):
     """``safety.classifier``: the high-risk classifier (financial, medical, legal advice)."""
 
+    #: A classifier written by ``qwen-gateway safety train``; None: ``risk-model.json`` in the
+    #: data directory when present, else the model shipped with the package.
+    model_file: Path | None = None
+    #: Below this confidence a text is in no high-risk category.
+    threshold: float = Field(default=0.5, ge=0, le=1)
+
 
 DEFAULT_REVIEW_NOTICE = (
     "This answer is being reviewed by a person; fetch it with GET /v1/reviews/{review_id} "
@@ -454,6 +460,13 @@ class Settings(Section):
     def intent_model_file(self) -> Path:
         """Where ``intent train`` saves the learned classifier and routing loads it from."""
         return self.routing.intent.model_file or self.data_dir / "intent-model.json"
+
+    @property
+    def risk_model_file(self) -> Path:
+        """Where ``safety train`` saves the high-risk classifier and safety loads it from."""
+        if self.safety is not None and self.safety.classifier.model_file is not None:
+            return self.safety.classifier.model_file
+        return self.data_dir / "risk-model.json"
 
     @property
     def needs_tiny_model(self) -> bool:
