@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from qwen_gateway.core.tfidf import markers
 from qwen_gateway.core.types import ChatMessage
 from qwen_gateway.routing.intent import (
     DATA,
@@ -30,7 +31,6 @@ from qwen_gateway.routing.intent import (
     load_examples,
     shipped_classifier,
 )
-from qwen_gateway.core.tfidf import markers
 
 
 def test_the_splits_are_disjoint_and_balanced() -> None:

@@ -16,6 +16,7 @@ from rich.console import Console
 from qwen_gateway.cli.admin import keys_app, usage
 from qwen_gateway.cli.intent import intent_app
 from qwen_gateway.cli.reviews import reviews_app
+from qwen_gateway.cli.safety import safety_app
 from qwen_gateway.config import ConfigError, Settings, load_settings, redacted
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(keys_app, name="keys")
 app.add_typer(intent_app, name="intent")
 app.add_typer(reviews_app, name="reviews")
+app.add_typer(safety_app, name="safety")
 app.command("usage")(usage)
 err = Console(stderr=True)
 

@@ -167,10 +167,13 @@ def default_classifier(threshold: float = 0.5) -> RiskClassifier:
         return _default
 
 
-def load_classifier(model_file: Path | None = None, threshold: float = 0.5) -> RiskClassifier:
+def load_classifier(
+    model_file: Path | None = None, threshold: float | None = None
+) -> RiskClassifier:
     """The model at ``model_file`` when there is one (``Settings.risk_model_file``), else the
-    shipped one; either way with ``threshold``. Raises ValueError for a file that is not a
-    model."""
+    shipped one; with ``threshold`` (None: the one saved with the model, 0.5 for the shipped
+    one). Raises ValueError for a file that is not a model."""
     if model_file is not None and model_file.is_file():
-        return dataclasses.replace(RiskClassifier.load(model_file), threshold=threshold)
-    return default_classifier(threshold)
+        saved = RiskClassifier.load(model_file)
+        return saved if threshold is None else dataclasses.replace(saved, threshold=threshold)
+    return default_classifier(0.5 if threshold is None else threshold)
