@@ -40,7 +40,7 @@ VIEWS = ("char", "word")
 #: Inverse regularisation of the regression, chosen by cross-validation on the training split.
 C = 300.0
 #: The longest text classified (:func:`risk_text` cuts to it).
-MAX_CHARS = 1000
+MAX_CHARS = 500
 MODEL_FORMAT = "qwen-gateway-risk-1"
 
 
