@@ -54,6 +54,7 @@ from qwen_gateway.routing.intent import (
 from qwen_gateway.routing.registry import Deployment, IntentRoute, Split
 from qwen_gateway.routing.retry import TokenCounter
 from qwen_gateway.routing.router import RouteObserver, Router
+from qwen_gateway.safety.classifier import load_classifier
 from qwen_gateway.safety.crypto import ContentCipher, generate_key
 from qwen_gateway.service.account import Accounting
 from qwen_gateway.service.admin import Actor, AdminService
@@ -527,8 +528,9 @@ def _safety(
     audit: Callable[[AuditEntry], None],
 ) -> SafetyRuntime | None:
     """The safety policies, compiled (a mistake in them is a ConfigError now, not on a
-    request); None without a ``safety:`` section. A reload reads the section again; turning
-    safety on or off takes a restart."""
+    request), with the high-risk classifier (a retrained one in the data directory or
+    ``safety.classifier.model_file``, else the shipped one); None without a ``safety:`` section.
+    A reload reads the section again; turning safety on or off takes a restart."""
     if settings.safety is None:
         return None
 
@@ -536,7 +538,17 @@ def _safety(
         fresh = reload() if reload is not None else settings
         return fresh.safety or SafetySettings()
 
-    return SafetyRuntime.build(settings.safety, load, None, metrics, audit)
+    chosen = settings.safety.classifier
+    if chosen.model_file is not None and not chosen.model_file.is_file():
+        raise ConfigError(
+            f"Invalid config value for 'safety.classifier.model_file': {chosen.model_file}: "
+            "no such file (write one with `qwen-gateway safety train`)"
+        )
+    try:
+        classifier = load_classifier(settings.risk_model_file, chosen.threshold)
+    except ValueError as exc:
+        raise ConfigError(f"Invalid high-risk model for 'safety.classifier': {exc}") from None
+    return SafetyRuntime.build(settings.safety, load, classifier, metrics, audit)
 
 
 async def _bootstrap(services: Services) -> None:

@@ -106,7 +106,8 @@ def test_the_shipped_model_is_the_one_the_shipped_examples_train() -> None:
     assert shipped is not None, "the shipped model is out of date: run `qwen-gateway safety ship`"
     fresh = RiskClassifier.train(load_examples(TRAINING))
     texts = [e.text for e in load_examples(HELD_OUT)] + ["", "a", "  MiXed\tCASE  ", "好"]
-    assert shipped.categories == fresh.categories and set(shipped.categories) == LABELS
+    assert shipped.classes == fresh.classes and set(shipped.classes) == LABELS
+    assert set(shipped.categories) == set(CATEGORIES)  # what policies may name
     ours = np.array([shipped.model.probabilities(t) for t in texts])
     np.testing.assert_allclose(ours, [fresh.model.probabilities(t) for t in texts], atol=1e-9)
 
@@ -149,8 +150,10 @@ def test_a_retrained_model_is_loaded_from_its_file(tmp_path: Path) -> None:
                 for i in range(5)] + [Example(f"Gold is element {i}.", NONE) for i in range(5)]  # fmt: skip
     RiskClassifier.train(examples, threshold=0.3).save(tmp_path / "risk-model.json")
     loaded = load_classifier(tmp_path / "risk-model.json", threshold=0.6)
-    assert loaded.threshold == 0.6 and loaded.categories == ("financial_advice", NONE)
-    assert loaded.classify("Should I buy more gold coins?").category == "financial_advice"
+    assert loaded.threshold == 0.6 and loaded.classes == ("financial_advice", NONE)
+    assert loaded.categories == ("financial_advice",)
+    assert loaded.category("Should I buy more gold coins?") == "financial_advice"
+    assert loaded.category("Gold is an element.") is None
     assert load_classifier(tmp_path / "risk-model.json").threshold == 0.3  # as saved
     assert load_classifier(tmp_path / "absent.json") is default_classifier()
     (tmp_path / "bad.json").write_text('{"format": "qwen-gateway-intent-2"}', encoding="utf-8")

@@ -86,9 +86,19 @@ class RiskClassifier:
         return cls(model, threshold)
 
     @property
-    def categories(self) -> tuple[str, ...]:
+    def classes(self) -> tuple[str, ...]:
         """Every class the model knows, :data:`NONE` among them."""
         return self.model.classes
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        """The high-risk categories it can answer (the classes but :data:`NONE`), which safety
+        policies map to actions."""
+        return tuple(c for c in self.model.classes if c != NONE)
+
+    def category(self, text: str) -> str | None:
+        """The high-risk category of ``text``, or None (the safety stages' question)."""
+        return self.classify(text).category
 
     def scores(self, text: str) -> dict[str, float]:
         """The probability of each class."""
