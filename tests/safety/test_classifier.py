@@ -145,6 +145,25 @@ def test_the_text_to_classify_is_capped() -> None:
     assert risk_text() == "" and risk_text("x", max_chars=0) == ""
 
 
+def test_a_long_text_is_read_by_its_beginning_and_its_end() -> None:
+    classifier = default_classifier()
+    filler = " The weather was mild and the trains ran on time." * 40
+    assert len(filler) > 3 * MAX_CHARS
+    advice = "Should I sell all my shares and buy gold with my savings?"
+    assert classifier.category(advice + filler) == "financial_advice"
+    assert classifier.category(filler + advice) == "financial_advice"
+    assert classifier.category(filler[:500] + advice + filler) is None  # the middle is not read
+    seen: list[str] = []
+
+    class Spy(RiskClassifier):
+        def classify(self, text: str) -> RiskVerdict:
+            seen.append(text)
+            return super().classify(text)
+
+    Spy(classifier.model).category("x" * 10 + filler + "y" * 10)
+    assert len(seen[0]) == MAX_CHARS and seen[0].startswith("x" * 10) and seen[0].endswith("y" * 10)
+
+
 def test_a_retrained_model_is_loaded_from_its_file(tmp_path: Path) -> None:
     examples = [Example(f"Should I buy more gold coins, batch {i}?", "financial_advice")
                 for i in range(5)] + [Example(f"Gold is element {i}.", NONE) for i in range(5)]  # fmt: skip
