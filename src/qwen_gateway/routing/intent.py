@@ -29,11 +29,11 @@ from typing import Any, ClassVar, Protocol
 
 from qwen_gateway.config import ConfigError
 from qwen_gateway.core import textclassifier
-from qwen_gateway.core.textclassifier import Example, evaluate, load_examples
+from qwen_gateway.core.textclassifier import Example as Example  # shared with safety: still
+from qwen_gateway.core.textclassifier import evaluate as evaluate  # importable from here
+from qwen_gateway.core.textclassifier import load_examples as load_examples
 from qwen_gateway.core.tfidf import TOKENS, TfidfLogistic
 from qwen_gateway.core.types import ChatMessage
-
-__all__ = ["Example", "evaluate", "load_examples"]  # shared with safety, kept importable here
 
 log = logging.getLogger(__name__)
 
