@@ -39,16 +39,17 @@ NONE = "none"
 VIEWS = ("char", "word")
 #: Inverse regularisation of the regression, chosen by cross-validation on the training split.
 C = 300.0
-#: The longest text classified (:func:`risk_text` cuts to it).
+#: The longest text the safety stages classify (:meth:`RiskClassifier.category` and
+#: :func:`risk_text` cut to it).
 MAX_CHARS = 500
 MODEL_FORMAT = "qwen-gateway-risk-1"
 
 
 @dataclass(frozen=True, slots=True)
 class RiskVerdict:
-    """``category``: one of :data:`CATEGORIES`, or None (no high-risk category, or none above
-    the threshold). ``confidence``: the probability of ``category``; for None, one minus the
-    probability of the likeliest high-risk category."""
+    """``category``: one of the model's categories (:data:`CATEGORIES` for the shipped one), or
+    None (no high-risk category, or none above the threshold). ``confidence``: the probability
+    of ``category``; for None, one minus the probability of the likeliest high-risk category."""
 
     category: str | None
     confidence: float
