@@ -413,7 +413,12 @@ def _limiter(settings: Settings, client: Any) -> Limiter:
 
 
 def _response_cache(
-    cache: CacheSettings, client: Any, router: Router, gate: Gate, metrics: Metrics
+    cache: CacheSettings,
+    client: Any,
+    router: Router,
+    gate: Gate,
+    metrics: Metrics,
+    version: Callable[[], str] | None = None,
 ) -> ResponseCache:
     """The ``cache:`` section's stage: its store (this process's LRU, or Redis) and rules."""
     store: CacheStore
@@ -441,7 +446,7 @@ def _response_cache(
         near = NearIndex(index, metrics)
     return ResponseCache(store, rules, router, gate, shared=cache.scope == "shared",
                          billing=cache.billing, observer=metrics, similar=near,
-                         max_entry_chars=cache.max_entry_bytes)  # fmt: skip
+                         max_entry_chars=cache.max_entry_bytes, version=version)  # fmt: skip
 
 
 def assemble(
@@ -499,7 +504,10 @@ def assemble(
             *safety_stages(safety, router.canonical, store.writer.put, store.reviews, metrics),
         ]
     if settings.cache is not None:
-        stages = [*stages, _response_cache(settings.cache, store.redis, router, gate, metrics)]
+        # entries depend on the safety policies in force: a reload changes every key
+        version = safety.fingerprint if safety is not None else None
+        cache = _response_cache(settings.cache, store.redis, router, gate, metrics, version)
+        stages = [*stages, cache]
     pipeline = Pipeline(
         authenticate=Authenticate(authenticator),
         normalise=normalise,

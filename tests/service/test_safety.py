@@ -353,3 +353,30 @@ async def test_the_cache_keeps_what_the_output_policy_let_through(tmp_path: Path
         assert held[1:] == ("content_filter", "miss") and "rev_" in held[0]
         assert (await ask("three"))[2] == "miss"
         assert (await ask("guaranteed returns?"))[2] == "bypass"
+
+
+async def test_a_reload_retires_the_answers_cached_under_the_old_policies(tmp_path: Path) -> None:
+    config: dict[str, Any] = {"rule_sets": {"x": {"keywords": {"pets": ["hamster"]}}},
+                              "policies": [{"name": "a", "rule_sets": ["x"],
+                                            "actions": {"pets": "redact"}}]}  # fmt: skip
+
+    def reload() -> Any:
+        tree = {"data_dir": str(tmp_path), "auth": {"enabled": False}, "safety": config,
+                "cache": {}}  # fmt: skip
+        return load_settings(tree, env={})
+
+    backend = ScriptedBackend(NAME, ["a gerbil and a hamster"])
+    container = Container(reload(), engines={NAME: PromptEngine(backend)}, reload=reload)
+    async with open_in_process(container) as g:
+
+        async def ask() -> tuple[str, str]:
+            body = {"model": NAME, "messages": ASK, "temperature": 0}
+            r = await g.http.post("/v1/chat/completions", json=body)
+            return r.json()["choices"][0]["message"]["content"], r.headers["x-qwen-gateway-cache"]
+
+        await ask()
+        assert await ask() == ("a gerbil and a *******", "hit")
+        config["rule_sets"]["x"]["keywords"]["pets"] = ["gerbil"]
+        assert (await g.http.post("/admin/safety/reload")).status_code == 200
+        assert await ask() == ("a ****** and a hamster", "miss")  # answered again, newly
+        assert await ask() == ("a ****** and a hamster", "hit")

@@ -26,7 +26,7 @@ def create_app(container: Container, on_ready: Callable[[], None] | None = None)
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await container.start()
-        unhook = reload_on_sighup(services.safety) if services.safety is not None else None
+        unhook = reload_on_sighup(services.safety)
         announce: asyncio.Task[None] | None = None
         if on_ready is not None:
             announce = asyncio.create_task(_announce(services.fleet, on_ready))
@@ -35,8 +35,7 @@ def create_app(container: Container, on_ready: Callable[[], None] | None = None)
         finally:
             if announce is not None:
                 announce.cancel()
-            if unhook is not None:
-                unhook()
+            unhook()
             await container.aclose()
 
     app = GatewayApp(

@@ -44,13 +44,18 @@ def safety_router(runtime: SafetyRuntime, check: Any) -> APIRouter:
     return router
 
 
-def reload_on_sighup(runtime: SafetyRuntime) -> Callable[[], None]:
-    """SIGHUP reloads the policies (a bad file is logged and the old policies stay); returns
-    the function that removes the handler."""
+def reload_on_sighup(runtime: SafetyRuntime | None) -> Callable[[], None]:
+    """SIGHUP reloads the policies (a bad file is logged and the old policies stay); without a
+    ``safety:`` section it is logged and ignored (never the default action, which would end
+    the server). Returns the function that removes the handler."""
     loop = asyncio.get_running_loop()
     running: set[asyncio.Task[None]] = set()
 
     async def reload() -> None:
+        if runtime is None:
+            log.warning("SIGHUP: nothing to reload (no safety: section; turning it on takes a "
+                        "restart)")  # fmt: skip
+            return
         try:
             generation = await runtime.reload("signal")
         except ConfigError as exc:

@@ -11,6 +11,7 @@ applicable policies, so a request costs a dictionary lookup.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -122,6 +123,9 @@ class SafetyPolicies:
     policies: tuple[_Policy, ...]
     risk_categories: frozenset[str]
     mask: str = "*"
+    #: a digest of everything compiled (rules, policies, mask): equal on replicas that loaded
+    #: the same configuration, different after any change that could change an answer
+    fingerprint: str = ""
     _plans: dict[tuple[Direction, tuple[int, ...]], Plan | None] = field(default_factory=dict)
     _matchers: dict[tuple[str, ...], Matcher] = field(default_factory=dict)
 
@@ -162,7 +166,7 @@ class SafetyPolicies:
                 )
             )
         _unique_names(settings.policies)
-        compiled = cls(rules, tuple(policies), risk, settings.mask)
+        compiled = cls(rules, tuple(policies), risk, settings.mask, _fingerprint(settings, rules))
         for i, built in enumerate(policies):  # each policy alone, the usual case: built now
             try:
                 compiled._plan("input", (i,))
@@ -232,3 +236,13 @@ def _unique_names(policies: Sequence[SafetyPolicySettings]) -> None:
         if p.name in seen:
             raise ConfigError(f"safety.policies: the name {p.name!r} is used twice")
         seen.add(p.name)
+
+
+def _fingerprint(settings: SafetySettings, rules: Mapping[str, Sequence[Rule]]) -> str:
+    """The rules as loaded (files included) and the policies, hashed."""
+    digest = hashlib.blake2b(digest_size=12)
+    digest.update(settings.model_dump_json(exclude={"review"}).encode())
+    for name in sorted(rules):
+        for r in rules[name]:
+            digest.update(repr((name, r.category, r.keywords, r.regex, r.max_length)).encode())
+    return digest.hexdigest()

@@ -21,7 +21,7 @@ hit, and store a miss's answer once it has ended cleanly.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import replace
 from typing import Protocol
@@ -60,7 +60,9 @@ class _Quiet:
 
 class ResponseCache:
     """The exact response cache as a pipeline stage. ``similar``: the near-duplicate lookup,
-    asked after an exact miss (chat requests without tools only)."""
+    asked after an exact miss (chat requests without tools only). ``version``: what the
+    answers depend on besides the request (the content-safety policies in force), part of
+    every key, so that entries stored under other policies are never served."""
 
     def __init__(
         self,
@@ -74,6 +76,7 @@ class ResponseCache:
         observer: CacheObserver | None = None,
         similar: NearDuplicates | None = None,
         max_entry_chars: int = 1024 * 1024,
+        version: Callable[[], str] | None = None,
     ) -> None:
         self.store = store
         self._rules = rules
@@ -85,6 +88,7 @@ class ResponseCache:
         self._similar = similar
         #: a miss whose output grows past this stops being collected (it could not be kept)
         self._max_chars = max_entry_chars
+        self._version = version
 
     @property
     def slot(self) -> Slot:
@@ -115,6 +119,8 @@ class ResponseCache:
                     yield event
             return
         scope = scope_of(principal.id, self._shared)
+        if self._version is not None:
+            scope = f"{scope}|{self._version()}"
         key = request_key(request, target, scope)
         if decision.read:
             answer = await self._lookup(key, request, scope, target)

@@ -171,6 +171,10 @@ class SafetyRuntime:
                 AuditEntry(datetime.now(UTC), "safety.reload", actor, None, client, details)
             )
 
+    def fingerprint(self) -> str:
+        """A digest of the policies in force (the response cache keys on it)."""
+        return self.policies.fingerprint
+
     def describe(self) -> dict[str, object]:
         """What is in force, for the admin API: policies and rule counts, never the rules."""
         p = self.policies
