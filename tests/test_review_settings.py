@@ -106,3 +106,23 @@ async def test_with_safety_the_queue_is_served_and_maintained(tmp_path: Path) ->
         rendered = services.metrics.render().decode()
         assert "qwen_gateway_review_queue_depth 1.0" in rendered
     assert task.done()  # stopped with the services
+
+
+def test_two_processes_making_the_review_key_at_once_agree(tmp_path: Path) -> None:
+    from qwen_gateway.container import _create_private
+
+    path = tmp_path / "data" / "review-key"
+    assert _create_private(path, "first\n") is True
+    assert _create_private(path, "second\n") is False  # the one that came second keeps out
+    assert path.read_text() == "first\n"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in path.parent.iterdir()) == ["review-key"]  # no temporary left
+
+
+async def test_the_review_commands_never_make_a_key(tmp_path: Path) -> None:
+    from qwen_gateway.container import build_reviews
+
+    with pytest.raises(ConfigError, match="No review key"):
+        async with build_reviews(settings(tmp_path, safety={})):
+            pass
+    assert not (tmp_path / "review-key").exists()

@@ -11,15 +11,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import hashlib
 import logging
 import os
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from qwen_gateway import __version__
 from qwen_gateway.cache.decision import CacheRules
 from qwen_gateway.cache.similar import NearIndex, SimilarIndex
 from qwen_gateway.cache.store import CacheStore, LocalStore, RedisStore
@@ -42,6 +45,7 @@ from qwen_gateway.policy.gate import Gate
 from qwen_gateway.policy.jwt import JWTConfig, JWTVerifier
 from qwen_gateway.policy.keys import InvalidationBus, KeyManager, LocalBus, RedisBus
 from qwen_gateway.policy.leases import LeaseKeeper
+from qwen_gateway.policy.principal import Principal
 from qwen_gateway.policy.ratelimit import Limiter, LocalLimiter, RedisLimiter
 from qwen_gateway.routing.balancer import Balancer, Replica
 from qwen_gateway.routing.breaker import CircuitBreaker
@@ -270,7 +274,12 @@ def _redis(settings: Settings) -> Any:
     return redis.asyncio.Redis.from_pool(pool)  # closed with the client
 
 
-def review_cipher(settings: Settings) -> ContentCipher | None:
+#: ``create``: the server's (the review key is made at the first start when none is
+#: configured); ``existing``: the review CLI's (it never makes one); ``skip``: no review queue
+ReviewKey = Literal["create", "existing", "skip"]
+
+
+def review_cipher(settings: Settings, key: ReviewKey = "create") -> ContentCipher | None:
     """The cipher of review content (None when content is not kept): the configured key, or
     else one made at the first start and kept in ``<data_dir>/review-key`` (0600), which is
     enough on one machine; replicas sharing a database must be given one key in the
@@ -282,32 +291,59 @@ def review_cipher(settings: Settings) -> ContentCipher | None:
     if review.encryption_key is not None:
         return ContentCipher(review.encryption_key.get_secret_value())
     path = settings.data_dir / "review-key"
+    for _ in range(2):
+        try:
+            return ContentCipher(path.read_text(encoding="ascii").strip())
+        except FileNotFoundError:
+            if key != "create":
+                raise ConfigError(
+                    f"No review key in {path} yet (the server makes one at its first start); "
+                    "or set safety.review.encryption_key"
+                ) from None
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"Cannot use the review key in {path}: {exc}") from None
+        if _create_private(path, generate_key() + "\n"):
+            log.warning(
+                "safety.review.encryption_key is not set: review content is encrypted with a "
+                "key made now and kept in %s (readable by this user only); replicas sharing a "
+                "database need one key in their configuration (`qwen-gateway reviews keygen`)",
+                path,
+            )
+        # made here, or by a process starting beside this one: read what is there
+    raise ConfigError(f"Cannot read the review key in {path}")
+
+
+def _create_private(path: Path, text: str) -> bool:
+    """Create ``path`` (0600) holding ``text``, only if it does not exist: written to a
+    temporary file of this process's own, then linked into place, so that two processes
+    starting at once end up with the same file. False when another made it first."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        return ContentCipher(path.read_text(encoding="ascii").strip())
-    except FileNotFoundError:
-        pass  # the first start: made below
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"Cannot use the review key in {path}: {exc}") from None
-    key = generate_key()
-    write_private(path, key + "\n")
-    log.warning(
-        "safety.review.encryption_key is not set: review content is encrypted with a key made "
-        "now and kept in %s (readable by this user only); replicas sharing a database need "
-        "one key in their configuration (`qwen-gateway reviews keygen`)",
-        path,
-    )
-    return ContentCipher(key)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
 
 
 def _reviews(
-    settings: Settings, db: Database, writer: BatchWriter, observer: ReviewMetrics | None
+    settings: Settings,
+    db: Database,
+    writer: BatchWriter,
+    observer: ReviewMetrics | None,
+    key: ReviewKey,
 ) -> ReviewService | None:
-    if settings.safety is None:
+    if settings.safety is None or key == "skip":
         return None
     review = settings.safety.review
     return ReviewService(
         ReviewRepository(db),
-        review_cipher(settings),
+        review_cipher(settings, key),
         store_content=review.store_content,
         retention_days=review.retention_days,
         notice=review.notice,
@@ -317,8 +353,13 @@ def _reviews(
     )
 
 
-def build_store(settings: Settings, review_observer: ReviewMetrics | None = None) -> Store:
-    """The store part, built (nothing opened: :func:`open_store` does that)."""
+def build_store(
+    settings: Settings,
+    review_observer: ReviewMetrics | None = None,
+    review_key: ReviewKey = "skip",
+) -> Store:
+    """The store part, built (nothing opened: :func:`open_store` does that); the review queue
+    as ``review_key`` says (with a ``safety:`` section)."""
     db = Database(settings.database_url)
     usage = UsageRepository(db)
     audit = AuditRepository(db)
@@ -333,7 +374,7 @@ def build_store(settings: Settings, review_observer: ReviewMetrics | None = None
     )
     keys = KeyManager(KeyRepository(db), bus, settings.auth.key_cache_seconds)
     admin = AdminService(keys, usage, audit, writer.put, writer.flush)
-    reviews = _reviews(settings, db, writer, review_observer)
+    reviews = _reviews(settings, db, writer, review_observer, review_key)
     return Store(db, usage, audit, writer, client, keys, admin, reviews)
 
 
@@ -363,7 +404,7 @@ async def build_admin(settings: Settings) -> AsyncIterator[AdminService]:
 @asynccontextmanager
 async def build_reviews(settings: Settings) -> AsyncIterator[ReviewService]:
     """The review service on an open store, for the CLI's review commands."""
-    store = build_store(settings)
+    store = build_store(settings, review_key="existing")
     if store.reviews is None:
         raise ConfigError(
             "the review queue is off: the configuration has no 'safety:' section "
@@ -418,7 +459,7 @@ def _response_cache(
     router: Router,
     gate: Gate,
     metrics: Metrics,
-    version: Callable[[], str] | None = None,
+    version: Callable[[Principal, str], str] | None = None,
 ) -> ResponseCache:
     """The ``cache:`` section's stage: its store (this process's LRU, or Redis) and rules."""
     store: CacheStore
@@ -461,7 +502,9 @@ def assemble(
     optional pipeline stages (input policy, cache, output policy) besides those the settings
     configure; ``reload`` reads the settings again (a hot reload of the safety policies)."""
     metrics = Metrics()
-    store = build_store(settings, metrics.reviews() if settings.safety is not None else None)
+    store = build_store(
+        settings, metrics.reviews() if settings.safety is not None else None, "create"
+    )
     leases = LeaseKeeper(_limiter(settings, store.redis), settings.limits.lease_seconds,
                          observer=metrics)  # fmt: skip
     metrics.watch_pending_settles(lambda: leases.pending)
@@ -504,8 +547,8 @@ def assemble(
             *safety_stages(safety, router.canonical, store.writer.put, store.reviews, metrics),
         ]
     if settings.cache is not None:
-        # entries depend on the safety policies in force: a reload changes every key
-        version = safety.fingerprint if safety is not None else None
+        # entries depend on the safety policies that apply to them: a reload changes the keys
+        version = safety.cache_version if safety is not None else None
         cache = _response_cache(settings.cache, store.redis, router, gate, metrics, version)
         stages = [*stages, cache]
     pipeline = Pipeline(
@@ -544,7 +587,12 @@ def _safety(
 
     def load() -> SafetySettings:
         fresh = reload() if reload is not None else settings
-        return fresh.safety or SafetySettings()
+        if fresh.safety is None:
+            raise ConfigError(
+                "the configuration no longer has a 'safety:' section: the policies in force "
+                "stay (turning content safety off takes a restart)"
+            )
+        return fresh.safety
 
     chosen = settings.safety.classifier
     if chosen.model_file is not None and not chosen.model_file.is_file():
@@ -556,7 +604,13 @@ def _safety(
         classifier = load_classifier(settings.risk_model_file, chosen.threshold)
     except ValueError as exc:
         raise ConfigError(f"Invalid high-risk model for 'safety.classifier': {exc}") from None
-    return SafetyRuntime.build(settings.safety, load, classifier, metrics, audit)
+    model = settings.risk_model_file
+    digest = hashlib.blake2b(model.read_bytes(), digest_size=8).hexdigest() if model.is_file() else (
+        f"shipped-{__version__}"
+    )  # fmt: skip
+    return SafetyRuntime.build(
+        settings.safety, load, classifier, metrics, audit, f"{digest}-{classifier.threshold}"
+    )
 
 
 async def _bootstrap(services: Services) -> None:

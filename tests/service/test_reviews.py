@@ -47,7 +47,7 @@ async def opened(tmp_path: Path, database_url: str) -> AsyncIterator[Store]:
         },
         env={},
     )
-    store = build_store(settings)
+    store = build_store(settings, review_key="existing")
     async with AsyncExitStack() as stack:
         await open_store(store, stack)
         yield store

@@ -7,6 +7,7 @@ it would from a model.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -380,3 +381,158 @@ async def test_a_reload_retires_the_answers_cached_under_the_old_policies(tmp_pa
         assert (await g.http.post("/admin/safety/reload")).status_code == 200
         assert await ask() == ("a ****** and a hamster", "miss")  # answered again, newly
         assert await ask() == ("a ****** and a hamster", "hit")
+
+
+NEUTRAL = (
+    "The history of the Roman aqueducts is a story of engineering. Builders used gravity, "
+    "arches and careful surveying to carry water across valleys for many miles. Some aqueducts "
+    "remained in use for centuries, and their stone arches still stand in several European "
+    "cities today. Travellers often visit them to admire the precise masonry and the gentle "
+    "slope that kept the water moving. Historians study inscriptions on the arches to learn who "
+    "paid for them and when they were built. "
+)
+ADVICE = (
+    "My advice for you: move all of your retirement savings into this single tech stock today, "
+    "borrow against your house to buy more shares, and do not keep any cash in the bank, "
+    "because you are guaranteed to double your money within a year."
+)
+CLASSIFIED: dict[str, Any] = {
+    "policies": [{"name": "risk", "actions": {"financial_advice": "review"}, "review": "hold"}]
+}
+
+
+async def streamed(g: InProcess, **body: Any) -> tuple[str, list[str]]:
+    stream = await g.client.chat.completions.create(
+        model=NAME, messages=body.pop("messages", ASK), stream=True, **body
+    )
+    text, reasons = "", []
+    async for chunk in stream:
+        for c in chunk.choices:
+            text += c.delta.content or ""
+            reasons += [c.finish_reason] if c.finish_reason else []
+    return text, reasons
+
+
+async def test_a_streamed_answer_goes_out_only_as_far_as_the_classifier_has_read(
+    tmp_path: Path,
+) -> None:
+    async with gateway(NEUTRAL + ADVICE, tmp_path, CLASSIFIED) as (g, _):
+        text, reasons = await streamed(g)
+        assert reasons == ["content_filter"]
+        assert "retirement" not in text and "guaranteed" not in text
+        delivered, _, notice = text.partition("\n\n")
+        assert NEUTRAL.startswith(delivered) and len(delivered) >= 300  # what was read, only
+        review_id = await review_of(g, notice)
+        item = (await g.http.get(f"/admin/reviews/{review_id}")).json()
+        assert (item["category"], item["mode"], item["direction"]) == (
+            "financial_advice",
+            "hold",
+            "output",
+        )
+        assert (
+            await g.http.post(f"/admin/reviews/{review_id}/approve", json={})
+        ).status_code == 200
+        released = (await g.http.get(f"/v1/reviews/{review_id}")).json()
+        assert released["message"]["content"] == NEUTRAL + ADVICE
+    async with gateway(ADVICE, tmp_path / "short", CLASSIFIED) as (g, _):
+        text, reasons = await streamed(g)  # shorter than a window: nothing goes out
+        assert reasons == ["content_filter"] and "savings" not in text and "rev_" in text
+        c = await g.client.chat.completions.create(model=NAME, messages=ASK)
+        assert c.choices[0].finish_reason == "content_filter"
+        assert "savings" not in (c.choices[0].message.content or "")
+
+
+async def test_a_released_answer_is_still_cut_and_masked_as_delivery_would(
+    tmp_path: Path,
+) -> None:
+    section = {**SAFETY, "rule_sets": {**SAFETY["rule_sets"], **REVIEWED["rule_sets"]},
+               "policies": [*SAFETY["policies"], *REVIEWED["policies"]]}  # fmt: skip
+    reply = "Project Bluebird offers guaranteed returns. Also 赌博 tips follow here."
+    async with gateway(reply, tmp_path, section) as (g, _):
+        c = await g.client.chat.completions.create(model=NAME, messages=ASK)
+        review_id = await review_of(g, c.choices[0].message.content or "")
+        await g.http.post(f"/admin/reviews/{review_id}/approve", json={})
+        released = (await g.http.get(f"/v1/reviews/{review_id}")).json()["message"]["content"]
+        assert released == "*" * len("Project Bluebird") + " offers guaranteed returns. Also "
+
+
+async def test_prompts_the_policy_cannot_rewrite_are_refused_not_passed(tmp_path: Path) -> None:
+    async with gateway("fine", tmp_path) as (g, backend):
+        with pytest.raises(openai.BadRequestError) as ids:
+            await g.client.completions.create(model=NAME, prompt=[100, 200, 300])
+        assert ids.value.body["code"] == "token_prompt_not_allowed"  # type: ignore[index]
+        tool = {"type": "function", "function": {"name": "helper",
+                                                 "description": "explains 赌博 odds",
+                                                 "parameters": {"type": "object"}}}  # fmt: skip
+        with pytest.raises(openai.BadRequestError) as tools:
+            await g.client.chat.completions.create(model=NAME, messages=ASK, tools=[tool])  # type: ignore[list-item]
+        assert tools.value.body["code"] == "content_filter"  # type: ignore[index]
+        masked = {"type": "function", "function": {"name": "f",
+                                                   "description": "about project bluebird",
+                                                   "parameters": {"type": "object"}}}  # fmt: skip
+        with pytest.raises(openai.BadRequestError):  # a redaction cannot rewrite a tool
+            await g.client.chat.completions.create(model=NAME, messages=ASK, tools=[masked])  # type: ignore[list-item]
+        assert backend.requests == []
+
+
+async def test_a_review_is_queued_even_when_the_client_leaves_early(tmp_path: Path) -> None:
+    section = {
+        **REVIEWED,
+        "policies": [{**REVIEWED["policies"][0], "review": "deliver_and_review"}],
+    }
+    async with gateway(RISKY, tmp_path, section) as (g, _):
+        stream = await g.client.chat.completions.create(model=NAME, messages=ASK, stream=True)
+        async for _chunk in stream:
+            break  # the client reads one chunk and goes
+        await stream.close()
+        output = next(s for s in g.container.services.pipeline.stages if s.slot == "output_policy")
+        await asyncio.gather(*output._abandoned)  # type: ignore[attr-defined]
+        listed = (await g.http.get("/admin/reviews?status=pending")).json()["data"]
+        assert [(r["category"], r["mode"]) for r in listed] == [("finance", "deliver_and_review")]
+
+
+async def test_a_reload_without_a_safety_section_keeps_the_policies(tmp_path: Path) -> None:
+    current: dict[str, Any] = {"safety": SAFETY}
+
+    def reload() -> Any:
+        tree = {"data_dir": str(tmp_path), "auth": {"enabled": False}, **current}
+        return load_settings(tree, env={})
+
+    backend = ScriptedBackend(NAME, [BLOCKED_REPLY])
+    container = Container(reload(), engines={NAME: PromptEngine(backend)}, reload=reload)
+    async with open_in_process(container) as g:
+        current.clear()
+        r = await g.http.post("/admin/safety/reload")
+        assert r.status_code == 400 and "no longer has a 'safety:' section" in r.text
+        c = await g.client.chat.completions.create(model=NAME, messages=ASK)
+        assert c.choices[0].finish_reason == "content_filter"
+
+
+async def test_a_cached_answer_is_never_served_across_differing_output_policies(
+    tmp_path: Path,
+) -> None:
+    """Shared scope: a caller whose tier's policy redacts never gets another's unredacted
+    answer from the cache."""
+    section = {"rule_sets": {"x": {"keywords": {"pets": ["hamster"]}}},
+               "policies": [{"name": "kids", "rule_sets": ["x"], "tiers": ["kids"],
+                             "actions": {"pets": "redact"}}]}  # fmt: skip
+    backend = ScriptedBackend(NAME, ["a hamster"])
+    tree = {"data_dir": str(tmp_path), "safety": section, "cache": {"scope": "shared"}}
+    container = Container(load_settings(tree, env={}), engines={NAME: PromptEngine(backend)})
+    async with open_in_process(container) as g:
+        admin = g.container.store.admin
+        adult, _ = await admin.create_key("adult", Actor("test"))
+        kid, _ = await admin.create_key("kid", Actor("test"), limits=KeyLimits(tier="kids"))
+
+        async def ask(key: str) -> tuple[str, str]:
+            r = await g.http.post(
+                "/v1/chat/completions",
+                json={"model": NAME, "messages": ASK, "temperature": 0},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            return r.json()["choices"][0]["message"]["content"], r.headers["x-qwen-gateway-cache"]
+
+        assert await ask(adult) == ("a hamster", "miss")
+        assert await ask(kid) == ("a *******", "miss")
+        assert await ask(kid) == ("a *******", "hit")
+        assert await ask(adult) == ("a hamster", "hit")

@@ -61,8 +61,9 @@ class _Quiet:
 class ResponseCache:
     """The exact response cache as a pipeline stage. ``similar``: the near-duplicate lookup,
     asked after an exact miss (chat requests without tools only). ``version``: what the
-    answers depend on besides the request (the content-safety policies in force), part of
-    every key, so that entries stored under other policies are never served."""
+    answers depend on besides the request (the content-safety policies that apply to this
+    caller and target), part of every key, so that an answer stored under other policies (an
+    older configuration, another caller's tier) is never served."""
 
     def __init__(
         self,
@@ -76,7 +77,7 @@ class ResponseCache:
         observer: CacheObserver | None = None,
         similar: NearDuplicates | None = None,
         max_entry_chars: int = 1024 * 1024,
-        version: Callable[[], str] | None = None,
+        version: Callable[[Principal, str], str] | None = None,
     ) -> None:
         self.store = store
         self._rules = rules
@@ -120,7 +121,7 @@ class ResponseCache:
             return
         scope = scope_of(principal.id, self._shared)
         if self._version is not None:
-            scope = f"{scope}|{self._version()}"
+            scope = f"{scope}|{self._version(principal, target)}"
         key = request_key(request, target, scope)
         if decision.read:
             answer = await self._lookup(key, request, scope, target)

@@ -6,11 +6,19 @@ Input: each message is scanned on its own (a phrase never spans two messages); `
 engine; ``redact`` masks the span before the engine sees it; ``flag`` records; ``review``
 queues the request with its answer. The high-risk classifier looks at the last user message.
 
+Input also: tool definitions, tool calls and JSON schemas are scanned but never rewritten (a
+redaction there refuses the request), and a prompt of token ids is refused while an input
+policy applies (it cannot be read as text). The classifier reads the system messages and the
+last user message, in overlapping windows of 500 characters.
+
 Output: one :class:`~qwen_gateway.safety.stream.StreamFilter` per choice holds back only the
 tail that could still begin a match (the longest pattern, normalised), so a blocked or
 redacted phrase never reaches the client, however the engine splits it. ``block`` ends that
 choice with ``finish_reason: "content_filter"`` (the generation stops when every choice has
-ended so). The classifier reads the whole answer at its end.
+ended so). The classifier reads each choice as it streams, every 400 new characters with the
+last 100 it read; when its verdict can stop the answer (``block``, or a ``review`` that holds),
+a streamed choice goes out only as far as the classifier has read (at most 400 characters
+behind the engine), so nothing it would stop is delivered.
 
 Review (``review`` actions, keyword or classifier): ``deliver_and_review`` delivers and queues
 the answer for a human. ``hold`` withholds it: the client gets the configured notice with the
@@ -20,9 +28,12 @@ review id and ``content_filter``; once approved, the same key fetches the answer
 * when the prompt triggered the review (keyword or classifier): the whole answer is held;
 * when a keyword with a ``review`` action appears in the answer: delivery stops before it and
   the rest of the answer is collected for the reviewer;
-* when only the classifier, reading the finished answer, asks for a review: a non-streamed
-  answer is held; a streamed one has been delivered already, so it is queued as
-  ``deliver_and_review`` (and a ``block`` verdict is recorded as the category it found).
+* when the classifier flags the answer: a non-streamed answer is held whole; a streamed one
+  stops before the text that was flagged (what the classifier had passed was delivered).
+
+A released answer is the answer as delivery would have shaped it (blocked phrases cut it,
+redactions mask it); only the review's own hold is lifted. A request that ends early (the
+client left) is still queued if a review was asked for.
 
 The policies are swapped whole on a reload (:class:`SafetyRuntime`); a request keeps the
 ones it started with.
@@ -31,10 +42,11 @@ ones it started with.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -51,7 +63,7 @@ from qwen_gateway.core.types import (
     ToolCallDelta,
     Usage,
 )
-from qwen_gateway.errors import ContentFiltered
+from qwen_gateway.errors import ContentFiltered, InvalidRequest
 from qwen_gateway.policy.principal import ANONYMOUS, Principal
 from qwen_gateway.safety.matcher import Hit
 from qwen_gateway.safety.policy import Direction, Plan, ReviewMode, SafetyPolicies
@@ -116,9 +128,11 @@ class SafetyRuntime:
         compile_policies: Callable[[], SafetyPolicies],
         observer: SafetyObserver | None = None,
         audit: Callable[[AuditEntry], None] | None = None,
+        classifier_id: str = "",
     ) -> None:
         self.policies = policies
         self.classifier = classifier
+        self._classifier_id = classifier_id
         self._compile = compile_policies
         self._observer = observer
         self._audit = audit
@@ -133,8 +147,10 @@ class SafetyRuntime:
         classifier: RiskModel | None,
         observer: SafetyObserver | None = None,
         audit: Callable[[AuditEntry], None] | None = None,
+        classifier_id: str = "",
     ) -> SafetyRuntime:
-        """Compiled from ``initial`` now; a reload compiles what ``load`` reads then."""
+        """Compiled from ``initial`` now; a reload compiles what ``load`` reads then.
+        ``classifier_id`` names the classifier's model (a digest), for :meth:`fingerprint`."""
         categories = tuple(classifier.categories) if classifier is not None else ()
         return cls(
             SafetyPolicies.compile(initial, categories),
@@ -142,6 +158,7 @@ class SafetyRuntime:
             lambda: SafetyPolicies.compile(load(), categories),
             observer,
             audit,
+            classifier_id,
         )
 
     async def reload(self, actor: str = "signal", client: str | None = None) -> int:
@@ -154,6 +171,10 @@ class SafetyRuntime:
             except ConfigError as exc:
                 self._record("error", actor, client, str(exc)[:500])
                 raise
+            except Exception as exc:  # reading the configuration failed some other way
+                log.exception("reloading the safety policies failed")
+                self._record("error", actor, client, type(exc).__name__)
+                raise ConfigError(f"reading the configuration failed: {exc!r}") from exc
             self.policies = policies
             self.generation += 1
             self._record("ok", actor, client)
@@ -172,8 +193,15 @@ class SafetyRuntime:
             )
 
     def fingerprint(self) -> str:
-        """A digest of the policies in force (the response cache keys on it)."""
-        return self.policies.fingerprint
+        """A digest of the policies in force and the classifier's model."""
+        return f"{self.policies.fingerprint}.{self._classifier_id}"
+
+    def cache_version(self, principal: Principal, target: str) -> str:
+        """What a cached answer for this caller and target depends on (the response cache keys
+        on it): the policies in force and which of them apply to the answer, so that a hit is
+        never an answer another caller's or an older policy let through."""
+        plan = self.policies.plan("output", principal.key_id, principal.tier, target)
+        return f"{self.fingerprint()}:{','.join(plan.policies) if plan else '-'}"
 
     def describe(self) -> dict[str, object]:
         """What is in force, for the admin API: policies and rule counts, never the rules."""
@@ -274,11 +302,17 @@ class InputPolicy:
         )
         if plan is None:
             return request
+        if isinstance(request, TextRequest) and not isinstance(request.prompt, str):
+            raise InvalidRequest(  # ids cannot be read as the policy reads text
+                "A prompt of token ids cannot be checked by the content policy: send text.",
+                param="prompt",
+                code="token_prompt_not_allowed",
+            )
         findings: list[Finding] = []
         if plan.matcher is not None:
             request = self._scan(request, plan, findings)
         if plan.risk and runtime.classifier is not None:
-            category = runtime.classifier.category(_last_user_text(request))
+            category = classify(runtime.classifier, _asked_texts(request), INPUT_WINDOWS)
             if category is not None and category in plan.risk:
                 findings.append(Finding("input", category, plan.risk[category]))
         for finding in findings:
@@ -297,29 +331,40 @@ class InputPolicy:
     def _scan(
         self, request: GenerationRequest, plan: Plan, findings: list[Finding]
     ) -> GenerationRequest:
-        assert plan.matcher is not None
+        matcher = plan.matcher
+        assert matcher is not None
         mask = self._runtime.policies.mask
 
         def one(text: str) -> str:
-            verdict = filter_text(plan.matcher, plan.actions, text, mask)  # type: ignore[arg-type]
+            verdict = filter_text(matcher, plan.actions, text, mask)
             for hit in verdict.hits:
                 findings.append(Finding("input", hit.category, plan.actions[hit.category]))
             return verdict.deliver if verdict.blocked is None else text
 
+        def fixed(text: str) -> None:
+            """Text that cannot be rewritten (tool definitions and calls, schemas): a
+            redaction refuses the request as a block does."""
+            for hit in filter_text(matcher, plan.actions, text, mask).hits:
+                action = plan.actions[hit.category]
+                findings.append(
+                    Finding("input", hit.category, "block" if action == "redact" else action)
+                )
+
         if isinstance(request, TextRequest):
-            if isinstance(request.prompt, str):
-                prompt = one(request.prompt)
-                if prompt != request.prompt:
-                    return replace(request, prompt=prompt)
-            return request
+            assert isinstance(request.prompt, str)
+            prompt = one(request.prompt)
+            return replace(request, prompt=prompt) if prompt != request.prompt else request
+        for tool in request.tools:
+            fixed(json.dumps(tool, ensure_ascii=False))
+        if request.constraint is not None and request.constraint.schema is not None:
+            fixed(json.dumps(request.constraint.schema, ensure_ascii=False))
         messages: list[ChatMessage] = []
         changed = False
         for m in request.messages:
             content = one(m.content) if m.content else m.content
-            calls = m.tool_calls
-            for call in calls:
-                args = call.arguments if isinstance(call.arguments, str) else str(call.arguments)
-                one(args)  # scanned (a block refuses); tool arguments are never rewritten
+            for call in m.tool_calls:
+                args = call.arguments
+                fixed(f"{call.name} {args if isinstance(args, str) else json.dumps(args)}")
             if content != m.content:
                 changed = True
                 m = replace(m, content=content)
@@ -327,13 +372,49 @@ class InputPolicy:
         return replace(request, messages=tuple(messages)) if changed else request
 
 
-def _last_user_text(request: GenerationRequest) -> str:
+#: The classifier reads at most this many characters at once (under a millisecond a call);
+#: longer texts are read as overlapping windows, and the first flagged window decides.
+WINDOW = 500
+WINDOW_STEP = 400
+WINDOW_OVERLAP = WINDOW - WINDOW_STEP
+#: windows read of a prompt (its system messages first, then the end of its last user
+#: message, where the question usually is): about 8,000 characters, a few milliseconds
+INPUT_WINDOWS = 20
+
+
+def windows(text: str) -> list[str]:
+    """``text`` as overlapping windows of at most :data:`WINDOW` characters."""
+    if len(text) <= WINDOW:
+        return [text] if text else []
+    last = len(text) - WINDOW
+    starts = [*range(0, last, WINDOW_STEP), last]
+    return [text[i : i + WINDOW] for i in starts]
+
+
+def classify(classifier: RiskModel, texts: Sequence[str], budget: int) -> str | None:
+    """The first category any window of ``texts`` is flagged with, reading at most ``budget``
+    windows (the ends of long texts first: a question is usually at the end)."""
+    for text in texts:
+        parts = windows(text)
+        for part in reversed(parts[-budget:]):
+            category = classifier.category(part)
+            if category is not None:
+                return category
+        budget -= min(budget, len(parts))
+        if budget == 0:
+            break
+    return None
+
+
+def _asked_texts(request: GenerationRequest) -> list[str]:
+    """What the classifier reads of a prompt: its system messages and its last user message."""
     if isinstance(request, TextRequest):
-        return request.prompt if isinstance(request.prompt, str) else ""
+        return [request.prompt] if isinstance(request.prompt, str) else []
+    system = [m.content for m in request.messages if m.role == "system" and m.content]
     for m in reversed(request.messages):
         if m.role == "user" and m.content:
-            return m.content
-    return ""
+            return [*system, m.content]
+    return system
 
 
 def _prompt_text(request: GenerationRequest) -> str:
@@ -346,9 +427,12 @@ def _prompt_text(request: GenerationRequest) -> str:
 @dataclass(slots=True)
 class _Choice:
     filter: StreamFilter | None
-    text: list[str]
+    text: list[str]  # the answer as the engine gave it (for the classifier's windows)
     ended: bool = False  # its finish was sent, or its delivery stopped
-    held: bool = False  # delivery stopped at a phrase to review (hold): the notice ends it
+    held: bool = False  # delivery stopped for a review that holds: the notice ends it
+    tail: str = ""  # the classifier's next text: the last it read (overlap) and what is new
+    fresh: int = 0  # characters of ``tail`` the classifier has not read
+    unread: list[EngineEvent] = field(default_factory=list)  # gated: waiting for a verdict
 
 
 class OutputPolicy:
@@ -365,6 +449,7 @@ class OutputPolicy:
         self._runtime = runtime
         self._reporter = reporter
         self._reviews = reviews
+        self._abandoned: set[asyncio.Task[None]] = set()
 
     def wrap(self, inner: Generate) -> Generate:
         def guarded(
@@ -395,15 +480,29 @@ class OutputPolicy:
                     yield event
                 return
             run = _Run(self, plan, request, record, asked)
-            for out in run.feed(first):
-                yield out
-            async for event in events:
-                for out in run.feed(event):
+            try:
+                for out in run.feed(first):
                     yield out
-                if run.done:
-                    break  # every choice has ended and nothing more is wanted: stop
-            async for out in run.end():
-                yield out
+                async for event in events:
+                    for out in run.feed(event):
+                        yield out
+                    if run.done:
+                        break  # every choice has ended and nothing more is wanted: stop
+                await events.aclose()  # the engine's meter is final once it is closed
+                async for out in run.end():
+                    yield out
+            finally:
+                if not run.submitted:
+                    self._abandon(run)
+
+    def _abandon(self, run: _Run) -> None:
+        """The client left (or the engine failed) before the end: what a reviewer should
+        see is still queued, in a task of its own (the request's is being cancelled)."""
+        if run.review is None or self._reviews is None:
+            return
+        task = asyncio.get_running_loop().create_task(run.submit_abandoned())
+        self._abandoned.add(task)
+        task.add_done_callback(self._abandoned.discard)
 
 
 class _Run:
@@ -428,13 +527,18 @@ class _Run:
         # with a holding policy a phrase to review stops delivery, as a block does; the rest
         # of the answer is still collected for the reviewer
         self.filter_actions: Mapping[str, SafetyAction] = {}
+        #: what a released answer may hold: blocks and redactions apply, reviews do not
+        self.release_actions: Mapping[str, SafetyAction] = {}
         if plan is not None:
             self.filter_actions = {
                 c: ("block" if a == "review" and plan.review == "hold" else a)
                 for c, a in plan.actions.items()
             }
+            self.release_actions = {
+                c: ("flag" if a == "review" else a) for c, a in plan.actions.items()
+            }
         # nothing is delivered before the end: the prompt asked for a hold, or the answer is
-        # not streamed and the classifier reads it whole first
+        # not streamed and the classifier may still flag it
         self.buffered = (asked is not None and asked.mode == "hold") or (
             not request.stream and self.classifier is not None
         )
@@ -443,7 +547,21 @@ class _Run:
         self.review: tuple[str, ReviewMode] | None = (
             (asked.category, asked.mode) if asked is not None else None
         )
+        self.blocked_by_classifier = False
         self.usage: Usage | None = None
+        self.submitted = False
+        # a streamed answer the classifier may stop (block, or a review that holds) goes out
+        # only as the classifier reads it: at most WINDOW_STEP characters behind the engine
+        self.gated = (
+            not self.buffered
+            and self.classifier is not None
+            and plan is not None
+            and any(
+                a == "block" or (a == "review" and plan.review == "hold")
+                for a in plan.risk.values()
+            )
+        )
+        self._judged = False
 
     def _filter(self) -> StreamFilter | None:
         plan = self.plan
@@ -477,9 +595,26 @@ class _Run:
         return out
 
     def _handle(self, event: EngineEvent) -> list[EngineEvent]:
+        """What one event lets out; when the classifier gates the stream, only text it has
+        read (a choice's output waits until the next window is judged)."""
+        self._judged = False
+        out = self._shape(event)
+        if not self.gated or not isinstance(event, TextDelta | ToolCallDelta | ChoiceFinished):
+            return out
+        c = self.choices[event.index]
+        if self._judged or c.ended:
+            out, c.unread = [*c.unread, *out], []
+            return out
+        c.unread.extend(out)
+        return []
+
+    def _shape(self, event: EngineEvent) -> list[EngineEvent]:
         if isinstance(event, TextDelta):
             c = self.choices[event.index]
             c.text.append(event.text)
+            stop = self._read(c, event.text)
+            if stop is not None:
+                return self._stop(event.index, c, held=stop == "hold")
             if c.ended:
                 return []
             if c.filter is None:
@@ -487,28 +622,32 @@ class _Run:
             return self._verdict(event.index, c, c.filter.feed(event.text))
         if isinstance(event, ToolCallDelta):
             c = self.choices[event.index]
-            c.text.append(f"\n<tool_call>{event.name} {event.arguments}</tool_call>")
+            call = f"{event.name} {event.arguments}"
+            c.text.append(f"\n<tool_call>{call}</tool_call>")
+            stop = self._read(c, call)
+            if stop is not None:
+                return self._stop(event.index, c, held=stop == "hold")
             if c.ended:
                 return []
             if self.plan is None or self.plan.matcher is None:
                 return [event]
-            verdict = filter_text(
-                self.plan.matcher, self.filter_actions, f"{event.name} {event.arguments}",
-                self.mask,
-            )  # fmt: skip
+            verdict = filter_text(self.plan.matcher, self.filter_actions, call, self.mask)
             for hit in verdict.hits:
                 self._finding(hit)
             if verdict.blocked is not None:
-                return self._stop(event.index, c, verdict.blocked)
-            if verdict.hits and verdict.deliver != f"{event.name} {event.arguments}":
+                return self._stop(event.index, c, held=self._holds(verdict.blocked))
+            if verdict.hits and verdict.deliver != call:
                 # a redaction inside a call's arguments would break them: the call is withheld
-                return self._stop(event.index, c, verdict.hits[0])
+                return self._stop(event.index, c)
             return [event]
         if isinstance(event, ChoiceFinished):
             c = self.choices[event.index]
             if c.ended:
                 return []
             out: list[EngineEvent] = []
+            stop = self._read(c, "", final=True)
+            if stop is not None:
+                return self._stop(event.index, c, held=stop == "hold")
             if c.filter is not None:
                 out = self._verdict(event.index, c, c.filter.close())
                 if c.ended:
@@ -517,45 +656,87 @@ class _Run:
             return [*out, event]
         return [event]
 
+    def _read(self, c: _Choice, text: str, *, final: bool = False) -> str | None:
+        """Feed the classifier the choice's text; it reads once :data:`WINDOW_STEP` new
+        characters are in (and what is left at the end), with :data:`WINDOW_OVERLAP` of what it
+        read before. "block" or "hold" when a verdict stops the choice's delivery."""
+        if self.classifier is None:
+            return None
+        c.tail += text
+        c.fresh += len(text)
+        if c.fresh == 0 or (c.fresh < WINDOW_STEP and not final):
+            return None
+        stop: str | None = None
+        for part in windows(c.tail):
+            stop = self._judge(self.classifier.category(part)) or stop
+        c.tail, c.fresh = c.tail[-WINDOW_OVERLAP:], 0
+        self._judged = True
+        return None if c.ended else stop
+
+    def _judge(self, category: str | None) -> str | None:
+        """Act on a classifier verdict: "block", "hold" (delivery stops) or None."""
+        assert self.plan is not None
+        action = self.plan.risk.get(category) if category is not None else None
+        if category is None or action is None:
+            return None
+        self.stage._reporter.report(Finding("output", category, action), self.record)
+        if action == "block":
+            self.blocked_by_classifier = True
+            return "block"
+        if action == "review":
+            if self.review is None or (self.plan.review == "hold" and self.review[1] != "hold"):
+                self.review = (category, self.plan.review)
+            return "hold" if self.plan.review == "hold" else None
+        return None
+
+    def _holds(self, hit: Hit) -> bool:
+        """A phrase stopped delivery for a review that holds (not for a block)."""
+        return self.plan is not None and self.plan.actions.get(hit.category) == "review"
+
     def _verdict(self, index: int, c: _Choice, verdict: Verdict) -> list[EngineEvent]:
         for hit in verdict.hits:
             self._finding(hit)
         out: list[EngineEvent] = [TextDelta(index, verdict.deliver)] if verdict.deliver else []
         if verdict.blocked is not None:
-            out.extend(self._stop(index, c, verdict.blocked))
+            out.extend(self._stop(index, c, held=self._holds(verdict.blocked)))
         return out
 
-    def _stop(self, index: int, c: _Choice, hit: Hit) -> list[EngineEvent]:
-        assert self.plan is not None
+    def _stop(self, index: int, c: _Choice, *, held: bool = False) -> list[EngineEvent]:
+        """End choice ``index``'s delivery: ``content_filter`` now, or (``held``) the notice
+        with the review id at the end."""
+        if c.ended:
+            return []
         c.ended = True
-        if self.plan.actions.get(hit.category) == "review":
-            c.held = True  # the notice (at the end, with the review id) ends it
+        c.unread.clear()  # not read by the classifier, or after the stop: withheld
+        if held:
+            c.held = True
             return []
         return [ChoiceFinished(index, "content_filter")]
 
+    def _answer(self) -> str:
+        """The answer as it may be released: blocks cut it and redactions mask it, choice by
+        choice, as they would have been delivered; only reviews do not apply."""
+        texts = ["".join(c.text) for c in self.choices]
+        plan = self.plan
+        if plan is not None and plan.matcher is not None:
+            matcher = plan.matcher
+            texts = [filter_text(matcher, self.release_actions, t, self.mask).deliver
+                     for t in texts]  # fmt: skip
+        return "\n\n".join(texts)
+
     async def end(self) -> AsyncGenerator[EngineEvent, None]:
-        """After the last engine event: the classifier's verdict on the whole answer, the
-        review item, what was held back, and the usage."""
-        answer = "\n\n".join("".join(c.text) for c in self.choices)
-        late_block = False
-        if self.classifier is not None and self.plan is not None:
-            category = self.classifier.category(answer)
-            action = self.plan.risk.get(category) if category is not None else None
-            if category is not None and action is not None:
-                self.stage._reporter.report(Finding("output", category, action), self.record)
-                if action == "review" and self.review is None:
-                    self.review = (category, self.plan.review)
-                late_block = action == "block" and self.buffered
+        """After the last engine event: the review item, what was held back, the usage."""
         mode: ReviewMode | None = None
         review_id: str | None = None
         if self.review is not None:
             category, mode = self.review
             if mode == "hold" and not self.buffered and not any(c.held for c in self.choices):
                 mode = "deliver_and_review"  # streamed out already: a human looks afterwards
-            review_id = await self._submit(category, mode, answer)
+            review_id = await self._submit(category, mode)
+        self.submitted = True
         reviews = self.stage._reviews
         notice = reviews.notice(review_id) if review_id is not None and reviews else None
-        if self.buffered and (mode == "hold" or late_block):
+        if self.buffered and (mode == "hold" or self.blocked_by_classifier):
             # nothing of the answer goes out: the notice (hold) and content_filter
             if mode == "hold" and notice is not None:
                 yield TextDelta(0, notice)
@@ -574,7 +755,18 @@ class _Run:
         meter = self.request.meter
         yield self.usage or Usage(meter.prompt_tokens, meter.completion_tokens)
 
-    async def _submit(self, category: str, mode: ReviewMode, answer: str) -> str | None:
+    async def submit_abandoned(self) -> None:
+        """The review of a request that ended early (what it had generated)."""
+        if self.review is None or self.submitted:
+            return
+        self.submitted = True
+        category, mode = self.review
+        try:
+            await self._submit(category, mode)
+        except Exception:  # the request is gone: nobody else would hear of it
+            log.exception("queueing the review of an abandoned request failed")
+
+    async def _submit(self, category: str, mode: ReviewMode) -> str | None:
         reviews = self.stage._reviews
         if reviews is None:
             log.warning("a review was asked for but no review queue is configured")
@@ -590,7 +782,7 @@ class _Run:
             deployment=record.deployment,
             request_id=record.request_id,
             prompt=_prompt_text(self.request),
-            answer=answer,
+            answer=self._answer(),
         )
         record.review_id = review_id
         return review_id
