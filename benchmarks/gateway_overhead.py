@@ -317,6 +317,12 @@ def main() -> None:
         help="also run a second gateway from this source tree (e.g. an earlier commit's src/, "
         "from `git archive`), interleaved: before and after in one run on a noisy machine",
     )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="a config file for the gateway under test (not the --compare-src one): e.g. "
+        "benchmarks/data/safety_overhead.yaml, to measure the content-safety stages",
+    )
     parser.add_argument("--out", type=Path, help="append the tables to this file")
     parser.add_argument(
         "--smoke",
@@ -347,6 +353,7 @@ def main() -> None:
                     str(bin_dir / "qwen-gateway"), "serve", "--engine", "openai",
                     "--upstream-url", f"http://127.0.0.1:{up_port}/v1",
                     "--served-name", "fake", "--port", str(gw_port), "--data-dir", data,
+                    *(["--config", str(args.config.resolve())] if args.config else []),
                 ],
                 env=env,
                 stderr=log,  # its JSON log lines (the access log is on, as in production)
