@@ -67,11 +67,13 @@ from qwen_gateway.service.authenticate import Authenticate
 from qwen_gateway.service.cache import ResponseCache
 from qwen_gateway.service.completions import CompletionService
 from qwen_gateway.service.fleet import Fleet
+from qwen_gateway.service.input_policy import InputPolicy
 from qwen_gateway.service.normalise import Normalise
+from qwen_gateway.service.output_policy import OutputPolicy
 from qwen_gateway.service.pipeline import Pipeline, Stage, compose
 from qwen_gateway.service.reviews import ReviewService
 from qwen_gateway.service.route import Route
-from qwen_gateway.service.safety import SafetyRuntime, safety_stages
+from qwen_gateway.service.safety import Reporter, SafetyRuntime
 from qwen_gateway.store.audit import AuditEntry, AuditRepository
 from qwen_gateway.store.db import Database
 from qwen_gateway.store.keys import KeyRepository
@@ -542,9 +544,11 @@ def assemble(
     accounting = Accounting(store.writer.put, gate.settle)
     safety = _safety(settings, reload, metrics, store.writer.put)
     if safety is not None:
+        reporter = Reporter(store.writer.put, metrics)
         stages = [
             *stages,
-            *safety_stages(safety, router.canonical, store.writer.put, store.reviews, metrics),
+            InputPolicy(safety, router.canonical, reporter),
+            OutputPolicy(safety, reporter, store.reviews),
         ]
     if settings.cache is not None:
         # entries depend on the safety policies that apply to them: a reload changes the keys
