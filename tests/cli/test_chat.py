@@ -35,9 +35,14 @@ def gateway(
     config = {
         "deployments": [
             {"name": "scripted", "engine": "scripted", "options": {"replies": [REPLY]}},
-            {"name": "tiny", "engine": "transformers", "model": str(tiny_model_dir),
-             "context_window": 4096, "max_batch_size": 4},
-        ],  # fmt: skip
+            {
+                "name": "tiny",
+                "engine": "transformers",
+                "model": str(tiny_model_dir),
+                "context_window": 4096,
+                "max_batch_size": 4,
+            },
+        ],
         "safety": {
             "rule_sets": {"words": {"keywords": {"fraud": ["forbiddenword"]}}},
             "policies": [{"name": "all", "rule_sets": ["words"]}],
