@@ -23,6 +23,7 @@ from support.server import Server, free_port, running_command
 pytestmark = pytest.mark.e2e
 
 REPLY = "Forty-two, said the scripted deployment."
+MARKDOWN = "# Plan\n\n- **first** step\n- `second` step"
 PROMPT = "›"  # prompt-toolkit draws the space after it as a cursor move
 
 
@@ -35,6 +36,7 @@ def gateway(
     config = {
         "deployments": [
             {"name": "scripted", "engine": "scripted", "options": {"replies": [REPLY]}},
+            {"name": "md", "engine": "scripted", "options": {"replies": [MARKDOWN]}},
             {
                 "name": "tiny",
                 "engine": "transformers",
@@ -100,6 +102,19 @@ def test_a_question_is_answered_with_usage_and_timing(
     assert "What is the answer?" in history
 
 
+def test_a_markdown_answer_is_rendered_once_complete(
+    gateway: tuple[Server, str], tmp_path: Path
+) -> None:
+    server, key = gateway
+    child = spawn(tmp_path, server.base_url + "/v1", key, "--model", "md")
+    say(child, "Your plan?")
+    child.expect_exact("- `second` step")  # streamed as it came
+    child.expect_exact("\x1b[4F\x1b[J")  # then erased: back up over its four rows
+    child.expect(r"Plan.*\n.*• .*first.* step.*\n.*• .*second.* step")  # rendered
+    child.expect_exact("completion tokens")
+    quit_cleanly(child)
+
+
 def test_model_lists_switches_and_refuses_an_unknown_name(
     gateway: tuple[Server, str], tmp_path: Path
 ) -> None:
@@ -107,9 +122,9 @@ def test_model_lists_switches_and_refuses_an_unknown_name(
     child = spawn(tmp_path, server.base_url + "/v1", key)
     say(child, "/model")
     child.expect_exact("Model: scripted")
-    child.expect(r"Served: scripted, tiny")
+    child.expect(r"Served: scripted, md, tiny")
     say(child, "/model nope")
-    child.expect_exact("Unknown model 'nope'. Served: scripted, tiny")
+    child.expect_exact("Unknown model 'nope'. Served: scripted, md, tiny")
     say(child, "/model tiny")
     child.expect_exact("Model set to tiny.")
     say(child, "/model")
