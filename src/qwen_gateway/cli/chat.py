@@ -160,8 +160,8 @@ class Gateway:
                         yield text
         except httpx.HTTPError as exc:
             raise ChatError(f"The connection to {self.url} broke: {exc}") from None
-        except ValueError as exc:
-            raise ChatError(f"Unexpected stream from {self.url}: {exc}") from None
+        except (ValueError, TypeError, AttributeError) as exc:  # not OpenAI's chunks
+            raise ChatError(f"Unexpected stream from {self.url}: {exc!r}") from None
         finally:
             answer.ended = time.monotonic()
             response.close()
@@ -446,10 +446,13 @@ def chat(
                 break
             if not line.strip():
                 continue
-            if line.startswith("/") and not line.startswith("//"):
-                if not session.command(line.strip()):
-                    break
-                continue
-            session.ask(line[1:] if line.startswith("//") else line)
+            try:
+                if line.startswith("/") and not line.startswith("//"):
+                    if not session.command(line.strip()):
+                        break
+                    continue
+                session.ask(line[1:] if line.startswith("//") else line)
+            except KeyboardInterrupt:  # while /model or the first request waited
+                session.note("[interrupted]")
     finally:
         gateway.close()
