@@ -15,7 +15,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 DATA   ?= ./data
 
-.PHONY: install serve check test bench bench-smoke clean vllm
+.PHONY: install serve check test bench bench-smoke clean vllm chromium
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,15 @@ $(VLLM_VENV)/.installed:
 
 vllm: $(VLLM_VENV)/.installed
 
+# Debian's Chromium for the browser tests (Playwright drives it; it never downloads a browser)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing chromium (Debian package) for the browser tests"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+			chromium >/dev/null; }
+
 serve: install
 	$(BIN)/qwen-gateway serve --host $(HOST) --port $(PORT) --data-dir $(DATA)
 
@@ -44,10 +53,10 @@ check: install
 	$(BIN)/lint-imports
 
 ifeq ($(VLLM),0)
-test: check
+test: check chromium
 	$(BIN)/pytest
 else
-test: check vllm
+test: check chromium vllm
 	QG_TEST_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(BIN)/pytest
 endif
 

@@ -20,4 +20,4 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen2"))
 
 
-pytest_plugins = ["support.fixtures", "support.stores"]
+pytest_plugins = ["support.fixtures", "support.stores", "support.browser"]

@@ -56,6 +56,8 @@ class ServerSettings(Section):
     # get 503); lowered at start to fit the open-file limit
     limit_concurrency: int = Field(default=2048, ge=1)
     docs: bool = False  # serve /openapi.json (never Swagger UI or ReDoc: they load CDN JS)
+    #: the browser pages: the chat at /ui, the admin console at /ui/admin (false: 404)
+    ui: bool = True
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

@@ -14,6 +14,7 @@ from qwen_gateway.api.fastpath import GatewayApp
 from qwen_gateway.api.middleware import GatewayMiddleware
 from qwen_gateway.api.routes import authenticated, include_routes
 from qwen_gateway.api.safety import reload_on_sighup, safety_router
+from qwen_gateway.api.ui import ui_router
 from qwen_gateway.container import Container
 from qwen_gateway.service.fleet import Fleet
 
@@ -63,6 +64,8 @@ def create_app(container: Container, on_ready: Callable[[], None] | None = None)
     if services.safety is not None:
         admin_only = authenticated(services.pipeline.authenticate, admin=True)
         app.include_router(safety_router(services.safety, admin_only))
+    if services.settings.server.ui:
+        app.include_router(ui_router())
     keepalive = services.settings.server.keepalive_seconds
     authenticate = services.pipeline.authenticate
     app.add_hot_route("/v1/chat/completions", services.completions.chat, authenticate, keepalive)

@@ -100,6 +100,7 @@ def _banner(settings: Settings, bootstrap_key: str | None, key_file: Path) -> No
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}]})
     lines = [
         f"\nqwen-gateway is ready at {base}  (model: {model})",
+        *([f"  web chat: {base}/ui   admin: {base}/ui/admin"] if settings.server.ui else []),
         *([f"  openapi: {base}/openapi.json"] if settings.server.docs else []),
         f"  curl:    curl {base}/v1/chat/completions{auth} \\",
         f"             -H 'Content-Type: application/json' -d '{body}'",
