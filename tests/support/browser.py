@@ -42,6 +42,15 @@ MARKDOWN_REPLY = (
 #: Tests add theirs (``xss-*``) through ``UI_SCRIPTED`` before the session fixture starts.
 UI_SCRIPTED: dict[str, str] = {"md": MARKDOWN_REPLY}
 
+#: A prompt the gateway's content policy blocks (400 content_filter).
+BLOCKED_PHRASE = "forbidden-ui-phrase"
+
+#: The gateway's ``safety:`` section: one inline keyword, blocked in prompts and answers.
+UI_SAFETY: dict[str, Any] = {
+    "rule_sets": {"ui": {"keywords": {"fraud": [BLOCKED_PHRASE]}}},
+    "policies": [{"name": "ui-block", "rule_sets": ["ui"], "actions": {"*": "block"}}],
+}
+
 
 def chromium_path() -> str | None:
     named = os.environ.get("QG_CHROMIUM")
@@ -137,10 +146,12 @@ class UIGateway:
         return out.stdout
 
 
-def ui_config(model_dir: Path, scripted: dict[str, str]) -> dict[str, Any]:
+def ui_config(
+    model_dir: Path, scripted: dict[str, str], safety: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The gateway the UI tests run against: ``tiny`` (the random tiny model, for streaming
-    and Stop: it writes until max_tokens), the scripted deployments, an alias, a split and
-    ``auto``."""
+    and Stop: it writes until max_tokens), the scripted deployments, an alias, a split,
+    ``auto`` and the content policy."""
     deployments: list[dict[str, Any]] = [
         {
             "name": "tiny",
@@ -165,6 +176,7 @@ def ui_config(model_dir: Path, scripted: dict[str, str]) -> dict[str, Any]:
                 "routes": {"general": "md", "code": "md", "math": "md"},
             },
         },
+        **({"safety": safety} if safety else {}),
     }
 
 
@@ -174,7 +186,9 @@ def ui_gateway(
 ) -> Iterator[UIGateway]:
     root = tmp_path_factory.mktemp("ui-gateway")
     config = root / "gateway.yaml"
-    config.write_text(yaml.safe_dump(ui_config(tiny_model_dir, UI_SCRIPTED)), encoding="utf-8")
+    config.write_text(
+        yaml.safe_dump(ui_config(tiny_model_dir, UI_SCRIPTED, UI_SAFETY)), encoding="utf-8"
+    )
     env = {"QWEN_GATEWAY_DATA_DIR": str(root / "data")}
 
     def create(*args: str) -> str:

@@ -64,8 +64,10 @@ def create_app(container: Container, on_ready: Callable[[], None] | None = None)
     if services.safety is not None:
         admin_only = authenticated(services.pipeline.authenticate, admin=True)
         app.include_router(safety_router(services.safety, admin_only))
-    if services.settings.server.ui:
-        app.include_router(ui_router())
+    settings = services.settings
+    if settings.server.ui:
+        keyed = settings.auth.enabled or settings.server.api_key is not None
+        app.include_router(ui_router(auth=keyed))
     keepalive = services.settings.server.keepalive_seconds
     authenticate = services.pipeline.authenticate
     app.add_hot_route("/v1/chat/completions", services.completions.chat, authenticate, keepalive)

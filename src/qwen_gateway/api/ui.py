@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
 
+import orjson
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, Response
 
@@ -84,10 +85,17 @@ def serve_file(path: Path) -> Response:
     )
 
 
-def ui_router(root: Path | None = None) -> APIRouter:
-    """``GET /ui`` (the chat), ``/ui/admin`` (the console) and the files under ``/ui/``."""
+def ui_router(root: Path | None = None, *, auth: bool = True) -> APIRouter:
+    """``GET /ui`` (the chat), ``/ui/admin`` (the console), the files under ``/ui/`` and
+    ``/ui/config.json`` (what the pages need to know before a key: ``auth``, whether the API
+    wants one)."""
     base = (root or ui_root()).resolve()
     router = APIRouter(include_in_schema=False)
+    config = orjson.dumps({"auth": auth})
+
+    @router.get("/ui/config.json")
+    async def page_config() -> Response:
+        return Response(config, media_type="application/json", headers=SECURITY_HEADERS)
 
     def page(relative: str) -> Response:
         found = resolve(base, relative)
