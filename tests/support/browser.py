@@ -5,7 +5,10 @@ when missing; ``QG_CHROMIUM`` names another binary). Without it, or without the 
 package, the browser tests are skipped, except under CI, where they fail.
 
 Fixtures:
-- ``browser``: one headless Chromium for the session;
+- ``browser``: one headless Chromium per test module. Module, not session: Playwright's sync
+  API runs its own event loop in the main thread while it is started, and pytest-asyncio's
+  loop cannot run beside it, so a module of browser tests holds no async test, and the browser
+  is gone before the next module's async tests run;
 - ``open_page``: ``open_page(url, **context_options) -> Tab``, a fresh context (its own
   session and local storage) with a collector of console errors and uncaught page errors,
   closed after the test;
@@ -80,7 +83,7 @@ class Tab:
         assert not unexpected, f"errors in the page: {unexpected}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     try:
         from playwright.sync_api import sync_playwright

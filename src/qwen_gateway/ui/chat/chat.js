@@ -215,7 +215,7 @@ function renderAll() {
 /** One message's element; its body is refreshed by ``fillBody`` while it streams. */
 function messageView(m) {
   const el = document.createElement("article");
-  el.className = "message " + m.role;
+  el.className = "message " + m.role + (m.failed ? " failed" : "");
   el.dataset.role = m.role;
   const who = document.createElement("div");
   who.className = "who";
@@ -366,6 +366,7 @@ function wireMessages(c) {
   const system = $("system").value.trim();
   if (system) out.push({ role: "system", content: system });
   for (const m of c.messages) {
+    if (m.failed) continue; // refused (an error before any answer): not part of the history
     if (m.role === "user") out.push({ role: "user", content: m.content });
     else if (m.role === "assistant" && !m.stopped) {
       const msg = { role: "assistant", content: m.content || "" };
@@ -446,6 +447,8 @@ async function answer() {
       const error = await errorOf(response);
       c.messages.pop();
       view.remove();
+      const asked = c.messages[c.messages.length - 1];
+      if (asked && asked.role === "user") asked.failed = true;
       pushError(c, error.text);
       if (error.status === 401) showSignIn(error.text);
       return;
@@ -547,7 +550,9 @@ function rewindToLastUser(c) {
 function retry() {
   if (controller) return;
   const c = conversations.find((x) => x.id === current);
-  if (!c || !rewindToLastUser(c)) return;
+  const last = c && rewindToLastUser(c);
+  if (!last) return;
+  delete last.failed;
   saveConversations();
   renderMessages();
   answer();
