@@ -29,8 +29,9 @@ pytestmark = pytest.mark.e2e
 XSS: dict[str, str] = {
     "script": "Hi <script>window.__xss = 'script'</script> there",
     "img-onerror": "Look: <img src=x onerror=\"window.__xss = 'img'\">",
-    "md-js-link": "[click me](javascript:window.__xss='md-link')",
-    "html-js-link": "<a href=\"javascript:window.__xss='a'\">click me</a>",
+    # void(): a javascript: URL that evaluates to a string would replace the whole document
+    "md-js-link": "[click me](javascript:void(window.__xss='md-link'))",
+    "html-js-link": "<a href=\"javascript:void(window.__xss='a')\">click me</a>",
     "entity-js-link": '<a href="jav&#x61;script:window.__xss=1">click me</a>',
     "svg-onload": "<svg onload=\"window.__xss='svg'\"><circle r=5 /></svg>",
     "svg-script": "<svg><script>window.__xss='svg-script'</script></svg>",
@@ -306,6 +307,7 @@ def test_model_output_never_executes(
         expect(answer.locator(".tool-call code")).to_contain_text("<script>")  # shown as text
     for link in answer.locator("a, svg text").all():
         link.click(no_wait_after=True)
+    expect(answer).to_be_visible()  # still the same document
     body = page.locator("#messages")
     # nothing executable made it into the DOM ...
     assert body.locator("script, iframe, form, meta, style, object, embed").count() == 0

@@ -10,6 +10,8 @@ import pytest
 from fastapi import FastAPI
 
 from qwen_gateway.api.ui import SECURITY_HEADERS, resolve, ui_root, ui_router
+from qwen_gateway.cli.main import _banner
+from qwen_gateway.config import load_settings
 from tenancy.helpers import secured
 
 CSP = (
@@ -120,3 +122,23 @@ async def test_the_gateway_serves_the_pages_unless_turned_off(tmp_path: Path) ->
             assert (await g.http.get(path)).status_code == 404, path
         # the API is unaffected
         assert (await g.http.get("/health")).status_code == 200
+
+
+async def test_page_config_says_whether_a_key_is_needed(site: Path) -> None:
+    for auth in (True, False):
+        app = FastAPI()
+        app.include_router(ui_router(site, auth=auth))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            r = await http.get("/ui/config.json")
+        assert r.json() == {"auth": auth}
+        assert r.headers["content-security-policy"] == CSP
+
+
+def test_ready_banner_names_the_pages(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for ui in (True, False):
+        settings = load_settings({"server": {"port": 8123, "ui": ui}}, env={})
+        _banner(settings, None, tmp_path / "admin-key")
+        err = capsys.readouterr().err
+        assert ("http://127.0.0.1:8123/ui " in err) is ui
+        assert ("http://127.0.0.1:8123/ui/admin" in err) is ui

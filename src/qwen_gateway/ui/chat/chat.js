@@ -497,8 +497,13 @@ async function answer() {
     const ended = performance.now();
     if (first !== null) {
       m.stats.ttft_ms = first - started;
-      const seconds = (ended - first) / 1000;
-      if (m.stats.completion_tokens && seconds > 0) m.stats.tokens_per_s = m.stats.completion_tokens / seconds;
+      // the decoding rate after the first token; over the whole request when the answer came
+      // in one burst (a cached or scripted answer), where that rate would mean nothing
+      const tokens = m.stats.completion_tokens;
+      const decoding = (ended - first) / 1000;
+      const total = (ended - started) / 1000;
+      if (tokens > 1 && decoding >= 0.05) m.stats.tokens_per_s = (tokens - 1) / decoding;
+      else if (tokens && total > 0) m.stats.tokens_per_s = tokens / total;
     }
     m.tool_calls = m.tool_calls.filter(Boolean);
     controller = null;
