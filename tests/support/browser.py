@@ -92,6 +92,9 @@ def browser() -> Iterator[Any]:
     executable = chromium_path()
     if executable is None or not Path(executable).exists():
         _unavailable("no Chromium at /usr/bin/chromium (apt-get install chromium)")
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=15_000)  # a busy CI machine: auto-waiting, never a sleep
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(
             executable_path=executable,

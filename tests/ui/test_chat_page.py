@@ -54,6 +54,7 @@ XSS: dict[str, str] = {
     ),
 }
 UI_SCRIPTED.update({f"xss-{name}": reply for name, reply in XSS.items()})
+UI_SCRIPTED["json"] = '{"answer": 42, "note": "<b>not bold</b>"}'
 
 TOOLS = [
     {
@@ -236,6 +237,23 @@ def test_model_switch_alias_split_and_auto(
     # the choice is remembered
     page.reload()
     expect(page.get_by_test_id("model")).to_have_value("auto")
+    tab.assert_no_errors()
+
+
+def test_json_mode_answer_is_shown_as_code(
+    open_page: Callable[..., Tab], ui_gateway: UIGateway
+) -> None:
+    tab = sign_in(open_page, ui_gateway, ui_gateway.user_key)
+    page = tab.page
+    page.locator("#settings summary").click()
+    page.get_by_test_id("json-mode").check()
+    send(page, "answer in JSON", model="json")
+    wait_idle(page)
+    code = last_answer(page).locator("pre code.hljs")
+    expect(code).to_have_attribute("data-language", "json")
+    expect(code).to_contain_text('"answer": 42')  # pretty-printed
+    expect(code).to_contain_text("<b>not bold</b>")  # text, not markup
+    expect(last_answer(page).locator("b")).to_have_count(0)
     tab.assert_no_errors()
 
 
