@@ -66,6 +66,7 @@ from qwen_gateway.service.admit import Admit
 from qwen_gateway.service.authenticate import Authenticate
 from qwen_gateway.service.cache import ResponseCache
 from qwen_gateway.service.completions import CompletionService
+from qwen_gateway.service.console import ConsoleService
 from qwen_gateway.service.fleet import Fleet
 from qwen_gateway.service.input_policy import InputPolicy
 from qwen_gateway.service.normalise import Normalise
@@ -430,6 +431,8 @@ class Services:
     fleet: Fleet
     pipeline: Pipeline
     completions: CompletionService
+    #: the admin console's live stats and effective configuration
+    console: ConsoleService
     #: the content-safety policies in force (None: no ``safety:`` section)
     safety: SafetyRuntime | None = None
     #: the first admin key, created at the first start with authentication on, to show once
@@ -571,8 +574,19 @@ def assemble(
         )
     )
     completions = CompletionService(router, normalise, pipeline.generate)
+    console = ConsoleService(settings, metrics, router.replica_states, store.writer.put)
     return Services(
-        settings, metrics, store, router, gate, leases, fleet, pipeline, completions, safety
+        settings,
+        metrics,
+        store,
+        router,
+        gate,
+        leases,
+        fleet,
+        pipeline,
+        completions,
+        console,
+        safety,
     )
 
 

@@ -1,5 +1,6 @@
-"""The admin API under /admin: keys, usage reports, the audit trail, over the admin service.
-Admin credentials only."""
+"""The admin API under /admin: keys, usage reports, the audit trail, over the admin service;
+the console's live stats and effective configuration, over the console service. Admin
+credentials only."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from qwen_gateway.errors import InvalidRequest
 from qwen_gateway.policy.keys import key_view
 from qwen_gateway.policy.principal import Principal
 from qwen_gateway.service.admin import USAGE_COLUMNS, Actor, AdminService
+from qwen_gateway.service.console import ConsoleService
 
 
 class KeyCreate(KeyLimits):
@@ -56,7 +58,9 @@ def _csv_cell(value: Any) -> Any:
     return value
 
 
-def admin_router(admin: AdminService, check: Any) -> APIRouter:
+def admin_router(
+    admin: AdminService, check: Any, console: ConsoleService | None = None
+) -> APIRouter:
     router = APIRouter(prefix="/admin", dependencies=[Depends(check)])
 
     @router.post("/keys", status_code=201)
@@ -126,5 +130,15 @@ def admin_router(admin: AdminService, check: Any) -> APIRouter:
     @router.get("/audit")
     async def audit(limit: int = 100, action: str | None = None) -> JSONResponse:
         return JSONResponse({"object": "list", "data": await admin.audit(limit, action)})
+
+    if console is not None:
+
+        @router.get("/stats")
+        async def stats() -> JSONResponse:
+            return JSONResponse(console.stats())
+
+        @router.get("/config")
+        async def config(request: Request) -> JSONResponse:
+            return JSONResponse(console.config(caller_of(request)))
 
     return router

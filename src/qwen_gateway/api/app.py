@@ -60,6 +60,7 @@ def create_app(container: Container, on_ready: Callable[[], None] | None = None)
         metrics_source=services.metrics,
         health_check=services.fleet,
         reviews=services.reviews,
+        console=services.console,
     )
     if services.safety is not None:
         admin_only = authenticated(services.pipeline.authenticate, admin=True)

@@ -30,6 +30,7 @@ from qwen_gateway.protocol.completions import CompletionRequest
 from qwen_gateway.service.admin import AdminService
 from qwen_gateway.service.authenticate import Authenticate
 from qwen_gateway.service.completions import CompletionService
+from qwen_gateway.service.console import ConsoleService
 from qwen_gateway.service.reviews import ReviewService
 
 T = TypeVar("T")
@@ -187,6 +188,7 @@ def include_routes(
     metrics_source: Metrics,
     health_check: Health,
     reviews: ReviewService | None = None,
+    console: ConsoleService | None = None,
 ) -> None:
     keepalive = server.keepalive_seconds
     # authentication is called directly on the hot routes: FastAPI's dependency solving costs
@@ -270,7 +272,7 @@ def include_routes(
 
     app.include_router(v1)
     app.include_router(ops)
-    app.include_router(admin_router(admin, authenticated(authenticate, admin=True)))
+    app.include_router(admin_router(admin, authenticated(authenticate, admin=True), console))
     if reviews is not None:  # content safety configured
         app.include_router(
             client_review_router(reviews, check, lambda request: record_of(request).principal)

@@ -254,7 +254,7 @@ def rotate(
 
 def usage(
     group_by: Annotated[
-        str, typer.Option(help="Comma-separated: key, model, deployment, arm, day.")
+        str, typer.Option(help="Comma-separated: key, model, deployment, arm, day, hour.")
     ] = "key,model,day",
     since: Annotated[str | None, typer.Option(help="From this ISO date/time (UTC).")] = None,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
@@ -263,12 +263,12 @@ def usage(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Requests and tokens per key, model (as asked for), deployment (as answered), split arm
-    and day."""
+    and day or hour (UTC)."""
     groups = [g.strip() for g in group_by.split(",") if g.strip()]
     if any(g not in GROUPS for g in groups) or len(set(groups)) != len(groups):
         err.print(
             "[red]--group-by[/red] takes a comma-separated subset of key, model, deployment, "
-            "arm, day."
+            "arm, day, hour."
         )
         raise typer.Exit(2)
     start = _expiry(since) if since else None

@@ -17,7 +17,7 @@ from qwen_gateway.store.audit import AuditEntry, AuditRepository
 from qwen_gateway.store.keys import KeyRecord
 from qwen_gateway.store.usage import GroupBy, UsageRepository
 
-GROUPS: tuple[str, ...] = ("key", "model", "deployment", "arm", "day")
+GROUPS: tuple[str, ...] = ("key", "model", "deployment", "arm", "day", "hour")
 USAGE_COLUMNS = ("requests", "prompt_tokens", "completion_tokens", "cancelled", "errors")
 MAX_AUDIT_ROWS = 10_000
 
@@ -115,7 +115,7 @@ class AdminService:
         groups = list(group_by)
         if any(g not in GROUPS for g in groups) or len(set(groups)) != len(groups):
             raise InvalidRequest(
-                "group_by takes a comma-separated subset of key, model, deployment, arm, day.",
+                "group_by takes a comma-separated subset of key, model, deployment, arm, day, hour.",
                 param="group_by",
             )
         await self._flush()  # include requests that just ended

@@ -13,7 +13,7 @@ from qwen_gateway.store.db import Database
 from qwen_gateway.store.sanitise import clean_row
 from qwen_gateway.store.tables import UsageRow
 
-GroupBy = Literal["key", "model", "deployment", "arm", "day"]
+GroupBy = Literal["key", "model", "deployment", "arm", "day", "hour"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,13 +59,19 @@ class UsageRepository:
         since: datetime | None = None,
         until: datetime | None = None,
     ) -> list[dict[str, Any]]:
-        """Requests and tokens summed per group (principal, model, deployment, split arm and/or UTC day)."""
+        """Requests and tokens summed per group (principal, model, deployment, split arm, UTC
+        day and/or UTC hour, the hour as ``YYYY-MM-DDTHH:00``)."""
         columns: dict[str, Any] = {
             "key": UsageRow.principal,
             "model": UsageRow.model,
             "deployment": UsageRow.deployment,
             "arm": UsageRow.arm,
             "day": cast(UsageRow.ts, Date) if not self._db.is_sqlite else func.date(UsageRow.ts),
+            "hour": (
+                func.strftime("%Y-%m-%dT%H:00", UsageRow.ts)
+                if self._db.is_sqlite
+                else func.to_char(func.timezone("UTC", UsageRow.ts), 'YYYY-MM-DD"T"HH24:00')
+            ),
         }
         keys = [columns[g].label(g) for g in group_by]
         query = select(
