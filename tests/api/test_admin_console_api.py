@@ -105,11 +105,12 @@ def test_stats_name_breaker_states_and_read_engine_gauges() -> None:
 
 async def test_config_is_shown_with_secrets_masked_and_audited(tmp_path: Path) -> None:
     server = {"metrics_auth": True, "metrics_token": "scrape-token-very-secret"}
-    async with secured(tmp_path, server=server) as g:
+    review_key = SAFETY["safety"]["review"]["encryption_key"]
+    async with secured(tmp_path, server=server, **SAFETY) as g:
         admin = {"Authorization": f"Bearer {await admin_key(g)}"}
         resp = await g.http.get("/admin/config", headers=admin)
         assert resp.status_code == 200, resp.text
-        assert "scrape-token-very-secret" not in resp.text
+        assert "scrape-token-very-secret" not in resp.text and review_key not in resp.text
         shown = resp.json()
         assert shown["server"]["metrics_token"] == "**********"
         assert shown == redacted(g.container.settings)

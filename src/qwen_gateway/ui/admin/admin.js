@@ -114,7 +114,16 @@ const state = {
   previous: null,
   history: [],
   timer: null,
+  loads: {},
 };
+
+// A table loaded twice at once (a tab opened, then a filter applied) shows the later answer
+// only: each load takes a number, and a load that is no longer the latest drops its result.
+function latest(name) {
+  const n = (state.loads[name] || 0) + 1;
+  state.loads[name] = n;
+  return () => state.loads[name] === n;
+}
 
 function t(name) {
   return (TEXT[state.lang] && TEXT[state.lang][name]) || TEXT.en[name] || name;
@@ -282,7 +291,9 @@ function confirmButton(label, confirmLabel, action, danger = false) {
 }
 
 async function loadKeys() {
+  const current = latest("keys");
   const data = await api("/admin/keys");
+  if (!current()) return;
   state.keys = data.data;
   fillTable($("#keys-table"), state.keys.map((k) => {
     const actions = el("td", { class: "actions" });
@@ -416,8 +427,10 @@ async function loadUsage() {
   if (!state.keys.length) {
     try { state.keys = (await api("/admin/keys")).data; } catch { /* names are a nicety */ }
   }
+  const current = latest("usage");
   const { group, bucket, path } = usageQuery();
   const rows = (await api(path)).data;
+  if (!current()) return;
   const series = [...new Set(rows.map((r) => groupLabel(group, r[group])))].sort();
   const buckets = [...new Set(rows.map((r) => r[bucket]))].sort();
   const charts = $("#charts");
@@ -452,7 +465,7 @@ async function loadUsage() {
 
 // Stacked bars: one column per time bucket, one colour per series; a legend below.
 function barChart(name, title, buckets, series, valueOf) {
-  const width = 640, height = 200, left = 44, bottom = 28, top = 12;
+  const width = 400, height = 180, left = 40, bottom = 24, top = 10;
   const totals = buckets.map((b) => series.reduce((sum, s) => sum + valueOf(b, s), 0));
   const max = Math.max(1, ...totals);
   const plotW = width - left - 8, plotH = height - top - bottom;
@@ -460,7 +473,7 @@ function barChart(name, title, buckets, series, valueOf) {
   const barW = Math.max(2, Math.min(48, step * 0.7));
   const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": title, class: "chart" });
   chart.dataset.chart = name;
-  for (const frac of [0, 0.5, 1]) {
+  for (const frac of max >= 4 ? [0, 0.5, 1] : [0, 1]) {
     const y = top + plotH * (1 - frac);
     chart.append(svg("line", { x1: left, x2: width - 8, y1: y, y2: y, class: "grid" }));
     const tick = svg("text", { x: left - 6, y: y + 4, "text-anchor": "end", class: "tick" });
@@ -539,7 +552,8 @@ async function pollStats() {
   const was = new Map((before ? before.models : []).map((r) => [key(r), r]));
   const dt = before ? Math.max(0.001, now.time - before.time) : null;
   let tokens = 0, requests = 0, ttftSum = 0, ttftCount = 0;
-  const rows = now.models.map((r) => {
+  // requests no model was asked for (the admin API, these pages) are not model traffic
+  const rows = now.models.filter((r) => r.model !== "-").map((r) => {
     const p = was.get(key(r));
     const dTokens = p ? r.completion_tokens - p.completion_tokens : null;
     const dTtft = p ? r.ttft_sum - p.ttft_sum : r.ttft_sum;
@@ -597,7 +611,9 @@ async function loadAudit(event) {
   const params = new URLSearchParams({ limit: form.elements.limit.value || "100" });
   const action = form.elements.action.value.trim();
   if (action) params.set("action", action);
+  const current = latest("audit");
   const rows = (await api(`/admin/audit?${params}`)).data;
+  if (!current()) return;
   fillTable($("#audit-table"), rows.map((r) => [
     r.ts.replace("T", " ").slice(0, 19), r.action, r.actor, r.target ?? "", r.client ?? "",
     el("td", {}, el("code", {}, r.details ? JSON.stringify(r.details) : "")),
@@ -609,7 +625,9 @@ async function loadAudit(event) {
 async function loadReviews(event) {
   if (event) event.preventDefault();
   const status = $("#reviews-form").elements.status.value;
+  const current = latest("reviews");
   const items = (await api(`/admin/reviews?status=${encodeURIComponent(status)}`)).data;
+  if (!current()) return;
   fillTable($("#reviews-table"), items.map((r) => [
     r.id, r.category, r.direction, r.mode, r.key_id ?? r.principal ?? "", r.created_at.replace("T", " ").slice(0, 19),
     el("td", {}, el("button", { type: "button", onclick: () => guarded(() => showReview(r.id)) }, t("reviews.show"))),
