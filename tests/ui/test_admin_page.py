@@ -131,6 +131,25 @@ def test_create_a_key_use_it_see_its_usage_and_revoke_it(
         assert console.chat(secret).status_code == 200
     key_id = row.get_attribute("data-key-id")
 
+    row.get_by_role("button", name="Edit").click()
+    expect(page.locator("#key-form [name=rpm]")).to_have_value("100")
+    page.fill("#key-form [name=rpm]", "50")
+    page.fill("#key-form [name=tier]", "gold")
+    page.click("#key-submit")
+    expect(row).to_contain_text("rpm=50")
+    expect(row.locator("td").nth(4)).to_have_text("gold")
+    shown = console.api("GET", f"/admin/keys/{key_id}", console.admin_key).json()
+    assert (shown["rpm"], shown["tier"]) == (50, "gold")
+
+    row.get_by_role("button", name="Rotate").click()
+    row.get_by_role("button", name="Confirm rotate").click()
+    expect(secret_box).to_contain_text("sk-qg-")
+    rotated = secret_box.inner_text().strip()
+    assert rotated != secret
+    until(lambda: console.chat(secret).status_code == 401, "the old secret to be refused")
+    assert console.chat(rotated).status_code == 200
+    secret = rotated
+
     page.click("[data-tab=usage]")
     page.select_option("#usage-form [name=group]", "key")
     page.click("#usage-form button[type=submit]")
@@ -138,9 +157,14 @@ def test_create_a_key_use_it_see_its_usage_and_revoke_it(
         f'svg[data-chart=requests] rect[data-series="created-in-ui (key:{key_id})"]'
     )
     expect(bars.first).to_be_visible()
-    assert sum(int(b.get_attribute("data-value") or 0) for b in bars.all()) == 3
+    assert sum(int(b.get_attribute("data-value") or 0) for b in bars.all()) == 4
     totals = page.locator(f'#usage-table tr[data-series="created-in-ui (key:{key_id})"]')
-    expect(totals).to_contain_text("3")
+    expect(totals.locator("td").nth(1)).to_have_text("4")
+    with page.expect_download() as download:
+        page.click("#usage-csv")
+    csv_text = Path(download.value.path()).read_text(encoding="utf-8")
+    assert csv_text.startswith("hour,key,requests,")
+    assert f"key:{key_id}," in csv_text
 
     page.click("[data-tab=keys]")
     revoke = row.get_by_role("button", name="Revoke")

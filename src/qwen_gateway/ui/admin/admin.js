@@ -114,6 +114,7 @@ const state = {
   previous: null,
   history: [],
   timer: null,
+  signedIn: false,
   loads: {},
 };
 
@@ -183,7 +184,8 @@ class ApiError extends Error {
 }
 
 async function api(path, { method = "GET", body, raw = false, key } = {}) {
-  const headers = { Authorization: `Bearer ${key || sessionStorage.getItem(KEY_STORE) || ""}` };
+  const secret = key ?? sessionStorage.getItem(KEY_STORE);
+  const headers = secret ? { Authorization: `Bearer ${secret}` } : {};
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const resp = await fetch(path, {
     method, headers, body: body === undefined ? undefined : JSON.stringify(body),
@@ -195,7 +197,7 @@ async function api(path, { method = "GET", body, raw = false, key } = {}) {
       const data = await resp.json();
       if (data && data.error && data.error.message) message = data.error.message;
     } catch { /* not JSON */ }
-    if ((resp.status === 401 || resp.status === 403) && !key) {
+    if ((resp.status === 401 || resp.status === 403) && key === undefined) {
       signOut(t(resp.status === 403 ? "error.forbidden" : "error.session"));
     }
     throw new ApiError(resp.status, message);
@@ -227,7 +229,8 @@ async function signIn(key) {
     sessionStorage.removeItem(KEY_STORE);
     return;
   }
-  sessionStorage.setItem(KEY_STORE, key);
+  if (key) sessionStorage.setItem(KEY_STORE, key);
+  state.signedIn = true;
   $("#signin").hidden = true;
   $("#tabs").hidden = false;
   $("#signout").hidden = false;
@@ -244,6 +247,7 @@ async function signIn(key) {
 
 function signOut(message = "") {
   sessionStorage.removeItem(KEY_STORE);
+  state.signedIn = false;
   stopPolling();
   for (const panel of document.querySelectorAll(".panel")) panel.hidden = true;
   $("#tabs").hidden = true;
@@ -532,7 +536,7 @@ function startPolling() {
   const tick = async () => {
     if (state.tab !== "live") return;
     if (!document.hidden) await guarded(pollStats);
-    if (state.tab === "live" && sessionStorage.getItem(KEY_STORE)) state.timer = setTimeout(tick, POLL_MS);
+    if (state.tab === "live" && state.signedIn) state.timer = setTimeout(tick, POLL_MS);
   };
   return tick();
 }
@@ -685,7 +689,7 @@ function init() {
     state.lang = state.lang === "zh" ? "en" : "zh";
     localStorage.setItem("qwen-gateway.lang", state.lang);
     applyText();
-    if (sessionStorage.getItem(KEY_STORE)) show(state.tab);
+    if (state.signedIn) show(state.tab);
   });
   $("#theme").addEventListener("click", () => setTheme(document.documentElement.dataset.theme === "dark" ? "light" : "dark"));
   $("#signout").addEventListener("click", () => signOut());
@@ -693,7 +697,7 @@ function init() {
     event.preventDefault();
     const key = $("#signin-key").value.trim();
     $("#signin-key").value = "";
-    if (key) signIn(key);
+    signIn(key);  // empty: a gateway started with --no-auth needs no key
   });
   for (const button of document.querySelectorAll("[data-tab]")) {
     button.addEventListener("click", () => show(button.dataset.tab));
@@ -713,7 +717,7 @@ function init() {
   $("#review-reject").addEventListener("click", () => guarded(() => decide(false)));
   $("#config-refresh").addEventListener("click", () => guarded(loadConfig));
   document.addEventListener("visibilitychange", () => {
-    if (!document.hidden && state.tab === "live" && sessionStorage.getItem(KEY_STORE)) startPolling();
+    if (!document.hidden && state.tab === "live" && state.signedIn) startPolling();
   });
   const key = sessionStorage.getItem(KEY_STORE);
   if (key) signIn(key);
