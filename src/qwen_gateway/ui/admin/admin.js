@@ -300,9 +300,10 @@ async function loadKeys() {
   if (!current()) return;
   state.keys = data.data;
   fillTable($("#keys-table"), state.keys.map((k) => {
-    const actions = el("td", { class: "actions" });
+    const buttons = el("div", { class: "actions" });
+    const actions = el("td", {}, buttons);
     if (k.status === "active") {
-      actions.append(
+      buttons.append(
         el("button", { type: "button", onclick: () => editKey(k) }, t("keys.edit_btn")),
         confirmButton("keys.rotate", "keys.confirm_rotate", () => rotateKey(k)),
         confirmButton("keys.revoke", "keys.confirm_revoke", () => revokeKey(k), true),
