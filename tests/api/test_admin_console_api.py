@@ -7,11 +7,10 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from qwen_gateway.config import redacted
+from qwen_gateway.config import load_settings, redacted
 from qwen_gateway.observability.metrics import Metrics
 from qwen_gateway.routing.breaker import BreakerState
 from qwen_gateway.routing.registry import ReplicaState
@@ -45,7 +44,7 @@ async def test_stats_are_the_numbers_of_metrics(tmp_path: Path) -> None:
         resp = await g.http.get("/admin/stats", headers=admin)
         assert resp.status_code == 200, resp.text
         stats = resp.json()
-        assert stats["object"] == "stats"
+        assert stats["object"] == "stats" and stats["reviews"] is False
         assert stats["in_flight"] >= 1  # this request counts itself
         (row,) = [r for r in stats["models"] if r["model"] == "scripted"]
         assert row["deployment"] == "scripted"
@@ -82,10 +81,10 @@ def test_stats_name_breaker_states_and_read_engine_gauges() -> None:
         ReplicaState("a", "0", BreakerState.OPEN, False, 0),
         ReplicaState("a", "1", BreakerState.HALF_OPEN, True, 2),
     ]
-    settings: Any = None
+    settings = load_settings({}, env={})
     console = ConsoleService(settings, metrics, lambda: states, lambda e: None, clock=lambda: 7.0)
     stats = console.stats()
-    assert stats["time"] == 7.0
+    assert stats["time"] == 7.0 and stats["reviews"] is False
     assert [(r["breaker"], r["healthy"], r["outstanding"]) for r in stats["replicas"]] == [
         ("open", False, 0),
         ("half_open", True, 2),
@@ -178,3 +177,5 @@ async def test_every_admin_route_refuses_a_non_admin_key(tmp_path: Path, safety:
             assert anonymous.status_code == 401, (method, path, anonymous.text)
         for path in ("/admin/stats", "/admin/config"):
             assert (await g.http.get(path, headers=admin)).status_code == 200
+        stats = (await g.http.get("/admin/stats", headers=admin)).json()
+        assert stats["reviews"] is safety

@@ -309,3 +309,22 @@ def test_screenshots(open_page: Callable[..., Tab], console: Console, tmp_path: 
     assert (out / "admin-light.png").stat().st_size > 10_000
     assert (out / "admin-dark.png").stat().st_size > 10_000
     tab.assert_no_errors()
+
+
+def test_a_gateway_without_authentication_needs_no_key(
+    open_page: Callable[..., Tab], tmp_path: Path
+) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump({"deployments": CONFIG["deployments"][:1]}), encoding="utf-8")
+    port = free_port()
+    args = ["--config", str(config), "--port", str(port)]
+    with running_command(args, port, tmp_path / "server.log") as server:  # --no-auth
+        tab = open_page(server.base_url + "/ui/admin")
+        page = tab.page
+        expect(page.locator("#tabs")).to_be_visible()
+        expect(page.locator("#signin")).to_be_hidden()
+        expect(page.locator("[data-tab=reviews]")).to_be_hidden()  # no safety: section
+        page.click("[data-tab=live]")
+        expect(page.locator("#live-replicas tbody tr")).to_have_count(1)
+        assert page.evaluate("sessionStorage.length") == 0
+        tab.assert_no_errors()

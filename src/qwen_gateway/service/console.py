@@ -51,7 +51,7 @@ class ConsoleService:
         """Counters as totals since the start (the console turns two snapshots into rates):
         per model and deployment requests, errors, tokens, the sums and counts of latency and
         time to first token; per engine its running batch, queue and decode steps; per replica
-        its health, breaker and outstanding requests."""
+        its health, breaker and outstanding requests; whether the review queue exists."""
         models: dict[tuple[str, str], dict[str, Any]] = {}
         engines: dict[str, dict[str, Any]] = {}
         in_flight = 0.0
@@ -106,6 +106,8 @@ class ConsoleService:
         return {
             "object": "stats",
             "time": self._clock(),
+            # the review queue (and its /admin/reviews routes) exist with a safety: section
+            "reviews": self._settings.safety is not None,
             "in_flight": int(in_flight),
             "models": [models[k] for k in sorted(models)],
             "engines": [engines[k] for k in sorted(engines)],

@@ -219,8 +219,9 @@ async function guarded(work) {
 async function signIn(key) {
   const error = $("#signin-error");
   error.textContent = "";
+  let stats;
   try {
-    await api("/admin/stats", { key });
+    stats = await api("/admin/stats", { key });
   } catch (err) {
     if (err instanceof ApiError && err.status === 403) error.textContent = t("signin.forbidden");
     else if (err instanceof ApiError && err.status === 401) error.textContent = t("signin.unauthorized");
@@ -235,13 +236,9 @@ async function signIn(key) {
   $("#tabs").hidden = false;
   $("#signout").hidden = false;
   document.body.dataset.signedIn = "true";
-  // the review queue exists only with a safety: section (else the route is a 404)
-  try {
-    await api("/admin/reviews?status=pending&limit=1");
-    $('[data-tab="reviews"]').hidden = false;
-  } catch {
-    $('[data-tab="reviews"]').hidden = true;
-  }
+  // the review queue exists only with a safety: section (else its routes are 404s)
+  $('[data-tab="reviews"]').hidden = !stats.reviews;
+  if (state.tab === "reviews" && !stats.reviews) state.tab = "keys";
   show(state.tab);
 }
 
@@ -721,7 +718,15 @@ function init() {
     if (!document.hidden && state.tab === "live" && state.signedIn) startPolling();
   });
   const key = sessionStorage.getItem(KEY_STORE);
-  if (key) signIn(key);
+  if (key) {
+    signIn(key);
+  } else {
+    // a gateway started with --no-auth says so here, and needs no key
+    fetch("/ui/config.json", { credentials: "omit" })
+      .then((resp) => (resp.ok ? resp.json() : null))
+      .then((config) => { if (config && config.auth === false) signIn(""); })
+      .catch(() => {});
+  }
 }
 
 init();
