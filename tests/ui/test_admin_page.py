@@ -287,9 +287,11 @@ def test_live_view_configuration_and_themes(
     tab.assert_no_errors()
 
 
-def test_screenshots(open_page: Callable[..., Tab], console: Console, tmp_path: Path) -> None:
-    """The console in light (usage) and dark (live view); ``QG_UI_SCREENSHOTS=docs/img``
-    writes them where the README shows them."""
+def test_screenshots_of_both_themes(
+    open_page: Callable[..., Tab], console: Console, tmp_path: Path
+) -> None:
+    """The console in light (usage) and dark (live view); ``QG_UI_SCREENSHOTS=docs/img
+    pytest tests/ui -k themes`` writes them where the README shows them."""
     for model in ("plain", "plain", "risky"):
         console.chat(console.user_key, model)
     tab = signed_in(open_page, console, viewport={"width": 1280, "height": 900},
