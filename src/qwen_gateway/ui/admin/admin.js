@@ -598,7 +598,7 @@ async function pollStats() {
 function spark(title, values, colour) {
   const width = 300, height = 60;
   const max = Math.max(1, ...values);
-  const step = width / 39;
+  const step = width / Math.max(1, values.length - 1);
   const points = values.map((v, i) => `${(i * step).toFixed(1)},${(height - 4 - (v / max) * (height - 8)).toFixed(1)}`).join(" ");
   const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "spark", role: "img", "aria-label": title });
   chart.append(svg("polyline", { points, fill: "none", stroke: colour, "stroke-width": 2 }));
