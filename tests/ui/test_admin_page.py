@@ -19,12 +19,10 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from playwright.sync_api import expect
 
+from support.browser import Tab
 from support.server import Server, free_port, running_command
-
-# Playwright (the dev extra) and the browser fixtures (open_page, Tab: tests/support/browser.py)
-expect = pytest.importorskip("playwright.sync_api").expect
-Tab = pytest.importorskip("support.browser").Tab
 
 PLAIN = "Hello from the scripted deployment."
 # what the review policy holds; the markup in it must reach the reviewer as text
