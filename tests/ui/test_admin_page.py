@@ -125,7 +125,15 @@ def test_create_a_key_use_it_see_its_usage_and_revoke_it(
     expect(page.locator("#secret-box")).to_be_hidden()
     assert secret not in page.content()
 
-    for _ in range(3):
+    # the new key in the chat page, in a tab of its own: it answers
+    chat = open_page(console.server.base_url + "/ui").page
+    chat.get_by_test_id("api-key").fill(secret)
+    chat.get_by_test_id("sign-in").click()
+    chat.get_by_test_id("model").select_option("plain")
+    chat.get_by_test_id("prompt").fill("Hello?")
+    chat.get_by_test_id("send").click()
+    expect(chat.locator("article.message.assistant").last).to_contain_text(PLAIN)
+    for _ in range(2):
         assert console.chat(secret).status_code == 200
     key_id = row.get_attribute("data-key-id")
 
@@ -145,7 +153,16 @@ def test_create_a_key_use_it_see_its_usage_and_revoke_it(
     rotated = secret_box.inner_text().strip()
     assert rotated != secret
     until(lambda: console.chat(secret).status_code == 401, "the old secret to be refused")
-    assert console.chat(rotated).status_code == 200
+    chat.get_by_test_id("prompt").fill("Still there?")  # the chat tab holds the old secret
+    chat.get_by_test_id("send").click()
+    expect(chat.locator("article.message.error").last).to_contain_text("401")
+    chat = open_page(console.server.base_url + "/ui").page  # signed in with the new secret
+    chat.get_by_test_id("api-key").fill(rotated)
+    chat.get_by_test_id("sign-in").click()
+    chat.get_by_test_id("model").select_option("plain")
+    chat.get_by_test_id("prompt").fill("Hello again?")
+    chat.get_by_test_id("send").click()
+    expect(chat.locator("article.message.assistant").last).to_contain_text(PLAIN)
     secret = rotated
 
     page.click("[data-tab=usage]")
@@ -165,11 +182,15 @@ def test_create_a_key_use_it_see_its_usage_and_revoke_it(
     assert f"key:{key_id}," in csv_text
 
     page.click("[data-tab=keys]")
+    page.wait_for_load_state("networkidle")  # the list reloaded: no re-render under the click
     revoke = row.get_by_role("button", name="Revoke")
     revoke.click()
     row.get_by_role("button", name="Confirm revoke").click()
     expect(row.locator(".badge")).to_have_text("revoked")
     until(lambda: console.chat(secret).status_code == 401, "the revoked key to be refused")
+    chat.get_by_test_id("prompt").fill("And now?")  # the chat tab shows the refusal
+    chat.get_by_test_id("send").click()
+    expect(chat.locator("article.message.error").last).to_contain_text("401")
 
     page.click("[data-tab=audit]")
     page.fill("#audit-form [name=action]", "key.revoke")
