@@ -18,6 +18,10 @@ ROOTS = [
     "CreateChatCompletionStreamResponse",
     "CreateCompletionResponse",
     "ErrorResponse",
+    "Response",
+    "ResponseStreamEvent",
+    "ResponseItemList",
+    "CreateEmbeddingResponse",
 ]
 
 

@@ -195,3 +195,14 @@ class ModelInfo:
     #: True when the engine enforces OutputConstraint while decoding; otherwise the output
     #: is validated afterwards (engines.output) and a violation is an error.
     enforces_constraints: bool = False
+    #: What the model does: generate text (chat, completions, Responses, Messages) or embed.
+    task: Literal["generate", "embed"] = "generate"
+    #: Per-token log probabilities of the output (chat ``logprobs``/``top_logprobs``,
+    #: completions ``logprobs``), exact from the model or passed through from an upstream.
+    supports_logprobs: bool = False
+    #: Completions ``echo`` (the prompt returned first, with its logprobs when asked).
+    supports_echo: bool = False
+    #: Width of the vectors an embedding model returns (``task="embed"``).
+    embedding_dimensions: int | None = None
+    #: An embedding model may be asked for fewer ``dimensions`` (truncated, renormalised).
+    supports_dimensions: bool = False
