@@ -25,6 +25,9 @@ from qwen_gateway.core.redact import looks_secret, mask_url
 ENV_PREFIX = "QWEN_GATEWAY_"
 TINY_MODEL_DIRNAME = "tiny-qwen2.5"
 TINY_MODEL_NAME = "qwen2.5-tiny"
+TINY_EMBED_MODEL_DIRNAME = "tiny-qwen2.5-embed"
+#: the embedded default's embedding deployment, beside the tiny chat model
+TINY_EMBED_MODEL_NAME = "qwen-tiny-embed"
 
 _ALIASES: dict[str, tuple[str, str]] = {
     "MODEL_NAME": ("model", "model"),
@@ -122,6 +125,14 @@ class ModelSettings(Section):
     #: max_output_tokens. None: up to max_output_tokens.
     default_max_tokens: int | None = Field(default=2048, ge=1)
     max_n: int = Field(default=8, ge=1, le=128)
+    #: ``generate``: a chat/completions model; ``embed``: an embedding model (/v1/embeddings
+    #: only; in-process it is a Qwen2 decoder with last-token pooling, gte-Qwen2's recipe)
+    task: Literal["generate", "embed"] = "generate"
+    #: an embedding model may be asked for fewer ``dimensions`` (truncated, renormalised):
+    #: only for models trained for it (Matryoshka); otherwise such a request is a 400
+    supports_dimensions: bool = False
+    #: the most tokens one embeddings request may hold, all inputs together
+    max_embedding_tokens: int = Field(default=300_000, ge=1)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
     #: Extra options handed to the engine kind's factory (for engines registered as plugins).
@@ -471,6 +482,24 @@ class Settings(Section):
         return self.data_dir / "risk-model.json"
 
     @property
+    def embedding_model_path(self) -> str:
+        """The embedded tiny embedding model's directory (an ``embed`` deployment naming no
+        model serves it)."""
+        return str(self.data_dir / TINY_EMBED_MODEL_DIRNAME)
+
+    @property
+    def needs_tiny_embedding_model(self) -> bool:
+        """Whether some deployment serves the embedded tiny embedding model: the embedded
+        default does (``qwen-tiny-embed``), and an in-process ``embed`` deployment naming no
+        model."""
+        if not self.deployments:
+            return self.embedded_model
+        return any(
+            not d.model and d.task == "embed" and d.engine == "transformers"
+            for d in self.deployments
+        )
+
+    @property
     def needs_tiny_model(self) -> bool:
         """Whether some deployment serves the embedded tiny model (created at first start)."""
         if not self.deployments:
@@ -478,6 +507,7 @@ class Settings(Section):
         return any(
             not d.model
             and not isinstance(d.replicas, list)
+            and d.task == "generate"
             and (d.engine == "transformers" or (d.engine == "vllm" and not d.vllm.remote_url))
             for d in self.deployments
         )

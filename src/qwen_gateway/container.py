@@ -27,6 +27,7 @@ from qwen_gateway.cache.decision import CacheRules
 from qwen_gateway.cache.similar import NearIndex, SimilarIndex
 from qwen_gateway.cache.store import CacheStore, LocalStore, RedisStore
 from qwen_gateway.config import (
+    TINY_EMBED_MODEL_NAME,
     CacheSettings,
     ConfigError,
     DeploymentSettings,
@@ -67,6 +68,7 @@ from qwen_gateway.service.authenticate import Authenticate
 from qwen_gateway.service.cache import ResponseCache
 from qwen_gateway.service.completions import CompletionService
 from qwen_gateway.service.console import ConsoleService
+from qwen_gateway.service.embeddings import EmbeddingService
 from qwen_gateway.service.fleet import Fleet
 from qwen_gateway.service.input_policy import InputPolicy
 from qwen_gateway.service.normalise import Normalise
@@ -110,6 +112,7 @@ def _replica_options(
             replicas=count,
             data_dir=settings.data_dir,
             default_model=settings.model_path,
+            default_embedding_model=settings.embedding_model_path,
             health_interval=settings.routing.health_interval_seconds,
             observer=observer(d.name if count == 1 else f"{d.name}[{i}]"),
         )
@@ -118,12 +121,19 @@ def _replica_options(
 
 
 def deployment_specs(settings: Settings) -> list[DeploymentSettings]:
-    """The registry: the configured deployments, or one made of the ``model`` section."""
+    """The registry: the configured deployments, or one made of the ``model`` section (with
+    the tiny embedding model beside it on the embedded default)."""
     if settings.deployments:
         return list(settings.deployments)
     fields = {k: getattr(settings.model, k) for k in type(settings.model).model_fields}
     # constructed, not validated: the served name may be any string, as it always could
-    return [DeploymentSettings.model_construct(**fields, name=settings.served_model_name)]
+    specs = [DeploymentSettings.model_construct(**fields, name=settings.served_model_name)]
+    if settings.embedded_model and settings.served_model_name != TINY_EMBED_MODEL_NAME:
+        m = settings.model
+        embed = DeploymentSettings(name=TINY_EMBED_MODEL_NAME, task="embed", device=m.device,
+                                   dtype=m.dtype, supports_dimensions=True)  # fmt: skip
+        specs.append(embed)
+    return specs
 
 
 def build_router(
@@ -437,6 +447,8 @@ class Services:
     safety: SafetyRuntime | None = None
     #: the first admin key, created at the first start with authentication on, to show once
     bootstrap_key: str | None = None
+    #: the /v1/embeddings edge
+    embeddings: EmbeddingService | None = None
 
     @property
     def reviews(self) -> ReviewService | None:
@@ -558,10 +570,11 @@ def assemble(
         version = safety.cache_version if safety is not None else None
         cache = _response_cache(settings.cache, store.redis, router, gate, metrics, version)
         stages = [*stages, cache]
+    route = Route(router, Admit(gate))
     pipeline = Pipeline(
         authenticate=Authenticate(authenticator),
         normalise=normalise,
-        generate=compose(Route(router, Admit(gate)), stages),
+        generate=compose(route, stages),
         account=accounting,
         stages=tuple(stages),
     )
@@ -574,6 +587,8 @@ def assemble(
         )
     )
     completions = CompletionService(router, normalise, pipeline.generate)
+    policy = next((s for s in stages if isinstance(s, InputPolicy)), None)
+    embeddings = EmbeddingService(route, policy.check if policy else None, metrics)
     console = ConsoleService(settings, metrics, router.replica_states, store.writer.put)
     return Services(
         settings,
@@ -587,6 +602,7 @@ def assemble(
         completions,
         console,
         safety,
+        embeddings=embeddings,
     )
 
 

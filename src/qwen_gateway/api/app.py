@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from qwen_gateway import __version__
+from qwen_gateway.api.embeddings import embeddings_router
 from qwen_gateway.api.errors import install_error_handlers
 from qwen_gateway.api.fastpath import GatewayApp
 from qwen_gateway.api.middleware import GatewayMiddleware
@@ -73,6 +74,11 @@ def create_app(container: Container, on_ready: Callable[[], None] | None = None)
     authenticate = services.pipeline.authenticate
     app.add_hot_route("/v1/chat/completions", services.completions.chat, authenticate, keepalive)
     app.add_hot_route("/v1/completions", services.completions.complete, authenticate, keepalive)
+    if services.embeddings is not None:
+        app.include_router(
+            embeddings_router(services.embeddings, authenticated(authenticate), keepalive)
+        )
+        app.add_hot_route("/v1/embeddings", services.embeddings.create, authenticate, keepalive)
     app.add_middleware(
         GatewayMiddleware,
         metrics=services.metrics,

@@ -52,9 +52,10 @@ def _settings(cli: dict[str, Any], config: Path | None) -> Settings:
         raise typer.Exit(2) from None
 
 
-def ensure_tiny_model(settings: Settings) -> None:
-    """Create the embedded tiny model on first start, with a progress bar."""
-    target = Path(settings.model_path)
+def ensure_tiny_model(settings: Settings, *, embedding: bool = False) -> None:
+    """Create the embedded tiny model (``embedding``: the tiny embedding model) on first
+    start, with a progress bar."""
+    target = Path(settings.embedding_model_path if embedding else settings.model_path)
     if (target / "model.safetensors").is_file():
         return
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -69,7 +70,8 @@ def ensure_tiny_model(settings: Settings) -> None:
         def report(stage: str) -> None:
             progress.update(task, description=f"Creating the tiny model: {stage}")
 
-        build_tiny_model(target, progress=report)
+        # a seed of its own: the embedding model's weights are not the chat model's
+        build_tiny_model(target, progress=report, seed=1 if embedding else 0, embedding=embedding)
     err.print(f"Tiny model ready in {target}")
 
 
@@ -192,6 +194,8 @@ def serve(
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # keys, usage, models
     if settings.needs_tiny_model:
         ensure_tiny_model(settings)  # the embedded default, also for a managed vLLM
+    if settings.needs_tiny_embedding_model:
+        ensure_tiny_model(settings, embedding=True)
     try:
         # SIGHUP and POST /admin/safety/reload read the configuration again
         container = Container(settings, reload=lambda: load_settings(cli, config_file=config))

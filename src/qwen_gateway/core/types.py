@@ -177,7 +177,28 @@ class RelayedChunk:
     chunk_id: str = ""  # the upstream's completion id, for any chunk the gateway adds
 
 
-EngineEvent = TextDelta | ToolCallDelta | ChoiceFinished | Usage | RelayedChunk
+@dataclass(frozen=True, slots=True)
+class EmbeddingRequest:
+    """Texts (or token ids) to embed, one vector each, in order."""
+
+    model: str
+    inputs: tuple[str | tuple[int, ...], ...]
+    #: Fewer dimensions than the model's (truncated, then renormalised); None: all of them.
+    dimensions: int | None = None
+    user: str | None = None
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingResult:
+    """One vector per input, in order, each as little-endian float32 bytes (unit length);
+    the only event of an embedding engine."""
+
+    vectors: tuple[bytes, ...]
+    prompt_tokens: int
+
+
+EngineEvent = TextDelta | ToolCallDelta | ChoiceFinished | Usage | RelayedChunk | EmbeddingResult
 
 
 @dataclass(frozen=True, slots=True)

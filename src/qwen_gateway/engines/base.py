@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from qwen_gateway.core.types import (
+    EmbeddingRequest,
+    EmbeddingResult,
     EngineEvent,
     GenerationRequest,
     ModelInfo,
@@ -114,6 +116,20 @@ class Engine(Protocol):
     async def health(self) -> EngineHealth: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Serves embeddings for one model (``info.task == "embed"``). Engines that embed have
+    this besides the :class:`Engine` members (their ``stream`` refuses generation)."""
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        """One unit vector per input, in order; a :class:`~qwen_gateway.errors.GatewayError`
+        naming ``input`` or ``dimensions`` when the request cannot be served."""
+        ...
 
 
 class TokenBackend(Protocol):

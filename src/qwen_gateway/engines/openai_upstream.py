@@ -13,11 +13,13 @@ import asyncio
 import email.utils
 import json
 import logging
+import sys
 import time
+from array import array
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import orjson
@@ -28,6 +30,8 @@ from qwen_gateway.core.types import (
     ChatMessage,
     ChatRequest,
     ChoiceFinished,
+    EmbeddingRequest,
+    EmbeddingResult,
     EngineEvent,
     FinishReason,
     GenerationRequest,
@@ -100,6 +104,10 @@ class UpstreamConfig(EngineConfig):
     context_window: int = Field(default=DEFAULT_CONTEXT_WINDOW, ge=16)
     max_output_tokens: int = Field(default=8192, ge=1)
     max_response_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    #: ``embed``: the upstream model is an embedding model (served at /v1/embeddings)
+    task: Literal["generate", "embed"] = "generate"
+    #: the upstream model takes ``dimensions`` (passed through); otherwise a 400 here
+    supports_dimensions: bool = False
 
     def expected_info(self, ctx: EngineContext) -> ModelInfo:
         return _model_info(self, ctx.served_name)
@@ -112,6 +120,9 @@ def _model_info(config: UpstreamConfig, served_name: str) -> ModelInfo:
         max_output_tokens=config.max_output_tokens,
         created=int(time.time()),
         owned_by="upstream",
+        supports_tools=config.task == "generate",
+        task=config.task,
+        supports_dimensions=config.supports_dimensions,
     )
 
 
@@ -153,6 +164,7 @@ class OpenAIUpstreamEngine:
         self._urls = {
             "/chat/completions": base + "/chat/completions",
             "/completions": base + "/completions",
+            "/embeddings": base + "/embeddings",
         }
         self._health_urls = (base.removesuffix("/v1") + "/health", base + "/models")
         self.upstream_model = config.model or served_name
@@ -246,6 +258,45 @@ class OpenAIUpstreamEngine:
             if constraint is not None and constraint.kind == "tool_calls":
                 events = checked_tool_calls(events, constraint.tools)
         return events
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        """The upstream's /v1/embeddings, the model name mapped; vectors asked for as floats
+        and kept as float32, as the in-process engine gives them."""
+        if request.dimensions is not None and not self.config.supports_dimensions:
+            raise InvalidRequest(
+                f"The model '{request.model}' does not support 'dimensions'.",
+                param="dimensions",
+                code="unsupported_parameter",
+            )
+        body: dict[str, Any] = {
+            "model": self.upstream_model,
+            "input": [x if isinstance(x, str) else list(x) for x in request.inputs],
+            "encoding_format": "float",
+        }
+        if request.dimensions is not None:
+            body["dimensions"] = request.dimensions
+        if request.user:
+            body["user"] = request.user
+        cfg = self.config
+        self._active += 1
+        try:
+            response = await _post(
+                self._session, self._urls["/embeddings"], orjson.dumps(body), cfg,
+                cfg.total_timeout,
+            )  # fmt: skip
+            try:
+                data = await response.content.read(cfg.max_response_bytes + 1)
+            except (aiohttp.ClientError, OSError) as exc:
+                raise UpstreamError(
+                    f"The upstream response failed: {type(exc).__name__}."
+                ) from None
+            finally:
+                response.release()
+        finally:
+            self._active -= 1
+        if len(data) > cfg.max_response_bytes:
+            raise UpstreamError("The upstream's response exceeds the size limit.")
+        return _embedding_result(data, len(request.inputs))
 
     def _body(self, request: GenerationRequest) -> tuple[str, dict[str, Any]]:
         body: dict[str, Any] = {
@@ -745,6 +796,35 @@ def _error_from_body(
     if 400 <= status < 500:
         return InvalidRequest(message, param=param, code=code)
     return UpstreamError(message)
+
+
+def _embedding_result(data: bytes, count: int) -> EmbeddingResult:
+    """An upstream's embeddings response: ``count`` float vectors, by ``index``."""
+    try:
+        body = orjson.loads(data)
+        items = body["data"]
+        vectors: list[bytes | None] = [None] * count
+        for n, item in enumerate(items):
+            index = item.get("index", n)
+            values = item["embedding"]
+            if not isinstance(values, list) or not isinstance(index, int):
+                raise TypeError
+            vectors[index] = array("f", [float(v) for v in values]).tobytes()
+        usage = body.get("usage") or {}
+        prompt = int(usage.get("prompt_tokens") or 0)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError, AttributeError):
+        raise UpstreamError("The upstream sent an invalid embeddings response.") from None
+    if any(v is None for v in vectors) or len(items) != count:
+        raise UpstreamError("The upstream did not send a vector for every input.")
+    if sys.byteorder != "little":  # pragma: no cover - the wire format is little-endian
+        vectors = [_swapped(v) for v in vectors]
+    return EmbeddingResult(tuple(v or b"" for v in vectors), prompt)
+
+
+def _swapped(vector: bytes | None) -> bytes:
+    values = array("f", vector or b"")
+    values.byteswap()
+    return values.tobytes()
 
 
 async def create_engine(config: UpstreamConfig, ctx: EngineContext) -> OpenAIUpstreamEngine:

@@ -32,6 +32,9 @@ class EngineContext:
     data_dir: Path = field(default_factory=Path.cwd)
     #: The model to serve when the config names none (the embedded tiny model's directory).
     default_model: str = ""
+    #: The embedding model to serve when an ``embed`` deployment names none (the embedded
+    #: tiny embedding model's directory).
+    default_embedding_model: str = ""
     #: How often an engine that probes something (an upstream) should probe it.
     health_interval: float = 5.0
     observer: EngineObserver = QUIET

@@ -34,7 +34,7 @@ _BUILTIN = {
 #: kind reads when its config model has a field of that name.
 ENGINE_FIELDS = (
     "model", "context_window", "max_output_tokens", "device", "dtype", "max_batch_size",
-    "max_waiting",
+    "max_waiting", "task", "supports_dimensions", "max_embedding_tokens",
 )  # fmt: skip
 
 

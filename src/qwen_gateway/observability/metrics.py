@@ -285,6 +285,18 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.embedding_requests = Counter(
+            "qwen_gateway_embedding_requests",
+            "Embeddings requests by model (as asked for), once past validation",
+            ["model"],
+            registry=r,
+        )
+        self.embedding_inputs = Counter(
+            "qwen_gateway_embedding_inputs",
+            "Inputs (texts or token lists) of embeddings requests, by model",
+            ["model"],
+            registry=r,
+        )
         self._engine_metrics(r)
         self._safety = _Children(self.safety_actions)
         self._cache_metrics(r)
@@ -410,6 +422,11 @@ class Metrics:
 
     def safety_reload(self, result: str) -> None:
         self.safety_reloads.labels(result).inc()
+
+    # service.embeddings.EmbeddingObserver
+    def embedding_request(self, model: str, inputs: int) -> None:
+        self.embedding_requests.labels(model).inc()
+        self.embedding_inputs.labels(model).inc(inputs)
 
     def observe_request(
         self,

@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Callable, Mapping
 
 from qwen_gateway.core.record import RequestRecord
-from qwen_gateway.core.types import ChatRequest, GenerationRequest, ModelInfo
+from qwen_gateway.core.types import ChatRequest, EmbeddingRequest, GenerationRequest, ModelInfo
 from qwen_gateway.policy.principal import Limits, Principal
 from qwen_gateway.policy.ratelimit import Limiter, Permit, Subject
 from qwen_gateway.qwen.counting import count_prompt_tokens
@@ -51,16 +51,18 @@ class Gate:
     def admission(
         self,
         principal: Principal,
-        request: GenerationRequest,
+        request: GenerationRequest | EmbeddingRequest,
         record: RequestRecord,
         asked: str | None = None,
     ) -> Admission:
         return Admission(self, principal, request, record, asked)
 
-    async def prompt_tokens(self, request: GenerationRequest) -> int:
+    async def prompt_tokens(self, request: GenerationRequest | EmbeddingRequest) -> int:
         """The prompt's length in Qwen tokens, as the engine will see it. The vocabulary
         (~60 MB) is loaded the first time a token limit applies. Text far beyond the model's
         window is refused untokenised; long text is tokenised in a worker thread."""
+        if isinstance(request, EmbeddingRequest):
+            return await self._input_tokens(request)
         if not isinstance(request, ChatRequest) and not isinstance(request.prompt, str):
             return len(request.prompt)
         window = self.context_window
@@ -74,6 +76,21 @@ class Gate:
             raise RuntimeError("Gate.start() was not awaited")
 
         return await tokenized(lambda: count_prompt_tokens(tokenizer, template, request), chars)
+
+    async def _input_tokens(self, request: EmbeddingRequest) -> int:
+        """An embeddings request's tokens: each input's, and the <|endoftext|> it ends with."""
+        texts = [x for x in request.inputs if isinstance(x, str)]
+        ids = sum(len(x) + 1 for x in request.inputs if not isinstance(x, str))
+        if not texts:
+            return ids
+        if self._tokenizer is None:
+            self._tokenizer = await asyncio.to_thread(QwenTokenizer.builtin)
+        tokenizer = self._tokenizer
+
+        def count() -> int:
+            return sum(len(tokenizer.encode_text(t)) + 1 for t in texts)
+
+        return ids + await tokenized(count, sum(len(t) for t in texts))
 
     async def settle(self, permit: Permit, completion_tokens: int) -> None:
         await self.limiter.settle(permit, completion_tokens)
@@ -92,7 +109,7 @@ class Admission:
         self,
         gate: Gate,
         principal: Principal,
-        request: GenerationRequest,
+        request: GenerationRequest | EmbeddingRequest,
         record: RequestRecord,
         asked: str | None,
     ) -> None:
@@ -108,7 +125,8 @@ class Admission:
             if self._prompt is None:
                 self._prompt = await self._gate.prompt_tokens(request)
             prompt = self._prompt
-            reserve = request.n * output_limit(request, info, prompt)
+            if not isinstance(request, EmbeddingRequest):  # embeddings produce no tokens
+                reserve = request.n * output_limit(request, info, prompt)
         held: Permit | None = record.permit
         if held is not None:
             if held.subjects == tuple(subjects) and held.charged == prompt + reserve:
@@ -116,7 +134,8 @@ class Admission:
             record.permit = None
             await self._gate.limiter.release(held)
         if subjects:
-            record.permit = await self._gate.limiter.acquire(subjects, prompt, reserve, request.n)
+            n = 1 if isinstance(request, EmbeddingRequest) else request.n
+            record.permit = await self._gate.limiter.acquire(subjects, prompt, reserve, n)
 
 
 def output_limit(request: GenerationRequest, info: ModelInfo, prompt_tokens: int) -> int:

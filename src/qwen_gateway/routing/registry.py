@@ -10,13 +10,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from qwen_gateway.core.types import ChatRequest, GenerationRequest, ModelInfo
+from qwen_gateway.core.types import ChatRequest, EmbeddingRequest, GenerationRequest, ModelInfo
 from qwen_gateway.errors import EngineUnavailable
 from qwen_gateway.routing.balancer import Balancer, Replica
 from qwen_gateway.routing.breaker import BreakerState
 from qwen_gateway.routing.intent import INLINE_CHARS, Intent, IntentClassifier, conversation_text
 
 Sticky = Literal["none", "user", "key"]
+#: What :meth:`Deployment.missing_capability` answers when the request is for the other task
+#: (an embedding for a chat model, text from an embedding model): the client named the wrong
+#: model, so the 400 names ``model``.
+TASK_CAPABILITIES = frozenset({"embeddings", "text generation"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +57,12 @@ class Deployment:
             default = min(default, info.max_output_tokens)
         return replace(info, id=self.name, default_max_tokens=default)
 
-    def missing_capability(self, request: GenerationRequest) -> str | None:
+    def missing_capability(self, request: GenerationRequest | EmbeddingRequest) -> str | None:
+        task = self.replicas[0].engine.info.task
+        if isinstance(request, EmbeddingRequest):
+            return "embeddings" if task != "embed" else None
+        if task == "embed":
+            return "text generation"
         if not isinstance(request, ChatRequest):
             return None
         wants_tools = bool(request.tools) and request.tool_choice.mode != "none"
@@ -103,7 +112,9 @@ class IntentRoute:
     #: ~0.1 ms, and far more behind a busy engine thread's GIL); long texts in a worker thread.
     classifier: IntentClassifier | None = None
 
-    async def classify(self, request: GenerationRequest) -> Intent:
+    async def classify(self, request: GenerationRequest | EmbeddingRequest) -> Intent:
+        if isinstance(request, EmbeddingRequest):  # the intent model serves generation only
+            return Intent(self.default, 1.0, "embeddings")
         if self.classifier is None:
             raise EngineUnavailable("The intent classifier is still loading.",
                                     headers={"Retry-After": "2"})  # fmt: skip

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from qwen_gateway.core.record import RequestRecord
-from qwen_gateway.core.types import EngineEvent, GenerationRequest, ModelInfo
+from qwen_gateway.core.types import EmbeddingRequest, EngineEvent, GenerationRequest, ModelInfo
+from qwen_gateway.engines.base import Embedder, Engine
 from qwen_gateway.errors import (
     ContextLengthExceeded,
     EngineOverloaded,
@@ -30,10 +31,12 @@ from qwen_gateway.errors import (
 from qwen_gateway.routing.balancer import Replica
 from qwen_gateway.routing.failure import Action, Outcome, as_gateway_error, before_first_event
 from qwen_gateway.routing.lease import ReplicaLease, lease
-from qwen_gateway.routing.registry import Deployment
+from qwen_gateway.routing.registry import TASK_CAPABILITIES, Deployment
 
 log = logging.getLogger(__name__)
-TokenCounter = Callable[[GenerationRequest], Awaitable[int]]
+#: What the router routes: generation, or embeddings (whose one event is the result).
+Routable = GenerationRequest | EmbeddingRequest
+TokenCounter = Callable[[Routable], Awaitable[int]]
 #: Admits the request for a deployment before its replicas are tried (raises to refuse).
 Admit = Callable[[str, ModelInfo], Awaitable[None]]
 Events = AsyncGenerator[EngineEvent, None]
@@ -99,7 +102,7 @@ class Retry:
 
     async def stream(
         self,
-        request: GenerationRequest,
+        request: Routable,
         planned: Callable[[], Awaitable[Sequence[Deployment]]],
         *,
         trace: Trace,
@@ -132,7 +135,7 @@ class Retry:
                     continue
                 tries.attempts += 1
                 try:
-                    async with held, _Closing(replica.engine.stream(routed)) as events:
+                    async with held, _Closing(_open(replica.engine, routed)) as events:
                         first = await _first(events)
                         held.answered()
                         self._served(held, step, tries, trace, record)
@@ -156,7 +159,7 @@ class Retry:
 
     async def _replicas(
         self,
-        request: GenerationRequest,
+        request: Routable,
         plan: Sequence[Deployment],
         step: int,
         info: ModelInfo,
@@ -177,7 +180,7 @@ class Retry:
 
     async def _screen(
         self,
-        request: GenerationRequest,
+        request: Routable,
         plan: Sequence[Deployment],
         step: int,
         info: ModelInfo,
@@ -199,7 +202,7 @@ class Retry:
         return _unfit(request, dep, info) or _at_capacity(request, dep)
 
     async def _too_long(
-        self, request: GenerationRequest, later: Sequence[Deployment], window: int, tries: _Tries
+        self, request: Routable, later: Sequence[Deployment], window: int, tries: _Tries
     ) -> bool:
         """Whether the prompt cannot fit ``window``: no larger than one it was found not to
         fit, or too small for its counted tokens while a ``later`` deployment's window is
@@ -207,6 +210,8 @@ class Retry:
         if tries.too_long_for is not None and window <= tries.too_long_for:
             return True
         if self.count_tokens is None or not any(d.info.context_window > window for d in later):
+            return False
+        if isinstance(request, EmbeddingRequest):  # each input is checked by the engine
             return False
         tokens = await self.count_tokens(request)
         return tokens + (request.sampling.max_tokens or 1) > window
@@ -254,18 +259,19 @@ class Retry:
             self.observer.route_attempt(held.deployment.name, held.replica.name, "stream_error")
 
 
-def _unfit(request: GenerationRequest, dep: Deployment, info: ModelInfo) -> Skip | None:
+def _unfit(request: Routable, dep: Deployment, info: ModelInfo) -> Skip | None:
     """A capability the request needs that the deployment lacks, or an output limit below
     the ``max_tokens`` asked for."""
     missing = dep.missing_capability(request)
     if missing is not None:
+        param = "model" if missing in TASK_CAPABILITIES else missing
         return Skip(
             f"{dep.name}: no {missing}",
-            InvalidRequest(
-                f"The model '{request.model}' does not support {missing}.", param=missing
-            ),
+            InvalidRequest(f"The model '{request.model}' does not support {missing}.", param=param),
             decisive=False,
         )
+    if isinstance(request, EmbeddingRequest):
+        return None
     wanted = request.sampling.max_tokens
     if wanted is not None and info.max_output_tokens < wanted < info.context_window:
         return Skip(
@@ -281,7 +287,7 @@ def _unfit(request: GenerationRequest, dep: Deployment, info: ModelInfo) -> Skip
     return None
 
 
-def _at_capacity(request: GenerationRequest, dep: Deployment) -> Skip | None:
+def _at_capacity(request: Routable, dep: Deployment) -> Skip | None:
     if dep.max_concurrency is None or dep.outstanding < dep.max_concurrency:
         return None
     return Skip(
@@ -293,7 +299,7 @@ def _at_capacity(request: GenerationRequest, dep: Deployment) -> Skip | None:
     )
 
 
-def _circuit_open(request: GenerationRequest, dep: Deployment) -> Skip:
+def _circuit_open(request: Routable, dep: Deployment) -> Skip:
     wait = min(r.breaker.retry_after() for r in dep.replicas)
     return Skip(
         f"{dep.name}: circuit open",
@@ -302,6 +308,21 @@ def _circuit_open(request: GenerationRequest, dep: Deployment) -> Skip:
             headers={"Retry-After": str(max(1, round(wait)))},
         ),
     )
+
+
+def _open(engine: Engine, request: Routable) -> Events:
+    """The engine's events for ``request``: its stream, or its embeddings as one event."""
+    if isinstance(request, EmbeddingRequest):
+        return _embedded(engine, request)
+    return engine.stream(request)
+
+
+async def _embedded(engine: Engine, request: EmbeddingRequest) -> Events:
+    if not isinstance(engine, Embedder):
+        raise InvalidRequest(
+            f"The model '{request.model}' does not support embeddings.", param="model"
+        )
+    yield await engine.embed(request)
 
 
 async def _first(events: Events) -> EngineEvent:

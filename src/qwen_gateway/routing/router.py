@@ -22,7 +22,7 @@ from functools import partial
 from typing import Protocol
 
 from qwen_gateway.core.record import RequestRecord
-from qwen_gateway.core.types import EngineEvent, GenerationRequest, ModelInfo
+from qwen_gateway.core.types import EngineEvent, ModelInfo
 from qwen_gateway.engines.base import Engine
 from qwen_gateway.errors import InternalError, ModelNotFound, PermissionDenied
 from qwen_gateway.routing.health import probe
@@ -34,7 +34,14 @@ from qwen_gateway.routing.registry import (
     Split,
     Sticky,
 )
-from qwen_gateway.routing.retry import Admit, AttemptObserver, Retry, TokenCounter, Trace
+from qwen_gateway.routing.retry import (
+    Admit,
+    AttemptObserver,
+    Retry,
+    Routable,
+    TokenCounter,
+    Trace,
+)
 
 
 class RouteObserver(AttemptObserver, Protocol):
@@ -232,7 +239,7 @@ class Router:
     # ---- routing -----------------------------------------------------------
 
     async def _plan(
-        self, request: GenerationRequest, ctx: RouteContext, trace: Trace, record: RequestRecord
+        self, request: Routable, ctx: RouteContext, trace: Trace, record: RequestRecord
     ) -> list[Deployment]:
         name = request.model
         if self._intent is not None and name == self._intent.model:
@@ -274,7 +281,7 @@ class Router:
 
     def stream(
         self,
-        request: GenerationRequest,
+        request: Routable,
         ctx: RouteContext,
         record: RequestRecord,
         admit: Admit | None = None,

@@ -8,7 +8,7 @@ charge): this stage hands the router that hook.
 from __future__ import annotations
 
 from qwen_gateway.core.record import RequestRecord
-from qwen_gateway.core.types import GenerationRequest
+from qwen_gateway.core.types import EmbeddingRequest, GenerationRequest
 from qwen_gateway.policy.gate import Gate
 from qwen_gateway.policy.principal import Principal
 from qwen_gateway.routing.retry import Admit as RouterAdmit
@@ -21,7 +21,7 @@ class Admit:
     def hook(
         self,
         principal: Principal,
-        request: GenerationRequest,
+        request: GenerationRequest | EmbeddingRequest,
         record: RequestRecord,
         asked: str | None,
     ) -> RouterAdmit:

@@ -32,6 +32,7 @@ from qwen_gateway.cache.store import CachedAnswer, CacheStore
 from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.core.types import (
     ChatRequest,
+    EmbeddingResult,
     EngineEvent,
     GenerationRequest,
     RelayedChunk,
@@ -141,7 +142,7 @@ class ResponseCache:
                 if isinstance(event, Usage):
                     if keep:  # stored before the usage goes out: the edge stops there
                         await self._store(key, collected, event, request, record, scope, target)
-                elif keep:
+                elif keep and not isinstance(event, EmbeddingResult):  # (not on this path)
                     found = event.events if isinstance(event, RelayedChunk) else (event,)
                     collected.extend(found)
                     chars += sum(_chars(e) for e in found)

