@@ -16,7 +16,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from qwen_gateway.config import ConfigError
-from qwen_gateway.core.types import EngineEvent, GenerationRequest, ModelInfo
+from qwen_gateway.core.types import (
+    EmbeddingRequest,
+    EmbeddingResult,
+    EngineEvent,
+    GenerationRequest,
+    ModelInfo,
+)
 from qwen_gateway.engines.base import UNREADY, Engine, EngineHealth
 from qwen_gateway.engines.plugin import EngineConfig, EngineContext, EnginePlugin
 from qwen_gateway.errors import EngineUnavailable
@@ -133,6 +139,9 @@ class PendingEngine:
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[EngineEvent, None]:
         raise EngineUnavailable("The model is still loading.", headers={"Retry-After": "5"})
         yield  # pragma: no cover - makes this an async generator
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        raise EngineUnavailable("The model is still loading.", headers={"Retry-After": "5"})
 
     async def health(self) -> EngineHealth:
         return UNREADY

@@ -318,7 +318,6 @@ def load_embedder(model_dir: str, served_name: str, *, device: str, dtype: str,
                   context_window: int | None, supports_dimensions: bool) -> LoadedEmbedder:  # fmt: skip
     """Load an embedding checkpoint (a directory or a Hugging Face id); blocking."""
     import torch
-    from transformers import AutoModel
 
     from qwen_gateway.engines.transformers.engine import (
         _LOAD_LOCK,
@@ -326,7 +325,9 @@ def load_embedder(model_dir: str, served_name: str, *, device: str, dtype: str,
         _resolve_model_dir,
     )
 
-    with _LOAD_LOCK:
+    with _LOAD_LOCK:  # transformers' lazy imports are not safe from several threads at once
+        from transformers import AutoModel
+
         directory: Path = _resolve_model_dir(model_dir)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
