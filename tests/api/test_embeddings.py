@@ -8,7 +8,6 @@ import base64
 import math
 from array import array
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
