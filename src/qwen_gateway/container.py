@@ -128,7 +128,11 @@ def deployment_specs(settings: Settings) -> list[DeploymentSettings]:
     fields = {k: getattr(settings.model, k) for k in type(settings.model).model_fields}
     # constructed, not validated: the served name may be any string, as it always could
     specs = [DeploymentSettings.model_construct(**fields, name=settings.served_model_name)]
-    if settings.embedded_model and settings.served_model_name != TINY_EMBED_MODEL_NAME:
+    if (
+        settings.embedded_model
+        and settings.model.task == "generate"
+        and settings.served_model_name != TINY_EMBED_MODEL_NAME
+    ):
         m = settings.model
         embed = DeploymentSettings(name=TINY_EMBED_MODEL_NAME, task="embed", device=m.device,
                                    dtype=m.dtype, supports_dimensions=True)  # fmt: skip
