@@ -157,3 +157,17 @@ async def test_a_model_without_truncation_refuses_dimensions(embed_dir: Path) ->
         assert len(full.vectors[0]) == 64 * 4
     finally:
         await engine.aclose()
+
+
+def test_the_tiny_embedding_checkpoint_is_made_like_gte_qwen2(
+    embed_dir: Path, tmp_path: Path
+) -> None:
+    model = AutoModel.from_pretrained(str(embed_dir))
+    assert type(model).__name__ == "Qwen2Model"  # the decoder, no LM head
+    tokenizer = AutoTokenizer.from_pretrained(str(embed_dir))
+    assert tokenizer("hello")["input_ids"][-1] == tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert tokenizer.padding_side == "right"
+    again = build_tiny_model(tmp_path / "again", seed=1, embedding=True)
+    assert (again / "model.safetensors").read_bytes() == (
+        embed_dir / "model.safetensors"
+    ).read_bytes()
