@@ -24,7 +24,9 @@ The bracketed stages are absent by default and cost nothing then: :func:`compose
 chain once, at start, from the stages configured, so a request calls only those. A new stage
 (content safety, a response cache) is a class with a ``slot`` and a ``wrap`` method, added to
 the list the container passes here; a new API edge (Responses, Messages) is a normaliser and a
-renderer around :attr:`Pipeline.generate`.
+renderer around :attr:`Pipeline.generate`. The embeddings edge (``service/embeddings.py``)
+produces no tokens, so it skips the cache and the output policy: it calls the input policy's
+check and the route stage (admission included) directly, and is accounted like the others.
 """
 
 from __future__ import annotations
