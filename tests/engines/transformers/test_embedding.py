@@ -20,7 +20,7 @@ from qwen_gateway.engines.plugin import EngineContext
 from qwen_gateway.engines.transformers.embedding import TransformersEmbedder
 from qwen_gateway.engines.transformers.engine import TransformersConfig, create_engine
 from qwen_gateway.engines.transformers.tiny import build_tiny_model
-from qwen_gateway.errors import InvalidRequest
+from qwen_gateway.errors import EngineUnavailable, InvalidRequest
 
 TEXTS = ["The quick brown fox", "jumps over the lazy dog.", "你好，世界", "a"]
 
@@ -136,6 +136,8 @@ async def test_bounds_are_400s_naming_the_parameter(embedder: TransformersEmbedd
     cases = [
         (EmbeddingRequest("m", ("word " * 100,)), "input"),  # past the 64-token window
         (EmbeddingRequest("m", ("word " * 40,) * 6), "input"),  # past 200 tokens in all
+        (EmbeddingRequest("m", ("x" * 600,)), "input"),  # refused untokenised: > 64 x 8 chars
+        (EmbeddingRequest("m", ("y" * 500,) * 4), "input"),  # likewise: > 200 x 8 in all
         (EmbeddingRequest("m", ((1, 2, 10**7),)), "input"),  # outside the vocabulary
         (EmbeddingRequest("m", ("x",), dimensions=65), "dimensions"),
         (EmbeddingRequest("m", ("x",), dimensions=0), "dimensions"),
@@ -145,6 +147,14 @@ async def test_bounds_are_400s_naming_the_parameter(embedder: TransformersEmbedd
             await embedder.embed(request)
         assert info.value.param == param, request
     assert (await embedder.health()).ready  # nothing of that hurt the engine
+
+
+async def test_a_closed_engine_refuses_requests_with_503(embed_dir: Path) -> None:
+    engine = await _engine(embed_dir)
+    await engine.aclose()
+    with pytest.raises(EngineUnavailable):
+        await engine.embed(EmbeddingRequest("m", ("x",)))
+    assert not (await engine.health()).ready
 
 
 async def test_a_model_without_truncation_refuses_dimensions(embed_dir: Path) -> None:

@@ -39,6 +39,7 @@ from qwen_gateway.errors import (
     InternalError,
     InvalidRequest,
 )
+from qwen_gateway.qwen.limits import PROMPT_CHARS_PER_TOKEN
 from qwen_gateway.qwen.tokenizer import ENDOFTEXT_ID, QwenTokenizer, tokenized
 
 log = logging.getLogger(__name__)
@@ -116,9 +117,10 @@ class TransformersEmbedder:
         yield  # pragma: no cover - makes this an async generator
 
     async def health(self) -> EngineHealth:
-        return EngineHealth(ready=not self._down, down=self._down)
+        return EngineHealth(ready=not self._down)
 
     async def aclose(self) -> None:
+        self._down = True  # no new requests; those queued are failed by the worker
         if self._thread.is_alive():
             self._inbox.put(None)
             await asyncio.to_thread(self._thread.join)
@@ -129,7 +131,7 @@ class TransformersEmbedder:
         if self._down:
             raise EngineUnavailable("The engine is down.", headers={"Retry-After": "5"})
         dims = self._check_dimensions(request.dimensions)
-        chars = sum(len(x) for x in request.inputs)
+        chars = self._check_size(request)
         ids = await tokenized(lambda: self._tokenise(request), chars)
         if self._waiting >= self.settings.max_waiting:
             raise EngineOverloaded(
@@ -165,6 +167,28 @@ class TransformersEmbedder:
                 code="invalid_value",
             )
         return dimensions
+
+    def _check_size(self, request: EmbeddingRequest) -> int:
+        """The inputs' characters; a 400 ``input`` without tokenising when they are far more
+        than the window, or the request's token bound, could hold."""
+        window = self._info.context_window
+        for i, item in enumerate(request.inputs):
+            if isinstance(item, str) and len(item) > window * PROMPT_CHARS_PER_TOKEN:
+                raise InvalidRequest(
+                    f"Input {i} is too long: {len(item)} characters, far more than the "
+                    f"{window} tokens the model '{self._info.id}' takes.",
+                    param="input",
+                    code="context_length_exceeded",
+                )
+        chars = sum(len(x) for x in request.inputs)
+        if chars > self.settings.max_request_tokens * PROMPT_CHARS_PER_TOKEN:
+            raise InvalidRequest(
+                f"The inputs hold {chars} characters, far more than the "
+                f"{self.settings.max_request_tokens} tokens one request may embed.",
+                param="input",
+                code="invalid_value",
+            )
+        return chars
 
     def _tokenise(self, request: EmbeddingRequest) -> list[list[int]]:
         """Each input's ids ending with <|endoftext|>; the bounds checked (400 ``input``)."""
@@ -213,11 +237,12 @@ class TransformersEmbedder:
         pending: deque[tuple[_Job, int]] = deque()
         with torch.inference_mode():
             while True:
+                batch: list[tuple[_Job, int]] = []
                 try:
                     if not pending:
                         job = self._inbox.get()
                         if job is None:
-                            return
+                            return self._stop(pending)
                         pending.extend((job, i) for i in range(len(job.ids)))
                     while True:  # whatever else is waiting joins
                         try:
@@ -225,16 +250,24 @@ class TransformersEmbedder:
                         except queue.Empty:
                             break
                         if job is None:
-                            self._fail_pending(pending, EngineUnavailable("The server is "
-                                               "shutting down."))  # fmt: skip
-                            return
+                            return self._stop(pending)
                         pending.extend((job, i) for i in range(len(job.ids)))
                     batch = self._take(pending)
                     if batch:
                         self._run(batch)
                 except Exception:
                     log.exception("embedding worker failed")
+                    pending.extend(batch)  # the batch's requests fail with the rest
                     self._fail_pending(pending, InternalError("The engine failed while embedding."))
+
+    def _stop(self, pending: deque[tuple[_Job, int]]) -> None:
+        """Shutting down: fail what is queued, and whatever was submitted meanwhile."""
+        with contextlib.suppress(queue.Empty):
+            while True:
+                job = self._inbox.get_nowait()
+                if job is not None:
+                    pending.append((job, 0))
+        self._fail_pending(pending, EngineUnavailable("The server is shutting down."))
 
     def _take(self, pending: deque[tuple[_Job, int]]) -> list[tuple[_Job, int]]:
         batch: list[tuple[_Job, int]] = []
