@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
@@ -238,12 +238,16 @@ def chat_request(
     raw: Mapping[str, Any], limits: RequestLimits, request_id: str = ""
 ) -> tuple[ChatCompletionRequest, ChatRequest]:
     wire = parse_wire(ChatCompletionRequest, raw)
-    if wire.logprobs:
-        raise InvalidRequest("logprobs are not supported.", param="logprobs")
     if wire.max_completion_tokens is not None:
         sampling = _sampling(wire, wire.max_completion_tokens, limits, "max_completion_tokens")
     else:
         sampling = _sampling(wire, wire.max_tokens, limits, "max_tokens")
+    if wire.top_logprobs is not None and not wire.logprobs:
+        raise InvalidRequest(
+            "top_logprobs needs logprobs: true.", param="top_logprobs", code="invalid_value"
+        )
+    if wire.logprobs:
+        sampling = replace(sampling, logprobs=wire.top_logprobs or 0)
     tools = _tools(raw.get("tools"))
     choice = _tool_choice(raw.get("tool_choice"), tools)
     messages = _messages(wire.messages)
@@ -413,11 +417,21 @@ def text_request(
         prompt = prompt[0]
     if wire.suffix:
         raise InvalidRequest("suffix is not supported.", param="suffix")
-    if wire.logprobs is not None:
-        raise InvalidRequest("logprobs are not supported.", param="logprobs")
     if wire.best_of not in (None, 1):
         raise InvalidRequest("best_of is not supported.", param="best_of")
+    if wire.max_tokens == 0 and not wire.echo:
+        raise InvalidRequest(
+            "max_tokens must be at least 1 (0 only with echo).",
+            param="max_tokens",
+            code="invalid_value",
+        )
     sampling = _sampling(wire, wire.max_tokens, limits, "max_tokens")
+    if wire.logprobs is not None:
+        sampling = replace(
+            sampling,
+            logprobs=wire.logprobs,
+            prompt_logprobs=wire.logprobs if wire.echo else None,
+        )
     core_prompt: str | tuple[int, ...] = (
         prompt if isinstance(prompt, str) else tuple(int(t) for t in cast(list[int], prompt))
     )

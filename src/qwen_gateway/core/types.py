@@ -25,6 +25,12 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     default_max_tokens: int | None = None
+    #: Log probabilities of the output tokens with this many alternatives each (chat
+    #: ``top_logprobs``, completions ``logprobs``); None: not asked (and no cost).
+    logprobs: int | None = None
+    #: Log probabilities of the prompt tokens too, with this many alternatives (completions
+    #: ``echo`` with ``logprobs``); None: not asked.
+    prompt_logprobs: int | None = None
 
     @property
     def greedy(self) -> bool:
@@ -126,11 +132,36 @@ GenerationRequest = ChatRequest | TextRequest
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One token's log probability under the model, with the most likely alternatives.
+
+    ``token`` is the token's text, or ``bytes:\\xe2\\x80`` (its bytes escaped) when the token
+    is not whole UTF-8 by itself; ``bytes`` are its UTF-8 bytes. ``logprob`` is None for the
+    first prompt token, which nothing predicts.
+    """
+
+    token: str
+    logprob: float | None
+    bytes: tuple[int, ...]
+    top: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class TextDelta:
-    """New output text for choice ``index``."""
+    """New output text for choice ``index``; ``logprobs`` (when asked) are those of the tokens
+    whose text this delta completes, so that they travel with the text they belong to."""
 
     index: int
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PromptLogprobs:
+    """The prompt's tokens with their log probabilities (completions ``echo``); sent once,
+    before any output, when ``SamplingParams.prompt_logprobs`` asks for them."""
+
+    tokens: tuple[TokenLogprob, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +229,15 @@ class EmbeddingResult:
     prompt_tokens: int
 
 
-EngineEvent = TextDelta | ToolCallDelta | ChoiceFinished | Usage | RelayedChunk | EmbeddingResult
+EngineEvent = (
+    TextDelta
+    | ToolCallDelta
+    | ChoiceFinished
+    | Usage
+    | RelayedChunk
+    | EmbeddingResult
+    | PromptLogprobs
+)
 
 
 @dataclass(frozen=True, slots=True)

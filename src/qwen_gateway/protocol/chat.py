@@ -50,6 +50,7 @@ class ChatCompletionRequest(SamplingFields):
     parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
     logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
 
 # ---- responses -------------------------------------------------------------
@@ -73,10 +74,28 @@ class ChatCompletionResponseMessage(TypedDict):
     tool_calls: NotRequired[list[ResponseToolCall]]
 
 
+class ChatCompletionTopLogprob(TypedDict):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class ChatCompletionTokenLogprob(TypedDict):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+    top_logprobs: list[ChatCompletionTopLogprob]
+
+
+class ChoiceLogprobs(TypedDict):
+    content: list[ChatCompletionTokenLogprob] | None
+    refusal: None
+
+
 class ChatCompletionChoice(TypedDict):
     index: int
     message: ChatCompletionResponseMessage
-    logprobs: None
+    logprobs: ChoiceLogprobs | None
     finish_reason: str
 
 
@@ -99,7 +118,7 @@ class ChoiceDelta(TypedDict, total=False):
 class ChatCompletionChunkChoice(TypedDict):
     index: int
     delta: ChoiceDelta
-    logprobs: None
+    logprobs: ChoiceLogprobs | None
     finish_reason: str | None
 
 

@@ -11,17 +11,25 @@ from qwen_gateway.protocol.common import INT32_MAX, CompletionUsage, SamplingFie
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]] = Field(...)
-    max_tokens: int | None = Field(default=16, ge=1, le=INT32_MAX)
+    #: 0 only with ``echo`` (the prompt's logprobs alone, as evaluation harnesses ask)
+    max_tokens: int | None = Field(default=16, ge=0, le=INT32_MAX)
     echo: bool = False
     suffix: str | None = None
     logprobs: int | None = Field(default=None, ge=0, le=5)
     best_of: int | None = Field(default=None, ge=0, le=20)
 
 
+class CompletionLogprobs(TypedDict):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
 class CompletionChoice(TypedDict):
     index: int
     text: str
-    logprobs: None
+    logprobs: CompletionLogprobs | None
     finish_reason: str | None
 
 

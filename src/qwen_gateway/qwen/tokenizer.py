@@ -219,6 +219,21 @@ class QwenTokenizer:
     def decoder(self) -> IncrementalDecoder:
         return IncrementalDecoder(self)
 
+    def token_label(self, token_id: int) -> tuple[str, tuple[int, ...]]:
+        """A token as logprobs show it: its text and its UTF-8 bytes (see :func:`label`)."""
+        data = self.token_bytes(token_id)
+        return label(data), tuple(data)
+
+
+def label(data: bytes) -> str:
+    """A token's text for logprobs: the text when its bytes are whole UTF-8, else the bytes
+    escaped after ``bytes:`` (``bytes:\\xe2\\x80``), as OpenAI writes part of a character; the
+    ``bytes`` field carries the exact bytes either way."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in data)
+
 
 def _unpanicked(encode: Callable[[str], list[int]], text: str) -> list[int]:
     """``encode(text)``, where tiktoken's regex failing on a pathological text (a single run of

@@ -35,6 +35,7 @@ from qwen_gateway.core.types import (
     EmbeddingResult,
     EngineEvent,
     GenerationRequest,
+    PromptLogprobs,
     RelayedChunk,
     TextDelta,
     ToolCallDelta,
@@ -111,7 +112,9 @@ class ResponseCache:
         decision = self._rules.decide(request, principal.id, principal.key_id, record.cache_control)
         target = None
         # a prompt the input policy sent for review is answered afresh (and never stored)
-        if not decision.bypass and record.review is None:
+        # answers with logprobs are not cached: a stored answer keeps only its text
+        wants_logprobs = request.sampling.logprobs is not None
+        if not decision.bypass and record.review is None and not wants_logprobs:
             ctx = RouteContext(principal.id, user, principal.models)
             target = self._router.keyed_target(request.model, ctx)
         if target is None:
@@ -142,6 +145,8 @@ class ResponseCache:
                 if isinstance(event, Usage):
                     if keep:  # stored before the usage goes out: the edge stops there
                         await self._store(key, collected, event, request, record, scope, target)
+                elif isinstance(event, PromptLogprobs):
+                    keep, collected = False, []  # logprobs are never cached (see above)
                 elif keep and not isinstance(event, EmbeddingResult):  # (not on this path)
                     found = event.events if isinstance(event, RelayedChunk) else (event,)
                     collected.extend(found)

@@ -19,8 +19,10 @@ from qwen_gateway.core.types import (
     EngineEvent,
     GenerationRequest,
     ModelInfo,
+    PromptLogprobs,
     RelayedChunk,
     TextDelta,
+    TokenLogprob,
     ToolCallDelta,
     Usage,
     UsageMeter,
@@ -38,8 +40,9 @@ from qwen_gateway.protocol.chat import (
     ResponseToolCall,
 )
 from qwen_gateway.protocol.common import CompletionUsage
-from qwen_gateway.protocol.completions import Completion, CompletionChoice
+from qwen_gateway.protocol.completions import Completion, CompletionChoice, CompletionLogprobs
 from qwen_gateway.routing.router import Router
+from qwen_gateway.service.logprobs import CompletionLogprobsBuilder, chat_logprobs, merge
 from qwen_gateway.service.normalise import Normalise
 from qwen_gateway.service.pipeline import Generate
 
@@ -99,20 +102,22 @@ class CompletionService:
         events = self._events(raw, record, request)
         ident = f"chatcmpl-{secrets.token_hex(16)}"
         created = int(self._clock())
+        wants = request.sampling.logprobs is not None
         if wire.stream:
             include_usage = bool(wire.stream_options and wire.stream_options.include_usage)
             return self._chat_chunks(
-                events, ident, created, request.n, include_usage, record, request.meter
+                events, ident, created, request.n, include_usage, record, request.meter, wants
             )
         texts = [""] * request.n
         reasons = ["stop"] * request.n
         calls: list[list[ResponseToolCall]] = [[] for _ in range(request.n)]
-        usage = await _collect(events, texts, reasons, record, request.meter, calls)
+        tokens: list[list[TokenLogprob]] = [[] for _ in range(request.n)]
+        usage = await _collect(events, texts, reasons, record, request.meter, calls, tokens)
         choices: list[ChatCompletionChoice] = [
             {
                 "index": i,
                 "message": _message(texts[i], calls[i]),
-                "logprobs": None,
+                "logprobs": chat_logprobs(tokens[i]) if wants else None,
                 "finish_reason": reasons[i],
             }
             for i in range(request.n)
@@ -135,6 +140,7 @@ class CompletionService:
         include_usage: bool,
         record: RequestRecord,
         meter: UsageMeter,
+        wants_logprobs: bool = False,
     ) -> AsyncGenerator[ChatCompletionChunk | bytes, None]:
         """Chunks as dicts, or as JSON bytes when an upstream's chunk is relayed unchanged.
         They name the deployment that answers, known once the first event is in."""
@@ -174,7 +180,10 @@ class CompletionService:
                     started = True
                     yield chunk([choice(i, {"role": "assistant", "content": ""}) for i in range(n)])
                 if isinstance(event, TextDelta):
-                    yield chunk([choice(event.index, {"content": event.text})])
+                    piece = choice(event.index, {"content": event.text})
+                    if wants_logprobs:
+                        piece["logprobs"] = chat_logprobs(event.logprobs)
+                    yield chunk([piece])
                 elif isinstance(event, ToolCallDelta):
                     head = {
                         "index": event.call_index,
@@ -203,24 +212,47 @@ class CompletionService:
         events = self._events(raw, record, request)
         ident = f"cmpl-{secrets.token_hex(16)}"
         created = int(self._clock())
-        echo = request.prompt if wire.echo and isinstance(request.prompt, str) else ""
+        echo = request.prompt if wire.echo and isinstance(request.prompt, str) else None
+        wants = request.sampling.logprobs is not None
         if wire.stream:
             include_usage = bool(wire.stream_options and wire.stream_options.include_usage)
             return self._completion_chunks(
-                events, ident, created, request.n, echo, include_usage, record, request.meter
-            )
-        texts = [echo] * request.n
+                events, ident, created, request.n, echo, include_usage, record, request.meter,
+                wants,
+            )  # fmt: skip
+        texts = [""] * request.n
         reasons = ["stop"] * request.n
-        usage = await _collect(events, texts, reasons, record, request.meter)
+        tokens: list[list[TokenLogprob]] = [[] for _ in range(request.n)]
+        prompt: list[PromptLogprobs] = []
+        usage = await _collect(
+            events, texts, reasons, record, request.meter, tokens=tokens, prompt=prompt
+        )
+        head = _echo_text(echo, prompt[0] if prompt else None) if wire.echo else ""
+        choices: list[CompletionChoice] = []
+        for i in range(request.n):
+            logprobs: CompletionLogprobs | None = None
+            if wants:
+                builder = CompletionLogprobsBuilder()
+                if prompt:
+                    logprobs = builder.add(prompt[0].tokens)
+                else:
+                    builder.skip(head)
+                    logprobs = builder.add(())
+                merge(logprobs, builder.add(tokens[i]))
+            choices.append(
+                {
+                    "index": i,
+                    "text": head + texts[i],
+                    "logprobs": logprobs,
+                    "finish_reason": reasons[i],
+                }
+            )
         return {
             "id": ident,
             "object": "text_completion",
             "created": created,
             "model": record.deployment or request.model,
-            "choices": [
-                {"index": i, "text": texts[i], "logprobs": None, "finish_reason": reasons[i]}
-                for i in range(request.n)
-            ],
+            "choices": choices,
             "usage": _usage(usage),
         }
 
@@ -230,10 +262,11 @@ class CompletionService:
         ident: str,
         created: int,
         n: int,
-        echo: str,
+        echo: str | None,
         include_usage: bool,
         record: RequestRecord,
         meter: UsageMeter,
+        wants_logprobs: bool = False,
     ) -> AsyncGenerator[Completion, None]:
         def chunk(choices: list[CompletionChoice]) -> Completion:
             c: Completion = {
@@ -247,24 +280,48 @@ class CompletionService:
                 c["usage"] = None
             return c
 
-        def choice(index: int, text: str, reason: str | None = None) -> CompletionChoice:
-            return {"index": index, "text": text, "logprobs": None, "finish_reason": reason}
+        def choice(
+            index: int,
+            text: str,
+            reason: str | None = None,
+            entries: tuple[TokenLogprob, ...] = (),
+        ) -> CompletionChoice:
+            logprobs = builders[index].add(entries) if wants_logprobs else None
+            return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}
 
+        builders = [CompletionLogprobsBuilder() for _ in range(n)]
         recorded = _recorded(events, record, meter)
         async with aclosing(recorded):
             started = False
             async for event in recorded:
-                if not started and echo:
-                    yield chunk([choice(i, echo) for i in range(n)])
-                started = True
+                if not started:
+                    started = True
+                    prompt = event if isinstance(event, PromptLogprobs) else None
+                    head = _echo_text(echo, prompt)
+                    if prompt is not None:
+                        yield chunk([choice(i, head, entries=prompt.tokens) for i in range(n)])
+                        continue
+                    if head:
+                        for b in builders:
+                            b.skip(head)
+                        yield chunk([choice(i, head) for i in range(n)])
                 if isinstance(event, TextDelta):
-                    yield chunk([choice(event.index, event.text)])
+                    yield chunk([choice(event.index, event.text, entries=event.logprobs)])
                 elif isinstance(event, ChoiceFinished):
                     yield chunk([choice(event.index, "", event.reason)])
                 elif isinstance(event, Usage) and include_usage:
                     last = chunk([])
                     last["usage"] = _usage(event)
                     yield last
+
+
+def _echo_text(echo: str | None, prompt: PromptLogprobs | None) -> str:
+    """The prompt as echoed: as sent, or (a token-id prompt) decoded from its tokens."""
+    if echo is not None:
+        return echo
+    if prompt is None:
+        return ""
+    return b"".join(bytes(t.bytes) for t in prompt.tokens).decode("utf-8", errors="replace")
 
 
 def _message(text: str, calls: list[ResponseToolCall]) -> ChatCompletionResponseMessage:
@@ -323,12 +380,18 @@ async def _collect(
     record: RequestRecord,
     meter: UsageMeter,
     calls: list[list[ResponseToolCall]] | None = None,
+    tokens: list[list[TokenLogprob]] | None = None,
+    prompt: list[PromptLogprobs] | None = None,
 ) -> Usage:
     recorded = _recorded(events, record, meter)
     async with aclosing(recorded):
         async for event in recorded:
             if isinstance(event, TextDelta):
                 texts[event.index] += event.text
+                if tokens is not None:
+                    tokens[event.index].extend(event.logprobs)
+            elif isinstance(event, PromptLogprobs) and prompt is not None:
+                prompt.append(event)
             elif isinstance(event, ToolCallDelta) and calls is not None:
                 calls[event.index].append(
                     {

@@ -31,8 +31,10 @@ from qwen_gateway.core.types import (
     FinishReason,
     ModelInfo,
     OutputConstraint,
+    PromptLogprobs,
     SamplingParams,
     TextDelta,
+    TokenLogprob,
     Usage,
     UsageMeter,
 )
@@ -103,6 +105,8 @@ class TransformersConfig(EngineConfig):
             context_window=self.context_window or DEFAULT_CONTEXT_WINDOW,
             max_output_tokens=self.max_output_tokens,
             enforces_constraints=True,
+            supports_logprobs=True,
+            supports_echo=True,
         )
 
 
@@ -143,6 +147,8 @@ class _Choice:
     last_token: int = 0
     generated: int = 0
     done: bool = False
+    #: logprobs of tokens whose text is still held back (by the decoder or a stop string)
+    pending: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -401,6 +407,10 @@ class TransformersBackend:
                 self._free_slots = sorted(self._free_slots + [s for s in slots if s not in owned])
                 self._fail_request(group, "admit", exc)
                 continue
+            if group.sampling.max_tokens == 0:  # echo only: the prompt and its logprobs
+                for choice in group.choices:
+                    self._finish(choice, "length")
+                continue
             self._sample_and_advance(group.choices, logits)
             self._running.extend(c for c in group.choices if not c.done)
 
@@ -415,7 +425,15 @@ class TransformersBackend:
             SequenceSampler(group.sampling, group.prompt, model.device, i) for i in range(group.n)
         ]
         self._enter("prefill", group.request_id)
-        logits = model.prefill(slots[0], group.prompt)
+        top = group.sampling.prompt_logprobs
+        if top is None:
+            logits = model.prefill(slots[0], group.prompt)
+        else:
+            from qwen_gateway.engines.transformers.logprob import prompt_entries
+
+            logits, hidden = model.prefill_keeping(slots[0], group.prompt)
+            entries = prompt_entries(self.tokenizer, model.logits_of, hidden, group.prompt, top)
+            self._outbox.append((group.sink, PromptLogprobs(entries)))
         for slot in slots[1:]:
             model.copy_slot(slots[0], slot, len(group.prompt))
         group.open_choices = group.n
@@ -458,6 +476,14 @@ class TransformersBackend:
         """One token for each choice; a failure at any stage fails that choice's request."""
         from qwen_gateway.engines.transformers.sampler import greedy_batch
 
+        # the model's distribution, before grammar masks and sampling change the logits
+        wanted = [i for i, c in enumerate(choices) if c.group.sampling.logprobs is not None]
+        rows: dict[int, Any] = {}
+        if wanted:
+            import torch
+
+            soft = torch.log_softmax(logits[wanted], dim=-1)
+            rows = {i: soft[j] for j, i in enumerate(wanted)}
         for i, choice in enumerate(choices):
             if choice.constraint is not None and not choice.done:
                 try:
@@ -489,9 +515,23 @@ class TransformersBackend:
                 choice.sampler.observe(token, vocab, self._model.device)
                 stage = "detokenise"
                 self._enter(stage, choice.group.request_id)
+                if i in rows and token not in self._eos:
+                    choice.pending.append(self._logprob(rows[i], token, choice))
                 self._advance(choice, token)
             except Exception as exc:
                 self._fail_request(choice.group, stage, exc)
+
+    def _logprob(self, row: Any, token: int, choice: _Choice) -> TokenLogprob:
+        from qwen_gateway.engines.transformers.logprob import chosen
+
+        return chosen(self.tokenizer, row, token, choice.group.sampling.logprobs or 0)
+
+    def _delta(self, choice: _Choice, text: str) -> TextDelta:
+        """``text`` with the logprobs of the tokens it completes."""
+        if not choice.pending:
+            return TextDelta(choice.index, text)
+        logprobs, choice.pending = tuple(choice.pending), []
+        return TextDelta(choice.index, text, logprobs)
 
     def _advance(self, choice: _Choice, token: int) -> None:
         group = choice.group
@@ -507,7 +547,7 @@ class TransformersBackend:
         choice.last_token = token
         text, stopped = choice.stop.feed(choice.decoder.push(token))
         if text:
-            self._outbox.append((sink, TextDelta(choice.index, text)))
+            self._outbox.append((sink, self._delta(choice, text)))
         if stopped:
             self._finish(choice, "stop", flush=False)
         elif choice.generated >= (group.sampling.max_tokens or 1):
@@ -518,8 +558,8 @@ class TransformersBackend:
         if flush:
             text, _ = choice.stop.feed(choice.decoder.flush())
             text += choice.stop.flush()
-            if text:
-                self._outbox.append((group.sink, TextDelta(choice.index, text)))
+            if text or choice.pending:
+                self._outbox.append((group.sink, self._delta(choice, text)))
         choice.done = True
         self._release(choice)
         self._outbox.append((group.sink, ChoiceFinished(choice.index, reason)))
@@ -629,6 +669,8 @@ def _load_model(cfg: TransformersConfig, served_name: str, model: str) -> Loaded
         context_window=window,
         max_output_tokens=min(cfg.max_output_tokens, window),
         enforces_constraints=True,
+        supports_logprobs=True,
+        supports_echo=True,
     )
     eos = getattr(hf.generation_config, "eos_token_id", None)
     ids = eos if isinstance(eos, list) else [eos] if isinstance(eos, int) else []

@@ -88,6 +88,21 @@ class SlotModel:
 
     def prefill(self, slot: int, tokens: list[int], start: int = 0) -> torch.Tensor:
         """Write ``tokens`` at positions ``start..`` of ``slot``; logits of the last one [V]."""
+        logits: torch.Tensor = self._logits(self._prefill_hidden(slot, tokens, start)[:, -1])[0]
+        return logits
+
+    def prefill_keeping(self, slot: int, tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like :meth:`prefill` from position 0, also returning the final hidden state of
+        every position [T, H] (for prompt logprobs: :meth:`logits_of` turns them into
+        logits, a few rows at a time, so that [T, V] never exists at once)."""
+        x = self._prefill_hidden(slot, tokens, 0)
+        return self._logits(x[:, -1])[0], x[0]
+
+    def logits_of(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits [T, V] of final hidden states [T, H] kept by :meth:`prefill_keeping`."""
+        return self._logits(hidden)
+
+    def _prefill_hidden(self, slot: int, tokens: list[int], start: int) -> torch.Tensor:
         t = len(tokens)
         end = start + t
         ids = torch.tensor([tokens], dtype=torch.long, device=self.device)
@@ -112,8 +127,8 @@ class SlotModel:
                     q, k, v, is_causal=True, enable_gqa=self.n_kv != self.n_heads
                 )
             x = self._finish_layer(layer, x, out)
-        logits: torch.Tensor = self._logits(x[:, -1])[0]
-        return logits
+        hidden: torch.Tensor = x
+        return hidden
 
     def copy_slot(self, src: int, dst: int, length: int) -> None:
         """Share a prefilled prompt with another slot (n > 1)."""

@@ -1,0 +1,69 @@
+"""Log probabilities from the in-process model's logits.
+
+They are the model's own distribution: the log-softmax of the raw logits, before
+temperature, top-k/top-p, penalties and grammar masks (what OpenAI reports and vLLM's
+default ``raw_logprobs`` mode gives), so that a value does not depend on how the token was
+picked. Computed only for requests that ask, so the cost is zero otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from qwen_gateway.core.types import TokenLogprob
+from qwen_gateway.qwen.tokenizer import QwenTokenizer
+
+#: Prompt positions turned into logits at a time (rows of [chunk, vocab] floats).
+PROMPT_CHUNK = 64
+
+
+def entry(
+    tokenizer: QwenTokenizer, token: int, logprob: float | None, top: Sequence[tuple[int, float]]
+) -> TokenLogprob:
+    text, data = tokenizer.token_label(token)
+    return TokenLogprob(text, logprob, data, tuple(_alternative(tokenizer, t, lp) for t, lp in top))
+
+
+def _alternative(tokenizer: QwenTokenizer, token: int, logprob: float) -> TokenLogprob:
+    text, data = tokenizer.token_label(token)
+    return TokenLogprob(text, logprob, data)
+
+
+def chosen(
+    tokenizer: QwenTokenizer, row: torch.Tensor, token: int, top: int
+) -> TokenLogprob:
+    """``token``'s entry from one log-softmax row [V], with ``top`` alternatives."""
+    pairs: list[tuple[int, float]] = []
+    if top > 0:
+        values, ids = torch.topk(row, top)
+        pairs = list(zip(ids.tolist(), values.tolist(), strict=True))
+    return entry(tokenizer, token, float(row[token]), pairs)
+
+
+def prompt_entries(
+    tokenizer: QwenTokenizer,
+    logits_of: Callable[[torch.Tensor], torch.Tensor],
+    hidden: torch.Tensor,
+    prompt: Sequence[int],
+    top: int,
+) -> tuple[TokenLogprob, ...]:
+    """Entries for every prompt token: the first has no logprob (nothing predicts it); token
+    ``t`` gets the log-softmax of position ``t - 1``'s logits."""
+    out = [entry(tokenizer, prompt[0], None, ())] if prompt else []
+    for begin in range(0, len(prompt) - 1, PROMPT_CHUNK):
+        end = min(begin + PROMPT_CHUNK, len(prompt) - 1)
+        rows = torch.log_softmax(logits_of(hidden[begin:end]), dim=-1)
+        targets = torch.tensor(prompt[begin + 1 : end + 1], device=rows.device)
+        picked = rows.gather(1, targets[:, None])[:, 0].tolist()
+        tops: list[list[tuple[int, float]]] = [[] for _ in range(end - begin)]
+        if top > 0:
+            values, ids = torch.topk(rows, top, dim=-1)
+            tops = [
+                list(zip(i, v, strict=True))
+                for i, v in zip(ids.tolist(), values.tolist(), strict=True)
+            ]
+        for j in range(end - begin):
+            out.append(entry(tokenizer, prompt[begin + 1 + j], picked[j], tops[j]))
+    return tuple(out)
