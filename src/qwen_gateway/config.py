@@ -148,6 +148,11 @@ class CapabilitySettings(Section):
 
     tools: bool = True
     json_schema: bool = True
+    #: token logprobs (chat ``logprobs``/``top_logprobs``, completions ``logprobs``), where
+    #: the engine gives them
+    logprobs: bool = True
+    #: completions ``echo``, where the engine can (with logprobs: the prompt's logprobs)
+    echo: bool = True
 
 
 class DeploymentSettings(ModelSettings):

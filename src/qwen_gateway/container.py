@@ -184,6 +184,8 @@ def build_router(
                 fallbacks=tuple(d.fallbacks),
                 supports_tools=d.capabilities.tools,
                 supports_json_schema=d.capabilities.json_schema,
+                supports_logprobs=d.capabilities.logprobs,
+                supports_echo=d.capabilities.echo,
                 max_concurrency=d.max_concurrency,
                 default_max_tokens=d.default_max_tokens,
             )

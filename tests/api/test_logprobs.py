@@ -74,7 +74,9 @@ def test_chat_logprobs_match_the_model(server: Server, reference: Any) -> None:
         row = _log_softmax_rows(reference, ids)[-1]
         best = int(row.argmax())
         assert math.isclose(entry.logprob, float(row[best]), abs_tol=1e-4)
-        assert math.isclose(entry.top_logprobs[1].logprob, float(row.topk(2).values[1]), abs_tol=1e-4)
+        assert math.isclose(
+            entry.top_logprobs[1].logprob, float(row.topk(2).values[1]), abs_tol=1e-4
+        )
         ids.append(best)
 
 
@@ -167,9 +169,13 @@ def test_completion_logprobs_streamed(server: Server) -> None:
         )
         chunks = list(
             client.completions.create(
-                model=MODEL, prompt="Once upon a time", max_tokens=6, temperature=0, logprobs=1,
+                model=MODEL,
+                prompt="Once upon a time",
+                max_tokens=6,
+                temperature=0,
+                logprobs=1,
                 stream=True,
-            )  # fmt: skip
+            )
         )
     tokens: list[str] = []
     offsets: list[int] = []

@@ -157,7 +157,8 @@ def _metrics_check(
     return check
 
 
-def _model_card(info: ModelInfo) -> Model:
+def _model_card(info: ModelInfo, responses_storage: bool = False) -> Model:
+    generates = info.task == "generate"
     return {
         "id": info.id,
         "object": "model",
@@ -166,6 +167,14 @@ def _model_card(info: ModelInfo) -> Model:
         "context_window": info.context_window,
         "max_output_tokens": info.max_output_tokens,
         "default_max_tokens": info.default_max_tokens,
+        "capabilities": {
+            "tools": generates and info.supports_tools,
+            "json_schema": generates and info.supports_json_schema,
+            "logprobs": generates and info.supports_logprobs,
+            "echo": generates and info.supports_echo,
+            "embeddings": info.task == "embed",
+            "responses_storage": generates and responses_storage,
+        },
     }
 
 
@@ -189,6 +198,7 @@ def include_routes(
     health_check: Health,
     reviews: ReviewService | None = None,
     console: ConsoleService | None = None,
+    responses_storage: bool = False,
 ) -> None:
     keepalive = server.keepalive_seconds
     # authentication is called directly on the hot routes: FastAPI's dependency solving costs
@@ -216,7 +226,9 @@ def include_routes(
     @v1.get("/models")
     async def list_models(request: Request) -> JSONResponse:
         await check(request)
-        cards = [_model_card(i) for i in service.models() if allowed(request, i.id)]
+        cards = [
+            _model_card(i, responses_storage) for i in service.models() if allowed(request, i.id)
+        ]
         return JSONResponse({"object": "list", "data": cards})
 
     @v1.get("/models/{model_id:path}")
@@ -225,7 +237,7 @@ def include_routes(
         info = service.model(model_id)
         if not allowed(request, model_id):  # 403 model_not_allowed, as for a completion
             check_model(record_of(request).principal, model_id)
-        return JSONResponse(dict(_model_card(info)))
+        return JSONResponse(dict(_model_card(info, responses_storage)))
 
     ops = APIRouter()
 

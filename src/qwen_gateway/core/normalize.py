@@ -436,5 +436,6 @@ def text_request(
         prompt if isinstance(prompt, str) else tuple(int(t) for t in cast(list[int], prompt))
     )
     return wire, TextRequest(
-        wire.model, core_prompt, sampling, wire.n, request_id, stream=bool(wire.stream)
-    )
+        wire.model, core_prompt, sampling, wire.n, request_id, stream=bool(wire.stream),
+        echo=wire.echo,
+    )  # fmt: skip

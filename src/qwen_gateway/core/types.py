@@ -126,6 +126,8 @@ class TextRequest:
     #: The client reads the output as it comes (engines may pick a single-shot call if not).
     stream: bool = False
     meter: UsageMeter = field(default_factory=UsageMeter, compare=False, repr=False)
+    #: The prompt is returned before the output (``echo``).
+    echo: bool = False
 
 
 GenerationRequest = ChatRequest | TextRequest
@@ -252,6 +254,8 @@ class ModelInfo:
     owned_by: str = "qwen-gateway"
     created: int = 0
     supports_tools: bool = True
+    #: Constrained JSON output (``response_format`` json_object / json_schema).
+    supports_json_schema: bool = True
     #: True when the engine enforces OutputConstraint while decoding; otherwise the output
     #: is validated afterwards (engines.output) and a violation is an error.
     enforces_constraints: bool = False

@@ -36,10 +36,12 @@ from qwen_gateway.core.types import (
     FinishReason,
     GenerationRequest,
     ModelInfo,
+    PromptLogprobs,
     RelayedChunk,
     SamplingParams,
     TextDelta,
     TextRequest,
+    TokenLogprob,
     ToolCallDelta,
     Usage,
 )
@@ -74,7 +76,7 @@ from qwen_gateway.qwen.tokenizer import QwenTokenizer
 
 log = logging.getLogger(__name__)
 
-_Plain = TextDelta | ToolCallDelta | ChoiceFinished
+_Plain = TextDelta | ToolCallDelta | ChoiceFinished | PromptLogprobs
 RETRYABLE_STATUS = frozenset({429, 502, 503})
 MAX_RETRY_AFTER = 30.0
 _FINISH: dict[str, FinishReason] = {
@@ -108,6 +110,11 @@ class UpstreamConfig(EngineConfig):
     task: Literal["generate", "embed"] = "generate"
     #: the upstream model takes ``dimensions`` (passed through); otherwise a 400 here
     supports_dimensions: bool = False
+    #: The upstream returns token logprobs when asked (OpenAI, vLLM, SGLang do): they are
+    #: passed through. Off: requests asking for them are refused (400) here.
+    logprobs: bool = True
+    #: The upstream serves completions ``echo`` (vLLM does; OpenAI's chat models do not).
+    echo: bool = False
 
     def expected_info(self, ctx: EngineContext) -> ModelInfo:
         return _model_info(self, ctx.served_name)
@@ -123,6 +130,8 @@ def _model_info(config: UpstreamConfig, served_name: str) -> ModelInfo:
         supports_tools=config.task == "generate",
         task=config.task,
         supports_dimensions=config.supports_dimensions,
+        supports_logprobs=config.logprobs,
+        supports_echo=config.echo,
     )
 
 
@@ -138,6 +147,16 @@ class _Choice:
     parts: list[str] = field(default_factory=list)  # content, to count usage if none is sent
     calls: dict[int, _Call] = field(default_factory=dict)
     sent_calls: list[str] = field(default_factory=list)  # name + arguments of calls sent on
+    echoed: int = 0  # characters of the echoed prompt read so far (completions echo)
+
+
+@dataclass
+class _Echo:
+    """The upstream echoes the prompt (asked for its logprobs): its first ``chars``
+    characters of each choice, and the logprobs of their tokens, are the prompt's."""
+
+    chars: int
+    sent: bool = False  # the prompt's logprobs went out (once, for every choice)
 
 
 class OpenAIUpstreamEngine:
@@ -307,10 +326,18 @@ class OpenAIUpstreamEngine:
         }
         if request.stream:
             body["stream_options"] = {"include_usage": True}
+        top = request.sampling.logprobs
         if isinstance(request, TextRequest):
             prompt = request.prompt
             body["prompt"] = prompt if isinstance(prompt, str) else list(prompt)
+            if top is not None:
+                body["logprobs"] = top
+            if request.sampling.prompt_logprobs is not None:
+                body["echo"] = True  # the prompt's logprobs come with the echoed prompt
             return "/completions", body
+        if top is not None:
+            body["logprobs"] = True
+            body["top_logprobs"] = top
         body["messages"] = [_wire_message(m) for m in request.messages]
         if request.tools:
             body["tools"] = list(request.tools)
@@ -380,6 +407,7 @@ class OpenAIUpstreamEngine:
         cfg = self.config
         choices: dict[int, _Choice] = {}
         usage: Usage | None = None
+        echo = await self._echo(request)
         self._active += 1
         finished = False
         try:
@@ -389,7 +417,7 @@ class OpenAIUpstreamEngine:
             try:
                 if request.stream:
                     raw = self._passthrough(request)
-                    async for event in self._read_stream(response, choices, raw):
+                    async for event in self._read_stream(response, choices, raw, echo):
                         if isinstance(event, Usage):
                             usage = event  # sent last, after tool calls still pending
                             continue
@@ -397,7 +425,7 @@ class OpenAIUpstreamEngine:
                             usage = event.usage
                         yield event
                 else:
-                    for event in await self._read_whole(response, choices):
+                    for event in await self._read_whole(response, choices, echo):
                         if isinstance(event, Usage):
                             usage = event
                         else:
@@ -423,8 +451,23 @@ class OpenAIUpstreamEngine:
                     request.meter.prompt_tokens = counted.prompt_tokens
                     request.meter.completion_tokens = counted.completion_tokens
 
+    async def _echo(self, request: GenerationRequest) -> _Echo | None:
+        """What the upstream will echo before the output, when the prompt's logprobs are asked
+        (the gateway echoes the prompt text itself otherwise)."""
+        if not isinstance(request, TextRequest) or request.sampling.prompt_logprobs is None:
+            return None
+        prompt = request.prompt
+        if isinstance(prompt, str):
+            return _Echo(len(prompt))
+        tokenizer = await self._qwen_tokenizer()
+        return _Echo(len(tokenizer.decode(prompt)))
+
     async def _read_stream(
-        self, response: aiohttp.ClientResponse, choices: dict[int, _Choice], raw: bool
+        self,
+        response: aiohttp.ClientResponse,
+        choices: dict[int, _Choice],
+        raw: bool,
+        echo: _Echo | None = None,
     ) -> AsyncGenerator[EngineEvent | RelayedChunk, None]:
         cfg = self.config
         watchdog = _Watchdog(cfg.first_token_timeout, cfg.idle_timeout, cfg.total_timeout)
@@ -467,11 +510,13 @@ class OpenAIUpstreamEngine:
                 if "error" in chunk:
                     raise _error_from_body(502, chunk)
                 watchdog.first = False
-                events = _events(chunk, choices)
+                events = _events(chunk, choices, echo)
                 usage = _usage(chunk.get("usage"))
                 if raw:
                     yield RelayedChunk(
-                        self._client_bytes(data, chunk), tuple(events), usage,
+                        self._client_bytes(data, chunk),
+                        tuple(e for e in events if not isinstance(e, PromptLogprobs)),
+                        usage,
                         str(chunk.get("id") or ""),
                     )  # fmt: skip
                     continue
@@ -495,7 +540,10 @@ class OpenAIUpstreamEngine:
         return orjson.dumps(chunk)
 
     async def _read_whole(
-        self, response: aiohttp.ClientResponse, choices: dict[int, _Choice]
+        self,
+        response: aiohttp.ClientResponse,
+        choices: dict[int, _Choice],
+        echo: _Echo | None = None,
     ) -> list[EngineEvent]:
         cap = self.config.max_response_bytes
         try:
@@ -516,7 +564,7 @@ class OpenAIUpstreamEngine:
                 for n, call in enumerate(message.get("tool_calls") or ()):
                     if isinstance(call, dict):
                         call.setdefault("index", n)  # messages list calls without an index
-        events: list[EngineEvent] = list(_events(body, choices))
+        events: list[EngineEvent] = list(_events(body, choices, echo))
         usage = _usage(body.get("usage"))
         if usage is not None:
             events.append(usage)
@@ -688,7 +736,9 @@ def _wire_message(m: ChatMessage) -> dict[str, Any]:
     return out
 
 
-def _events(chunk: Mapping[str, Any], choices: dict[int, _Choice]) -> list[_Plain]:
+def _events(
+    chunk: Mapping[str, Any], choices: dict[int, _Choice], echo: _Echo | None = None
+) -> list[_Plain]:
     out: list[_Plain] = []
     for item in chunk.get("choices") or ():
         if not isinstance(item, dict):
@@ -697,6 +747,9 @@ def _events(chunk: Mapping[str, Any], choices: dict[int, _Choice]) -> list[_Plai
         state = choices.setdefault(index, _Choice())
         delta = item.get("delta")
         text = item.get("text")  # legacy completions chunks
+        logprobs = _logprobs(item.get("logprobs"))
+        if echo is not None and isinstance(text, str) and state.echoed < echo.chars:
+            text, logprobs = _split_echo(text, logprobs, item.get("logprobs"), state, echo, out)
         if isinstance(delta, dict):
             text = delta.get("content")
             for call in delta.get("tool_calls") or ():
@@ -705,14 +758,96 @@ def _events(chunk: Mapping[str, Any], choices: dict[int, _Choice]) -> list[_Plai
                 slot.id = call.get("id") or slot.id
                 slot.name += fn.get("name") or ""
                 slot.arguments += fn.get("arguments") or ""
-        if isinstance(text, str) and text:
+        if (isinstance(text, str) and text) or logprobs:
+            text = text if isinstance(text, str) else ""
             state.parts.append(text)
-            out.append(TextDelta(index, text))
+            out.append(TextDelta(index, text, logprobs))
         reason = item.get("finish_reason")
         if reason:
             out.extend(_flush_calls(index, state))
             out.append(ChoiceFinished(index, _FINISH.get(str(reason), "stop")))
     return out
+
+
+def _split_echo(
+    text: str,
+    logprobs: tuple[TokenLogprob, ...],
+    raw: Any,
+    state: _Choice,
+    echo: _Echo,
+    out: list[_Plain],
+) -> tuple[str, tuple[TokenLogprob, ...]]:
+    """Take the echoed prompt off the front of a completions choice's text: its tokens (those
+    starting before the prompt's end, by ``text_offset``) go out once as
+    :class:`PromptLogprobs`; the rest is output."""
+    left = echo.chars - state.echoed
+    state.echoed += min(left, len(text))
+    offsets = raw.get("text_offset") if isinstance(raw, dict) else None
+    if not isinstance(offsets, list) or len(offsets) != len(logprobs):
+        offsets = []
+    cut = sum(1 for o in offsets if isinstance(o, int) and o < echo.chars)
+    if offsets and not echo.sent:
+        echo.sent = True
+        out.append(PromptLogprobs(logprobs[:cut]))
+    return text[left:], logprobs[cut:] if offsets else ()
+
+
+def _token(token: Any, raw_bytes: Any) -> tuple[str, tuple[int, ...]]:
+    text = token if isinstance(token, str) else ""
+    if isinstance(raw_bytes, list) and all(isinstance(b, int) and 0 <= b < 256 for b in raw_bytes):
+        return text, tuple(raw_bytes)
+    if text.startswith("bytes:"):
+        try:
+            return text, tuple(
+                text[6:].encode("latin-1").decode("unicode_escape").encode("latin-1")
+            )
+        except (UnicodeError, ValueError):
+            return text, ()
+    return text, tuple(text.encode())
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _logprobs(raw: Any) -> tuple[TokenLogprob, ...]:
+    """An upstream choice's logprobs (chat's ``content`` list or completions' parallel
+    lists) as :class:`TokenLogprob` entries; anything malformed is left out."""
+    if not isinstance(raw, dict):
+        return ()
+    content = raw.get("content")
+    if isinstance(content, list):
+        out: list[TokenLogprob] = []
+        for e in content:
+            if not isinstance(e, dict):
+                continue
+            top = tuple(
+                TokenLogprob(*_swap(_token(t.get("token"), t.get("bytes")), t.get("logprob")))
+                for t in e.get("top_logprobs") or ()
+                if isinstance(t, dict)
+            )
+            text, data = _token(e.get("token"), e.get("bytes"))
+            out.append(TokenLogprob(text, _number(e.get("logprob")), data, top))
+        return tuple(out)
+    tokens = raw.get("tokens")
+    if not isinstance(tokens, list):
+        return ()
+    values = raw.get("token_logprobs") or []
+    tops = raw.get("top_logprobs") or []
+    entries: list[TokenLogprob] = []
+    for i, token in enumerate(tokens):
+        value = values[i] if i < len(values) else None
+        alternatives = tops[i] if i < len(tops) and isinstance(tops[i], dict) else {}
+        top = tuple(TokenLogprob(*_swap(_token(k, None), v)) for k, v in alternatives.items())
+        text, data = _token(token, None)
+        entries.append(TokenLogprob(text, _number(value), data, top))
+    return tuple(entries)
+
+
+def _swap(
+    labelled: tuple[str, tuple[int, ...]], logprob: Any
+) -> tuple[str, float | None, tuple[int, ...]]:
+    return labelled[0], _number(logprob), labelled[1]
 
 
 def _usage(raw: Any) -> Usage | None:

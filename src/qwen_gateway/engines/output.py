@@ -13,7 +13,13 @@ from contextlib import aclosing
 from typing import Any
 
 from qwen_gateway.core.jsonoutput import check_json_output
-from qwen_gateway.core.types import ChoiceFinished, EngineEvent, TextDelta, ToolCallDelta
+from qwen_gateway.core.types import (
+    ChoiceFinished,
+    EngineEvent,
+    TextDelta,
+    TokenLogprob,
+    ToolCallDelta,
+)
 from qwen_gateway.errors import InvalidModelOutput
 from qwen_gateway.qwen.toolparse import Content, ParseEvent, ToolCallParser
 
@@ -74,17 +80,24 @@ async def with_tool_calls(
     names: frozenset[str],
     count_malformed: Callable[[int], None] = lambda n: None,
 ) -> AsyncGenerator[EngineEvent, None]:
-    """Turn ``<tool_call>`` blocks in the text into tool-call events, per choice."""
+    """Turn ``<tool_call>`` blocks in the text into tool-call events, per choice.
+
+    Token logprobs go with the next content text the parser lets out (text it holds back
+    keeps its tokens' logprobs waiting); those of a tool call's tokens are dropped, as a call
+    has no logprobs in OpenAI's shapes."""
     parsers: dict[int, ToolCallParser] = {}
     calls: dict[int, int] = {}
+    pending: dict[int, list[TokenLogprob]] = {}
 
     def convert(index: int, parsed: list[ParseEvent]) -> list[EngineEvent]:
         out: list[EngineEvent] = []
         for item in parsed:
             if isinstance(item, Content):
                 if item.text:
-                    out.append(TextDelta(index, item.text))
+                    waiting = pending.pop(index, [])
+                    out.append(TextDelta(index, item.text, tuple(waiting)))
             else:
+                pending.pop(index, None)  # the call's own tokens
                 n = calls.get(index, 0)
                 calls[index] = n + 1
                 out.append(ToolCallDelta(index, n, new_call_id(), item.name, item.arguments))
@@ -94,6 +107,8 @@ async def with_tool_calls(
         async for event in events:
             if isinstance(event, TextDelta):
                 parser = parsers.setdefault(event.index, ToolCallParser(names))
+                if event.logprobs:
+                    pending.setdefault(event.index, []).extend(event.logprobs)
                 for converted in convert(event.index, parser.feed(event.text)):
                     yield converted
             elif isinstance(event, ToolCallDelta):
@@ -105,6 +120,7 @@ async def with_tool_calls(
                     for converted in convert(event.index, finished.finish()):
                         yield converted
                     count_malformed(finished.malformed)
+                pending.pop(event.index, None)
                 reason = event.reason
                 if calls.get(event.index) and reason in ("stop", "length"):
                     reason = "tool_calls"

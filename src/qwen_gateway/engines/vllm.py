@@ -63,7 +63,7 @@ class VLLMConfig(EngineConfig):
         return ModelInfo(
             id=ctx.served_name, context_window=self.window,
             max_output_tokens=self.max_output_tokens, owned_by="upstream",
-            created=int(time.time()),
+            created=int(time.time()), supports_logprobs=True, supports_echo=True,
         )  # fmt: skip
 
 
@@ -151,6 +151,7 @@ async def create_engine(cfg: VLLMConfig, ctx: EngineContext) -> VLLMEngine:
     upstream_config = UpstreamConfig(
         base_url=base_url, model=ctx.served_name, api_key=api_key,
         context_window=cfg.window, max_output_tokens=cfg.max_output_tokens,
+        logprobs=True, echo=True,  # vLLM serves both, for chat and completions
     )  # fmt: skip
     try:
         if supervisor is not None:

@@ -70,6 +70,17 @@ class ErrorResponse(TypedDict):
     error: ErrorDetail
 
 
+class ModelCapabilities(TypedDict):
+    """What requests for a model may ask (an extension of OpenAI's model object)."""
+
+    tools: bool
+    json_schema: bool
+    logprobs: bool
+    echo: bool
+    embeddings: bool
+    responses_storage: bool
+
+
 class Model(TypedDict):
     id: str
     object: Literal["model"]
@@ -78,6 +89,7 @@ class Model(TypedDict):
     context_window: NotRequired[int]
     max_output_tokens: NotRequired[int]
     default_max_tokens: NotRequired[int | None]  # output tokens when a request names none
+    capabilities: NotRequired[ModelCapabilities]
 
 
 class ListModelsResponse(TypedDict):

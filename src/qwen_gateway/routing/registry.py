@@ -41,6 +41,8 @@ class Deployment:
     fallbacks: tuple[str, ...] = ()
     supports_tools: bool = True
     supports_json_schema: bool = True
+    supports_logprobs: bool = True
+    supports_echo: bool = True
     max_concurrency: int | None = None
     default_max_tokens: int | None = None
     outstanding: int = 0
@@ -55,21 +57,40 @@ class Deployment:
         default = self.default_max_tokens
         if default is not None:
             default = min(default, info.max_output_tokens)
-        return replace(info, id=self.name, default_max_tokens=default)
+        return replace(
+            info,
+            id=self.name,
+            default_max_tokens=default,
+            # what the engine can do, as far as the operator's ``capabilities:`` allow
+            supports_tools=info.supports_tools and self.supports_tools,
+            supports_json_schema=info.supports_json_schema and self.supports_json_schema,
+            supports_logprobs=info.supports_logprobs and self.supports_logprobs,
+            supports_echo=info.supports_echo and self.supports_echo,
+        )
 
     def missing_capability(self, request: GenerationRequest | EmbeddingRequest) -> str | None:
+        """What the request asks for (named as its parameter) that this deployment cannot
+        do, if anything."""
         task = self.replicas[0].engine.info.task
         if isinstance(request, EmbeddingRequest):
             return "embeddings" if task != "embed" else None
         if task == "embed":
             return "text generation"
+        info = self.info
+        if request.sampling.logprobs is not None and not info.supports_logprobs:
+            return "logprobs"
         if not isinstance(request, ChatRequest):
+            # the gateway echoes the prompt's text itself; its logprobs need the engine
+            if request.echo and not self.supports_echo:
+                return "echo"
+            if request.sampling.prompt_logprobs is not None and not info.supports_echo:
+                return "echo"
             return None
         wants_tools = bool(request.tools) and request.tool_choice.mode != "none"
-        if wants_tools and not self.supports_tools:
+        if wants_tools and not info.supports_tools:
             return "tools"
         constraint = request.constraint
-        if constraint is not None and constraint.kind == "json" and not self.supports_json_schema:
+        if constraint is not None and constraint.kind == "json" and not info.supports_json_schema:
             return "response_format"
         return None
 

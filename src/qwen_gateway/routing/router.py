@@ -142,6 +142,11 @@ class Router:
                 context_window=min(c.context_window for c in cards),
                 max_output_tokens=min(c.max_output_tokens for c in cards),
                 default_max_tokens=min(c.default_max_tokens or c.max_output_tokens for c in cards),
+                # a split can do what every arm can
+                supports_tools=all(c.supports_tools for c in cards),
+                supports_json_schema=all(c.supports_json_schema for c in cards),
+                supports_logprobs=all(c.supports_logprobs for c in cards),
+                supports_echo=all(c.supports_echo for c in cards),
             )
         target = self._names.get(name)
         if target is None:

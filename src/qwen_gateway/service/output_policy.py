@@ -45,6 +45,7 @@ from qwen_gateway.core.types import (
     RelayedChunk,
     TextDelta,
     TextRequest,
+    TokenLogprob,
     ToolCallDelta,
     Usage,
 )
@@ -83,6 +84,13 @@ class _Choice:
     tail: str = ""  # the classifier's next text: the last it read (overlap) and what is new
     fresh: int = 0  # characters of ``tail`` the classifier has not read
     unread: list[EngineEvent] = field(default_factory=list)  # gated: waiting for a verdict
+    #: token logprobs of text the filter has not let out yet; they go out with it only while
+    #: the filter has changed nothing (after a redaction they are dropped: a masked token's
+    #: logprob would tell what it was)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    fed: int = 0  # characters given to the filter
+    delivered: int = 0  # characters it let out
+    rewritten: bool = False
 
 
 class OutputPolicy:
@@ -269,6 +277,8 @@ class _Run:
                 return []
             if c.filter is None:
                 return [event]
+            c.logprobs.extend(event.logprobs)
+            c.fed += len(event.text)
             return self._verdict(event.index, c, c.filter.feed(event.text))
         if isinstance(event, ToolCallDelta):
             c = self.choices[event.index]
@@ -346,7 +356,17 @@ class _Run:
     def _verdict(self, index: int, c: _Choice, verdict: Verdict) -> list[EngineEvent]:
         for hit in verdict.hits:
             self._finding(hit)
-        out: list[EngineEvent] = [TextDelta(index, verdict.deliver)] if verdict.deliver else []
+        c.delivered += len(verdict.deliver)
+        if verdict.hits:
+            c.rewritten = True
+        logprobs: tuple[TokenLogprob, ...] = ()
+        if c.rewritten:
+            c.logprobs.clear()
+        elif c.delivered == c.fed:  # nothing held back: every waiting token's text is out
+            logprobs, c.logprobs = tuple(c.logprobs), []
+        out: list[EngineEvent] = (
+            [TextDelta(index, verdict.deliver, logprobs)] if verdict.deliver else []
+        )
         if verdict.blocked is not None:
             out.extend(self._stop(index, c, held=self._holds(verdict.blocked)))
         return out

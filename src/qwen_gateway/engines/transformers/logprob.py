@@ -31,9 +31,7 @@ def _alternative(tokenizer: QwenTokenizer, token: int, logprob: float) -> TokenL
     return TokenLogprob(text, logprob, data)
 
 
-def chosen(
-    tokenizer: QwenTokenizer, row: torch.Tensor, token: int, top: int
-) -> TokenLogprob:
+def chosen(tokenizer: QwenTokenizer, row: torch.Tensor, token: int, top: int) -> TokenLogprob:
     """``token``'s entry from one log-softmax row [V], with ``top`` alternatives."""
     pairs: list[tuple[int, float]] = []
     if top > 0:
