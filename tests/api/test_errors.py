@@ -208,12 +208,12 @@ CHAT_CASES: list[tuple[str, dict[str, Any], int, str, str | None, str | None, ty
         openai.NotFoundError,
     ),
     (
-        "logprobs",
-        _with(logprobs=True),
+        "top_logprobs above 20",
+        _with(logprobs=True, top_logprobs=21),
         400,
         "invalid_request_error",
-        None,
-        "logprobs",
+        "invalid_value",
+        "top_logprobs",
         openai.BadRequestError,
     ),
 ]
