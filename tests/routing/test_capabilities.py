@@ -37,7 +37,7 @@ async def tiny(
                 "max_batch_size": 4,
                 "capabilities": {"logprobs": False, "echo": False, "tools": False},
             },
-        ],  # fmt: skip
+        ],
     }
     async with open_in_process(Container(load_settings(tree, env={}))) as g:
         yield g
