@@ -209,3 +209,20 @@ def test_out_of_bounds_logprobs_are_a_400_naming_the_param(
     got = _raw(server, path, {"model": MODEL, **body})
     assert got.status_code == 400, got.text
     assert got.json()["error"]["param"] == param
+
+
+def test_logprobs_stop_with_the_text_a_stop_string_cuts(server: Server) -> None:
+    body: dict[str, Any] = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 8,
+                            "temperature": 0, "logprobs": 0}  # fmt: skip
+    with _client(server) as client:
+        whole = client.completions.create(**body)
+        text = whole.choices[0].text
+        assert whole.choices[0].logprobs is not None
+        tokens = whole.choices[0].logprobs.tokens or []
+        assert len(tokens) == 8
+        stop = tokens[3] + tokens[4]  # cut from the fourth token on
+        cut = client.completions.create(**body, stop=[stop])
+    kept = cut.choices[0].text
+    assert kept == text[: text.index(stop)]
+    assert cut.choices[0].logprobs is not None
+    assert "".join(cut.choices[0].logprobs.tokens or []) == kept

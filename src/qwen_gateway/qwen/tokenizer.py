@@ -282,6 +282,11 @@ class IncrementalDecoder:
         return data.decode("utf-8", errors="replace")
 
 
+def utf8_boundary(data: bytes) -> int:
+    """The length of ``data``'s longest prefix that does not end inside a character."""
+    return _complete_utf8_prefix(data)
+
+
 def _complete_utf8_prefix(data: bytes) -> int:
     """Length of the longest prefix that does not end inside a UTF-8 sequence."""
     n = len(data)

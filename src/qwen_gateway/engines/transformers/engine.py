@@ -147,8 +147,9 @@ class _Choice:
     last_token: int = 0
     generated: int = 0
     done: bool = False
-    #: logprobs of tokens whose text is still held back (by the decoder or a stop string)
-    pending: list[TokenLogprob] = field(default_factory=list)
+    #: an engines.transformers.logprob.Aligner when logprobs are asked: it holds those of
+    #: tokens whose text is still held back (by the decoder or a stop string)
+    aligner: Any = None
 
 
 @dataclass(eq=False)
@@ -516,21 +517,28 @@ class TransformersBackend:
                 stage = "detokenise"
                 self._enter(stage, choice.group.request_id)
                 if i in rows and token not in self._eos:
-                    choice.pending.append(self._logprob(rows[i], token, choice))
+                    self._logprob(rows[i], token, choice)
                 self._advance(choice, token)
             except Exception as exc:
                 self._fail_request(choice.group, stage, exc)
 
-    def _logprob(self, row: Any, token: int, choice: _Choice) -> TokenLogprob:
-        from qwen_gateway.engines.transformers.logprob import chosen
+    def _logprob(self, row: Any, token: int, choice: _Choice) -> None:
+        from qwen_gateway.engines.transformers.logprob import Aligner, chosen
 
-        return chosen(self.tokenizer, row, token, choice.group.sampling.logprobs or 0)
+        if choice.aligner is None:
+            choice.aligner = Aligner()
+        top = choice.group.sampling.logprobs or 0
+        choice.aligner.add(chosen(self.tokenizer, row, token, top))
 
-    def _delta(self, choice: _Choice, text: str) -> TextDelta:
-        """``text`` with the logprobs of the tokens it completes."""
-        if not choice.pending:
+    def _delta(self, choice: _Choice, text: str, *, last: bool = False) -> TextDelta:
+        """``text`` with the logprobs of the tokens that make it (``last``: and of any
+        token left, the output being complete)."""
+        aligner = choice.aligner
+        if aligner is None:
             return TextDelta(choice.index, text)
-        logprobs, choice.pending = tuple(choice.pending), []
+        logprobs: tuple[TokenLogprob, ...] = aligner.take(len(text))
+        if last:
+            logprobs += aligner.rest()
         return TextDelta(choice.index, text, logprobs)
 
     def _advance(self, choice: _Choice, token: int) -> None:
@@ -558,8 +566,8 @@ class TransformersBackend:
         if flush:
             text, _ = choice.stop.feed(choice.decoder.flush())
             text += choice.stop.flush()
-            if text or choice.pending:
-                self._outbox.append((group.sink, self._delta(choice, text)))
+            if text or (choice.aligner is not None and choice.aligner.pending):
+                self._outbox.append((group.sink, self._delta(choice, text, last=True)))
         choice.done = True
         self._release(choice)
         self._outbox.append((group.sink, ChoiceFinished(choice.index, reason)))
