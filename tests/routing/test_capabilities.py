@@ -111,3 +111,8 @@ async def test_engines_without_logprobs_refuse_them_and_echo_text_still_works(
         # echo alone is the gateway's: any engine can
         done = await g.client.completions.create(model="scripted", prompt="Hi ", echo=True)
         assert done.choices[0].text.startswith("Hi ")
+        only = await g.client.completions.create(
+            model="scripted", prompt="Hi ", echo=True, max_tokens=0
+        )
+        assert only.choices[0].text == "Hi "
+        assert only.usage is not None and only.usage.completion_tokens == 0

@@ -473,3 +473,22 @@ def test_near_duplicates_need_the_tenant_scope(tmp_path: Path) -> None:
         Container(
             load_settings(tree, env={}), engines={"qwen2.5-tiny": scripted_engine("x", ["y"])}
         )
+
+
+async def test_a_request_asking_for_logprobs_is_never_answered_from_the_cache(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    tree: dict[str, Any] = {
+        "data_dir": str(tmp_path),
+        "auth": {"enabled": False},
+        "cache": {},
+        "model": {"model": str(tiny_model_dir), "served_name": "m", "max_batch_size": 2},
+    }
+    async with open_in_process(Container(load_settings(tree, env={}))) as g:
+        plain = await ask(g, max_tokens=4)
+        assert plain.headers["x-qwen-gateway-cache"] == "miss"
+        assert (await ask(g, max_tokens=4)).headers["x-qwen-gateway-cache"] == "hit"
+        for _ in range(2):  # the same request with logprobs: answered afresh, with them
+            got = await ask(g, max_tokens=4, logprobs=True, top_logprobs=1)
+            assert got.headers["x-qwen-gateway-cache"] == "bypass"
+            assert len(got.json()["choices"][0]["logprobs"]["content"]) >= 1

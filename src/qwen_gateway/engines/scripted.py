@@ -73,7 +73,8 @@ class ScriptedBackend:
         self.requests.append(list(job.prompt))
         reply = next(self._replies)
         ids = self.tokenizer.encode_raw(reply)
-        budget = job.sampling.max_tokens or len(ids)
+        max_tokens = job.sampling.max_tokens
+        budget = len(ids) if max_tokens is None else max_tokens  # 0: echo only
         completion = 0
         for index in range(job.n):
             decoder = self.tokenizer.decoder()
