@@ -20,14 +20,15 @@ from support.fixtures import MODEL
 from support.server import Server
 
 pytestmark = pytest.mark.e2e
-DATA = Path(__file__).resolve().parent.parent / "data" / "lm_eval"
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "tests" / "data" / "lm_eval"
 
 
 def _task(name: str) -> dict[str, Any]:
     """The task's YAML with its data file made absolute (so no working directory matters)."""
     config: dict[str, Any] = yaml.safe_load((DATA / f"{name}.yaml").read_text())
     files = config["dataset_kwargs"]["data_files"]
-    config["dataset_kwargs"]["data_files"] = {k: str(DATA / v) for k, v in files.items()}
+    config["dataset_kwargs"]["data_files"] = {k: str(ROOT / v) for k, v in files.items()}
     return config
 
 
