@@ -106,3 +106,41 @@ async def test_an_upstream_without_echo_refuses_the_prompt_logprobs(
         )
         assert got.status_code == 400
         assert got.json()["error"]["param"] == "logprobs"
+
+
+def test_a_vllm_style_echo_chunk_is_split_into_the_prompt_and_the_output() -> None:
+    """vLLM streams the echoed prompt and the first output token in one chunk."""
+    from qwen_gateway.core.types import PromptLogprobs, TextDelta
+    from qwen_gateway.engines.openai_upstream import _Echo, _events
+
+    chunk = {
+        "choices": [
+            {
+                "index": 0,
+                "text": "Hi there!",
+                "logprobs": {
+                    "tokens": ["Hi", " there", "!"],
+                    "token_logprobs": [None, -1.5, -0.25],
+                    "top_logprobs": [
+                        None,
+                        {" there": -1.5},
+                        {"!": -0.25, "bytes:\\xe2\\x80": -3.0},
+                    ],
+                    "text_offset": [0, 2, 8],
+                },
+            }
+        ]
+    }
+    echo = _Echo(len("Hi there"))
+    events = _events(chunk, {}, echo)
+    prompt = [e for e in events if isinstance(e, PromptLogprobs)]
+    assert [[(t.token, t.logprob) for t in p.tokens] for p in prompt] == [
+        [("Hi", None), (" there", -1.5)]
+    ]
+    (delta,) = [e for e in events if isinstance(e, TextDelta)]
+    assert delta.text == "!"
+    assert [(t.token, t.logprob) for t in delta.logprobs] == [("!", -0.25)]
+    assert delta.logprobs[0].top[1].bytes == (0xE2, 0x80)  # an escaped partial character
+    # the next choice's echo is not reported twice
+    again = _events({"choices": [{**chunk["choices"][0], "index": 1}]}, {}, echo)
+    assert not any(isinstance(e, PromptLogprobs) for e in again)
