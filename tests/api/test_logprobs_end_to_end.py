@@ -226,3 +226,31 @@ def test_logprobs_stop_with_the_text_a_stop_string_cuts(server: Server) -> None:
     assert kept == text[: text.index(stop)]
     assert cut.choices[0].logprobs is not None
     assert "".join(cut.choices[0].logprobs.tokens or []) == kept
+
+
+def test_chat_logprobs_with_tools_and_n_follow_each_choices_content(server: Server) -> None:
+    tools = [{"type": "function", "function": {"name": "ping", "parameters": {"type": "object"}}}]
+    with _client(server) as client:
+        chunks = list(
+            client.chat.completions.create(
+                model=MODEL,
+                messages=CHAT,
+                max_tokens=6,
+                temperature=1.0,
+                seed=7,
+                n=2,
+                tools=tools,
+                logprobs=True,
+                top_logprobs=1,
+                stream=True,
+            )
+        )
+    text = {0: "", 1: ""}
+    tokens = {0: b"", 1: b""}
+    for chunk in chunks:
+        for c in chunk.choices:
+            text[c.index] += c.delta.content or ""
+            for e in (c.logprobs.content or []) if c.logprobs else []:
+                tokens[c.index] += bytes(e.bytes or [])
+    for i in (0, 1):
+        assert tokens[i].decode("utf-8", "replace") == text[i]
