@@ -144,3 +144,14 @@ def test_a_vllm_style_echo_chunk_is_split_into_the_prompt_and_the_output() -> No
     # the next choice's echo is not reported twice
     again = _events({"choices": [{**chunk["choices"][0], "index": 1}]}, {}, echo)
     assert not any(isinstance(e, PromptLogprobs) for e in again)
+
+
+def test_an_echo_without_text_offsets_is_split_by_the_tokens_text() -> None:
+    from qwen_gateway.core.types import PromptLogprobs, TextDelta
+    from qwen_gateway.engines.openai_upstream import _Echo, _events
+
+    item = {"index": 0, "text": "ab c", "logprobs": {"tokens": ["a", "b", " c"],
+            "token_logprobs": [None, -1.0, -2.0]}}  # fmt: skip
+    events = _events({"choices": [item]}, {}, _Echo(2))
+    assert [len(e.tokens) for e in events if isinstance(e, PromptLogprobs)] == [2]
+    assert [(e.text, len(e.logprobs)) for e in events if isinstance(e, TextDelta)] == [(" c", 1)]

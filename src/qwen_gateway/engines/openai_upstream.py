@@ -778,18 +778,23 @@ def _split_echo(
     out: list[_Plain],
 ) -> tuple[str, tuple[TokenLogprob, ...]]:
     """Take the echoed prompt off the front of a completions choice's text: its tokens (those
-    starting before the prompt's end, by ``text_offset``) go out once as
-    :class:`PromptLogprobs`; the rest is output."""
-    left = echo.chars - state.echoed
+    starting before the prompt's end, by ``text_offset``, or by the tokens' own text when the
+    upstream gives no offsets) go out once as :class:`PromptLogprobs`; the rest is output.
+    The prompt is expected in the choice's first chunk, as vLLM and this gateway send it."""
+    start = state.echoed
+    left = echo.chars - start
     state.echoed += min(left, len(text))
     offsets = raw.get("text_offset") if isinstance(raw, dict) else None
     if not isinstance(offsets, list) or len(offsets) != len(logprobs):
-        offsets = []
+        offsets, at = [], start
+        for entry in logprobs:
+            offsets.append(at)
+            at += len(bytes(entry.bytes).decode("utf-8", errors="ignore"))
     cut = sum(1 for o in offsets if isinstance(o, int) and o < echo.chars)
-    if offsets and not echo.sent:
+    if not echo.sent:
         echo.sent = True
         out.append(PromptLogprobs(logprobs[:cut]))
-    return text[left:], logprobs[cut:] if offsets else ()
+    return text[left:], logprobs[cut:]
 
 
 def _token(token: Any, raw_bytes: Any) -> tuple[str, tuple[int, ...]]:
