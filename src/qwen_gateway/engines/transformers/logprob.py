@@ -53,12 +53,18 @@ def prompt_entries(
     out = [entry(tokenizer, prompt[0], None, ())] if prompt else []
     for begin in range(0, len(prompt) - 1, PROMPT_CHUNK):
         end = min(begin + PROMPT_CHUNK, len(prompt) - 1)
-        rows = torch.log_softmax(logits_of(hidden[begin:end]), dim=-1)
-        targets = torch.tensor(prompt[begin + 1 : end + 1], device=rows.device)
-        picked = rows.gather(1, targets[:, None])[:, 0].tolist()
+        # log-softmax without the [rows, vocab] result: logit - logsumexp, for the few asked
+        logits = logits_of(hidden[begin:end])
+        norm = torch.logsumexp(logits, dim=-1, keepdim=True)
+        targets = torch.tensor(prompt[begin + 1 : end + 1], device=logits.device)
+        picked = (logits.gather(1, targets[:, None]) - norm)[:, 0].tolist()
         tops: list[list[tuple[int, float]]] = [[] for _ in range(end - begin)]
         if top > 0:
-            values, ids = torch.topk(rows, top, dim=-1)
+            if top == 1:
+                best, best_ids = logits.max(dim=-1, keepdim=True)
+            else:
+                best, best_ids = torch.topk(logits, top, dim=-1)
+            values, ids = best - norm, best_ids
             tops = [
                 list(zip(i, v, strict=True))
                 for i, v in zip(ids.tolist(), values.tolist(), strict=True)
