@@ -71,6 +71,7 @@ from qwen_gateway.service.console import ConsoleService
 from qwen_gateway.service.embeddings import EmbeddingService
 from qwen_gateway.service.fleet import Fleet
 from qwen_gateway.service.input_policy import InputPolicy
+from qwen_gateway.service.messages import MessagesService
 from qwen_gateway.service.normalise import Normalise
 from qwen_gateway.service.output_policy import OutputPolicy
 from qwen_gateway.service.pipeline import Pipeline, Stage, compose
@@ -449,6 +450,8 @@ class Services:
     completions: CompletionService
     #: the admin console's live stats and effective configuration
     console: ConsoleService
+    #: the Anthropic Messages edge (/v1/messages)
+    messages: MessagesService
     #: the content-safety policies in force (None: no ``safety:`` section)
     safety: SafetyRuntime | None = None
     #: the first admin key, created at the first start with authentication on, to show once
@@ -555,13 +558,11 @@ def assemble(
         throttle=FailureThrottle(settings.auth.failure_limit),
     )
     specs: Sequence[ModelSettings] = settings.deployments or [settings.model]
-    normalise = Normalise(
-        router,
-        RequestLimits(
-            max_output_tokens=max(d.max_output_tokens for d in specs),
-            max_n=max(d.max_n for d in specs),
-        ),
+    limits = RequestLimits(
+        max_output_tokens=max(d.max_output_tokens for d in specs),
+        max_n=max(d.max_n for d in specs),
     )
+    normalise = Normalise(router, limits)
     accounting = Accounting(store.writer.put, gate.settle)
     safety = _safety(settings, reload, metrics, store.writer.put)
     if safety is not None:
@@ -596,6 +597,7 @@ def assemble(
     policy = next((s for s in stages if isinstance(s, InputPolicy)), None)
     embeddings = EmbeddingService(route, policy.check if policy else None, metrics)
     console = ConsoleService(settings, metrics, router.replica_states, store.writer.put)
+    messages = MessagesService(router, limits, pipeline.generate, gate.prompt_tokens)
     return Services(
         settings,
         metrics,
@@ -607,6 +609,7 @@ def assemble(
         pipeline,
         completions,
         console,
+        messages,
         safety,
         embeddings=embeddings,
     )

@@ -12,6 +12,7 @@ from qwen_gateway import __version__
 from qwen_gateway.api.embeddings import embeddings_router
 from qwen_gateway.api.errors import install_error_handlers
 from qwen_gateway.api.fastpath import GatewayApp
+from qwen_gateway.api.messages import messages_router
 from qwen_gateway.api.middleware import GatewayMiddleware
 from qwen_gateway.api.routes import authenticated, include_routes
 from qwen_gateway.api.safety import reload_on_sighup, safety_router
@@ -63,6 +64,13 @@ def create_app(container: Container, on_ready: Callable[[], None] | None = None)
         reviews=services.reviews,
         console=services.console,
         responses_storage=_responses_storage(services.settings),
+    )
+    app.include_router(
+        messages_router(
+            services.messages,
+            authenticated(services.pipeline.authenticate),
+            services.settings.server.keepalive_seconds,
+        )
     )
     if services.safety is not None:
         admin_only = authenticated(services.pipeline.authenticate, admin=True)

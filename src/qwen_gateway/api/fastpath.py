@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from qwen_gateway.api.body import parse_json
 from qwen_gateway.api.disconnect import ClientWatch
 from qwen_gateway.api.errors import error_response
-from qwen_gateway.api.routes import _headers
+from qwen_gateway.api.routes import _headers, authorization
 from qwen_gateway.api.sse import EventStreamResponse
 from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.errors import GatewayError, InvalidRequest
@@ -114,14 +114,17 @@ class HotRoute:
 
     async def _read(self, scope: Scope, receive: Receive, record: RequestRecord) -> Any:
         """Authenticate the caller (noted on ``record``), then the JSON body."""
-        authorization: str | None = None
+        header: str | None = None
+        api_key: str | None = None
         ctype = ""
         for name, value in scope["headers"]:
             if name == b"authorization":
-                if authorization is None:
-                    authorization = value.decode("latin-1")
+                if header is None:
+                    header = value.decode("latin-1")
             elif name == b"content-type" and not ctype:
                 ctype = value.decode("latin-1")
+            elif name == b"x-api-key" and api_key is None:
+                api_key = value.decode("latin-1")
         query = scope.get("query_string", b"")
         keys = (
             {k for k, _ in parse_qsl(query.decode("latin-1"), keep_blank_values=True)}
@@ -130,7 +133,11 @@ class HotRoute:
         )
         client = scope.get("client")
         await self._auth(
-            record, authorization, keys, client[0] if client else "unknown", scope["path"]
+            record,
+            authorization(header, api_key),
+            keys,
+            client[0] if client else "unknown",
+            scope["path"],
         )
         if ctype.split(";")[0].strip().lower() != "application/json":
             raise InvalidRequest(

@@ -12,7 +12,7 @@ from typing import Any
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from qwen_gateway.api.errors import envelope
+from qwen_gateway.api.errors import anthropic_body, anthropic_path, envelope
 from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.observability.logging import access_log
 from qwen_gateway.observability.metrics import Metrics
@@ -80,7 +80,7 @@ class GatewayMiddleware:
 
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-            await self._too_large(send_wrapper)
+            await self._too_large(send_wrapper, scope)
             self._finish(scope, record, 413)
             return
 
@@ -101,7 +101,7 @@ class GatewayMiddleware:
         try:
             await self.app(scope, receive_wrapper, send_wrapper)
         except BodyTooLarge:
-            await self._too_large(send_wrapper)
+            await self._too_large(send_wrapper, scope)
         except ClientDisconnect:  # the client left before the response began: no one to answer
             record.cancelled = True
             status = CLIENT_CLOSED_REQUEST
@@ -113,15 +113,14 @@ class GatewayMiddleware:
             if account is not None:
                 await account.finish(record, _endpoint(scope), scope.get("method", ""), status)
 
-    async def _too_large(self, send: Send) -> None:
-        body = _json_bytes(
-            envelope(
-                f"The request body exceeds the limit of {self.max_body_bytes} bytes.",
-                "invalid_request_error",
-                None,
-                "request_too_large",
+    async def _too_large(self, send: Send, scope: Scope) -> None:
+        message = f"The request body exceeds the limit of {self.max_body_bytes} bytes."
+        if anthropic_path(scope.get("path", "")):
+            body = _json_bytes(anthropic_body(message, 413))
+        else:
+            body = _json_bytes(
+                envelope(message, "invalid_request_error", None, "request_too_large")
             )
-        )
         await send(
             {
                 "type": "http.response.start",

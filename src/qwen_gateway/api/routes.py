@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import re
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import suppress
@@ -17,7 +18,7 @@ from starlette.requests import ClientDisconnect
 from qwen_gateway.api.admin import admin_router
 from qwen_gateway.api.body import parse_json
 from qwen_gateway.api.reviews import admin_review_router, client_review_router
-from qwen_gateway.api.sse import EventStreamResponse
+from qwen_gateway.api.sse import OPENAI, EventStreamResponse, Framing
 from qwen_gateway.config import ServerSettings
 from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.core.types import ModelInfo
@@ -69,7 +70,7 @@ def authenticated(authenticate: Authenticate, *, admin: bool = False) -> Any:
         client = request.client.host if request.client is not None else "unknown"
         await authenticate(
             record_of(request),
-            request.headers.get("authorization"),
+            authorization(request.headers.get("authorization"), request.headers.get("x-api-key")),
             set(request.query_params.keys()),
             client,
             request.url.path,
@@ -77,6 +78,14 @@ def authenticated(authenticate: Authenticate, *, admin: bool = False) -> Any:
         )
 
     return check
+
+
+def authorization(header: str | None, api_key: str | None) -> str | None:
+    """The credential as an Authorization header: the header itself, else an ``x-api-key``
+    (how Anthropic's clients send the key) as a bearer token."""
+    if header is None and api_key:
+        return f"Bearer {api_key}"
+    return header
 
 
 async def read_json(request: Request) -> Any:
@@ -111,20 +120,27 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
             await watcher
 
 
-async def respond(request: Request, result: Any, keepalive: float) -> Response:
+async def respond(
+    request: Request, result: Any, keepalive: float, framing: Framing = OPENAI
+) -> Response:
     """JSON for complete results; SSE (after the first chunk is in hand) for streams."""
     record = record_of(request)
     if isinstance(result, dict):
-        return Response(
-            orjson.dumps(result), media_type="application/json", headers=_headers(record)
-        )
+        return Response(_dumps(result), media_type="application/json", headers=_headers(record))
     stream: AsyncGenerator[Any, None] = result
     try:
         first = await until_disconnect(request, anext(stream))
     except BaseException:
         await stream.aclose()
         raise
-    return EventStreamResponse(first, stream, record, keepalive, _headers(record))
+    return EventStreamResponse(first, stream, record, keepalive, _headers(record), framing=framing)
+
+
+def _dumps(result: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(result)
+    except TypeError:  # an integer beyond 64 bits (a tool's input, as the model wrote it)
+        return json.dumps(result, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _headers(record: RequestRecord) -> dict[str, str] | None:

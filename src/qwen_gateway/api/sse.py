@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -19,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from qwen_gateway.api.coalesce import ready_batches
 from qwen_gateway.api.disconnect import ClientWatch
+from qwen_gateway.api.errors import anthropic_body
 from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.errors import EngineUnavailable, GatewayError
 
@@ -48,6 +50,35 @@ def error_frame(exc: GatewayError) -> bytes:
     )
 
 
+def named_frame(obj: Mapping[str, Any] | bytes) -> bytes:
+    """One SSE event with an ``event:`` line naming it by the object's ``type``, as Anthropic's
+    streams are framed."""
+    if isinstance(obj, bytes):
+        return frame(obj)
+    return b"event: " + str(obj["type"]).encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
+
+
+def anthropic_error_frame(exc: GatewayError) -> bytes:
+    return named_frame(dict(anthropic_body(exc.message, exc.status_code, exc.param)))
+
+
+@dataclass(frozen=True, slots=True)
+class Framing:
+    """How one API frames its stream: each event, the in-stream error, the end, keep-alives."""
+
+    frame: Callable[[Mapping[str, Any] | bytes], bytes]
+    error: Callable[[GatewayError], bytes]
+    done: bytes
+    keepalive: bytes
+
+
+#: OpenAI's: ``data:`` lines, ``data: [DONE]`` at the end, comments to keep alive.
+OPENAI = Framing(frame, error_frame, DONE, KEEPALIVE)
+#: Anthropic's Messages: ``event:`` + ``data:`` lines, nothing after ``message_stop``, and
+#: ``ping`` events to keep alive.
+ANTHROPIC = Framing(named_frame, anthropic_error_frame, b"", named_frame({"type": "ping"}))
+
+
 class EventStreamResponse(Response):
     """An ASGI response streaming SSE frames; the first chunk is already in hand.
 
@@ -68,6 +99,7 @@ class EventStreamResponse(Response):
         keepalive: float = 15.0,
         headers: Mapping[str, str] | None = None,
         watch: ClientWatch | None = None,
+        framing: Framing = OPENAI,
     ) -> None:
         super().__init__(status_code=200, media_type=self.media_type)
         self._extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
@@ -77,6 +109,7 @@ class EventStreamResponse(Response):
         self._keepalive = keepalive
         self._watch = watch  # the caller's, which the caller closes
         self._started = False  # the response head was sent
+        self._framing = framing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
@@ -85,6 +118,8 @@ class EventStreamResponse(Response):
         finishing = False
         ticker: asyncio.TimerHandle | None = None
         keepalive_tasks: set[asyncio.Task[None]] = set()
+        framing = self._framing
+        frame = framing.frame
 
         async def send_body(data: bytes) -> None:
             nonlocal last_sent
@@ -97,7 +132,7 @@ class EventStreamResponse(Response):
             if finishing:
                 return
             if idle >= self._keepalive:
-                keepalive_tasks.add(task := loop.create_task(send_body(KEEPALIVE)))
+                keepalive_tasks.add(task := loop.create_task(send_body(framing.keepalive)))
                 task.add_done_callback(keepalive_tasks.discard)
                 idle = 0.0
             ticker = loop.call_later(self._keepalive - idle, tick)
@@ -122,9 +157,9 @@ class EventStreamResponse(Response):
             try:
                 async for batch in batches:  # chunks ready together go out in one write
                     await send_body(b"".join([frame(chunk) for chunk in batch]))
-                tail = DONE
+                tail = framing.done
             except GatewayError as exc:
-                tail = error_frame(exc)
+                tail = framing.error(exc)
             finishing = True
             ticker.cancel()
             for task in list(keepalive_tasks):  # each removes itself from the set when done
@@ -165,7 +200,7 @@ class EventStreamResponse(Response):
     async def _cut_off(self, send: Send) -> None:
         """End a stream the shutdown cuts off with an in-stream error instead of a bare close."""
         log.info("stream cut off by the server shutting down")
-        tail = error_frame(
+        tail = self._framing.error(
             EngineUnavailable(
                 "The server is shutting down; the stream was cut off. Retry the request.",
                 code="server_shutting_down",
