@@ -7,6 +7,7 @@ models (there is no Anthropic OpenAPI document to validate against)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,6 +28,7 @@ from qwen_gateway.engines.scripted import scripted_engine
 from qwen_gateway.store.tables import UsageRow
 from support.fixtures import MODEL, InProcess, open_in_process
 from support.flaky import FlakyEngine
+from support.metrics import sample
 from support.server import Server
 from tenancy.helpers import admin_key, new_key, secured
 
@@ -496,3 +498,20 @@ def test_sync_sdk_and_langchain_against_a_server(server: Server) -> None:
     chunks = list(llm.stream("Hello again"))
     assert chunks
     assert sum((c.usage_metadata or {}).get("output_tokens", 0) for c in chunks) > 0
+
+
+def test_a_client_leaving_a_stream_aborts_the_generation(server: Server) -> None:
+    def aborted() -> float:
+        text = httpx.get(server.base_url + "/metrics").text
+        return sample(text, "qwen_gateway_engine_aborted_requests_total", model=MODEL)
+
+    before = aborted()
+    body = {"model": MODEL, "max_tokens": 8000, "messages": ASK, "stream": True}
+    with httpx.stream("POST", server.base_url + "/v1/messages", json=body) as resp:
+        assert next(resp.iter_lines()) == "event: message_start"
+    # the connection is closed: the engine must notice and free the slot
+    for _ in range(500):
+        if aborted() > before:
+            break
+        time.sleep(0.02)  # polling the server's counters, bounded
+    assert aborted() == before + 1
