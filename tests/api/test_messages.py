@@ -381,6 +381,12 @@ async def test_keys_limits_usage_and_audit(tmp_path: Path) -> None:
                 await client.messages.create(**body)  # type: ignore[arg-type]
         check_error(unauthenticated.value.response, 401, "authentication_error")
         check_error(await g.http.post("/v1/messages", json=body), 401, "authentication_error")
+        plain = await new_key(g)  # x-api-key works on the OpenAI routes too
+        chat = {"model": "scripted", "messages": ASK}
+        for path, payload in (("/v1/chat/completions", chat), ("/v1/messages", body)):
+            ok = await g.http.post(path, json=payload, headers={"x-api-key": plain})
+            assert ok.status_code == 200, ok.text
+        assert (await g.http.get("/v1/models", headers={"x-api-key": plain})).status_code == 200
         narrow = await new_key(g, models=["other"])
         async with sdk(g, narrow) as client:
             with pytest.raises(anthropic.PermissionDeniedError):
@@ -394,8 +400,12 @@ async def test_keys_limits_usage_and_audit(tmp_path: Path) -> None:
         await g.container.store.writer.flush()
         async with g.container.store.db.sessions() as session:
             entries = list(await session.scalars(select(UsageRow)))
-        mine = [e for e in entries if e.path == "/v1/messages" and e.status == 200]
-        assert len(mine) == 3
+        mine = [
+            e
+            for e in entries
+            if e.path == "/v1/messages" and e.status == 200 and e.key_id is not None
+        ]
+        assert len(mine) == 4
         assert all(e.model == "scripted" and e.completion_tokens > 0 for e in mine)
         assert all(e.prompt_tokens > 0 and e.principal.startswith("key:") for e in mine)
         assert request_id in {e.request_id for e in mine}

@@ -16,6 +16,7 @@ from qwen_gateway.api.messages import messages_router
 from qwen_gateway.api.middleware import GatewayMiddleware
 from qwen_gateway.api.routes import authenticated, include_routes
 from qwen_gateway.api.safety import reload_on_sighup, safety_router
+from qwen_gateway.api.sse import ANTHROPIC
 from qwen_gateway.api.ui import ui_router
 from qwen_gateway.container import Container
 from qwen_gateway.service.fleet import Fleet
@@ -83,6 +84,7 @@ def create_app(container: Container, on_ready: Callable[[], None] | None = None)
     authenticate = services.pipeline.authenticate
     app.add_hot_route("/v1/chat/completions", services.completions.chat, authenticate, keepalive)
     app.add_hot_route("/v1/completions", services.completions.complete, authenticate, keepalive)
+    app.add_hot_route("/v1/messages", services.messages.create, authenticate, keepalive, ANTHROPIC)
     if services.embeddings is not None:
         app.include_router(
             embeddings_router(services.embeddings, authenticated(authenticate), keepalive)

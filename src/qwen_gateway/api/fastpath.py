@@ -1,7 +1,7 @@
-"""The two hot endpoints as plain ASGI, in front of FastAPI's routing.
+"""The hot endpoints as plain ASGI, in front of FastAPI's routing.
 
-``POST /v1/chat/completions`` and ``POST /v1/completions`` are what a gateway spends its time
-on. :class:`GatewayApp` serves them through the app's own middleware (request id, body cap,
+``POST /v1/chat/completions``, ``POST /v1/completions`` (and the other generation edges, such
+as ``POST /v1/messages``) are what a gateway spends its time on. :class:`GatewayApp` serves them through the app's own middleware (request id, body cap,
 metrics, access log, accounting) and the app's 500 handler, but without FastAPI's request
 objects, router matching, dependency solving and exception middleware, which cost more than
 the gateway's own work per request. Everything else (other paths, other methods, OpenAPI)
@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
-import orjson
 from fastapi import FastAPI
 from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.requests import ClientDisconnect
@@ -31,8 +30,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from qwen_gateway.api.body import parse_json
 from qwen_gateway.api.disconnect import ClientWatch
 from qwen_gateway.api.errors import error_response
-from qwen_gateway.api.routes import _headers, authorization
-from qwen_gateway.api.sse import EventStreamResponse
+from qwen_gateway.api.routes import _dumps, _headers, authorization
+from qwen_gateway.api.sse import OPENAI, EventStreamResponse, Framing
 from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.errors import GatewayError, InvalidRequest
 from qwen_gateway.service.authenticate import Authenticate
@@ -71,12 +70,18 @@ class HotRoute:
     """One hot endpoint as an ASGI app (inside the app's middleware, see :class:`GatewayApp`)."""
 
     def __init__(
-        self, call: ServiceCall, auth: Authenticate, keepalive: float, route: Endpoint
+        self,
+        call: ServiceCall,
+        auth: Authenticate,
+        keepalive: float,
+        route: Endpoint,
+        framing: Framing = OPENAI,
     ) -> None:
         self._call = call
         self._auth = auth
         self._keepalive = keepalive
         self._route = route
+        self._framing = framing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope["route"] = self._route  # its path template names the endpoint in usage
@@ -91,7 +96,7 @@ class HotRoute:
                 result = await self._call(raw, record)
                 if isinstance(result, dict):
                     watch.close()  # as the route did: the answer is sent even if it just left
-                    await _send_json(send, orjson.dumps(result), _headers(record))
+                    await _send_json(send, _dumps(result), _headers(record))
                     return
                 try:  # commit late: the status line waits for the first chunk
                     first = await anext(result)
@@ -99,7 +104,7 @@ class HotRoute:
                     await result.aclose()
                     raise
                 stream = EventStreamResponse(
-                    first, result, record, self._keepalive, _headers(record), watch
+                    first, result, record, self._keepalive, _headers(record), watch, self._framing
                 )
                 await stream(scope, receive, send)
             except asyncio.CancelledError:
@@ -110,7 +115,7 @@ class HotRoute:
             finally:
                 watch.close()
         except GatewayError as exc:
-            await error_response(exc)(scope, receive, send)
+            await error_response(exc, scope["path"])(scope, receive, send)
 
     async def _read(self, scope: Scope, receive: Receive, record: RequestRecord) -> Any:
         """Authenticate the caller (noted on ``record``), then the JSON body."""
@@ -163,11 +168,16 @@ class GatewayApp(FastAPI):
         self._hot_stack: dict[str, ASGIApp] | None = None
 
     def add_hot_route(
-        self, path: str, call: ServiceCall, auth: Authenticate, keepalive: float
+        self,
+        path: str,
+        call: ServiceCall,
+        auth: Authenticate,
+        keepalive: float,
+        framing: Framing = OPENAI,
     ) -> None:
         """Serve ``POST path`` with ``call`` (the route registered at ``path`` stays for the
-        OpenAPI document and the other methods)."""
-        self.hot[path] = HotRoute(call, auth, keepalive, Endpoint(path))
+        OpenAPI document and the other methods); streams are framed by ``framing``."""
+        self.hot[path] = HotRoute(call, auth, keepalive, Endpoint(path), framing)
         self._hot_stack = None
 
     def _build_hot(self) -> dict[str, ASGIApp]:
