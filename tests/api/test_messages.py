@@ -19,8 +19,11 @@ import httpx2
 import jsonschema
 import pytest
 from anthropic.types import Message, MessageTokensCount, RawMessageStreamEvent
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from pydantic import TypeAdapter
 from sqlalchemy import select
+from test_request_properties import _ABSENT, JSON_VALUES, _set
 
 from qwen_gateway.config import load_settings
 from qwen_gateway.container import Container
@@ -525,3 +528,56 @@ def test_a_client_leaving_a_stream_aborts_the_generation(server: Server) -> None
             break
         time.sleep(0.02)  # polling the server's counters, bounded
     assert aborted() == before + 1
+
+
+MESSAGES_BODY: dict[str, Any] = {
+    "model": MODEL,
+    "max_tokens": 2,
+    "system": [{"type": "text", "text": "Be brief."}],
+    "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "Weather in Paris?"}]},
+        {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "toolu_1", "name": "get_weather",
+             "input": {"city": "Paris", "unit": "c"}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_1", "content": "21"}]},
+    ],
+    "tools": [WEATHER],
+    "tool_choice": {"type": "auto"},
+    "stop_sequences": ["END"],
+    "metadata": {"user_id": "u"},
+}  # fmt: skip
+MESSAGES_PATHS = [
+    "model", "max_tokens", "temperature", "top_p", "top_k", "stream", "stop_sequences",
+    "stop_sequences.0", "metadata", "metadata.user_id", "system", "system.0", "system.0.text",
+    "messages", "messages.0", "messages.0.role", "messages.0.content", "messages.0.content.0",
+    "messages.0.content.0.type", "messages.0.content.0.text", "messages.1.content.0.id",
+    "messages.1.content.0.name", "messages.1.content.0.input", "messages.2.content.0",
+    "messages.2.content.0.tool_use_id", "messages.2.content.0.content",
+    "messages.2.content.0.is_error", "tools", "tools.0", "tools.0.name", "tools.0.input_schema",
+    "tools.0.type", "tool_choice", "tool_choice.type", "tool_choice.name",
+    "tool_choice.disable_parallel_tool_use",
+]  # fmt: skip
+
+
+@settings(max_examples=80, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(MESSAGES_PATHS), value=JSON_VALUES | st.just(_ABSENT))
+async def test_any_value_in_any_messages_field_is_not_a_server_error(
+    gateway: InProcess, path: str, value: Any
+) -> None:
+    """2xx or a 4xx in Anthropic's shape, never a 5xx; a normal request works afterwards."""
+    small = isinstance(value, int) and not isinstance(value, bool) and value <= 4
+    assume(path != "max_tokens" or small or not isinstance(value, int))
+    for url in ("/v1/messages", "/v1/messages/count_tokens"):
+        payload = _set(MESSAGES_BODY, path, value)
+        resp = await gateway.http.post(
+            url, content=json.dumps(payload), headers={"content-type": "application/json"}
+        )
+        assert resp.status_code < 500, (resp.status_code, resp.text[:500])
+        if resp.status_code >= 400:
+            check_error(resp, resp.status_code, "not_found_error" if resp.status_code == 404
+                        else "invalid_request_error")  # fmt: skip
+        elif url == "/v1/messages" and not payload.get("stream"):
+            Message.model_validate(resp.json(), strict=True)
+    after = await gateway.http.post("/v1/messages", json=MESSAGES_BODY)
+    assert after.status_code == 200, after.text[:500]

@@ -132,6 +132,7 @@ def test_tool_choice_maps_onto_the_core_choice_and_constraint(
         ({"messages": [{"role": "assistant", "content": [
             {"type": "tool_result", "tool_use_id": "t"}]}]}, "messages.[0].content.[0].type"),
         ({"metadata": {"user_id": "u" * 300}}, "metadata.user_id"),
+        ({"messages": [{"role": "user", "content": []}]}, "messages.[0].content"),
         ({"top_k": -1}, "top_k"),
     ],
 )  # fmt: skip

@@ -162,6 +162,11 @@ def _messages(
         if isinstance(m.content, str):
             out.append(ChatMessage(m.role, m.content))
             continue
+        if not m.content:
+            raise InvalidRequest(
+                f"messages[{i}] has no content blocks; send at least one.",
+                param=f"messages.[{i}].content",
+            )
         texts: list[str] = []
         calls: list[ToolCall] = []
         for j, block in enumerate(m.content):
