@@ -21,7 +21,7 @@ import pytest
 from anthropic.types import Message, MessageTokensCount, RawMessageStreamEvent
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 from sqlalchemy import select
 from test_request_properties import _ABSENT, JSON_VALUES, _set
 
@@ -278,6 +278,43 @@ async def test_streamed_tool_use_sends_input_json_deltas(gateway: InProcess) -> 
         jsonschema.validate(use.input, WEATHER["input_schema"])
 
 
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 10},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+    },
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_output_config_format_gives_json_valid_against_the_schema(
+    gateway: InProcess, stream: bool
+) -> None:
+    fmt = {"format": {"type": "json_schema", "schema": PERSON}}
+    async with sdk(gateway) as client:
+        if stream:
+            async with client.messages.stream(
+                model=MODEL,
+                max_tokens=60,
+                messages=ASK,
+                output_config=fmt,  # type: ignore[arg-type]
+            ) as s:
+                message = await s.get_final_message()
+        else:
+            message = await client.messages.create(
+                model=MODEL,
+                max_tokens=60,
+                messages=ASK,
+                output_config=fmt,  # type: ignore[arg-type]
+            )
+    text = "".join(b.text for b in message.content if b.type == "text")
+    jsonschema.validate(json.loads(text), PERSON)
+    assert message.stop_reason == "end_turn"
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [
@@ -503,11 +540,19 @@ def test_sync_sdk_and_langchain_against_a_server(server: Server) -> None:
             final = stream.get_final_message()
         assert final.stop_reason in ("end_turn", "max_tokens")
 
+    class Person(BaseModel):  # LangChain drops length and range keywords from the schema
+        name: str
+        age: int
+
     llm = ChatAnthropic(  # type: ignore[call-arg]
-        base_url=server.base_url, api_key="unused", model=MODEL, max_tokens=6, max_retries=0
+        base_url=server.base_url, api_key="unused", model=MODEL, max_tokens=60, max_retries=0
     )
     answer = llm.invoke("Hello there")
     assert answer.usage_metadata is not None and answer.usage_metadata["output_tokens"] > 0
+    for method in ("json_schema", "function_calling"):
+        structured = llm.with_structured_output(Person, method=method)  # type: ignore[arg-type]
+        person = structured.invoke("Describe someone.")
+        assert isinstance(person, Person), method
     chunks = list(llm.stream("Hello again"))
     assert chunks
     assert sum((c.usage_metadata or {}).get("output_tokens", 0) for c in chunks) > 0

@@ -262,3 +262,16 @@ async def test_closing_the_stream_early_closes_the_engine_stream() -> None:
     async with aclosing(stream):
         assert (await anext(stream))["type"] == "message_start"
     assert generate.closed
+
+
+def test_output_config_format_is_a_json_constraint_unless_a_tool_is_forced() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    fmt = {"format": {"type": "json_schema", "schema": schema}, "effort": "low"}
+    request = normalise(output_config=fmt)
+    assert request.constraint is not None
+    assert (request.constraint.kind, request.constraint.schema) == ("json", schema)
+    forced = normalise(output_config=fmt, tools=[TOOL], tool_choice={"type": "any"})
+    assert forced.constraint is not None and forced.constraint.kind == "tool_calls"
+    with pytest.raises(InvalidRequest) as bad:
+        normalise(output_config={"format": {"type": "json_schema", "schema": {"type": 3}}})
+    assert bad.value.param == "output_config.format.schema"

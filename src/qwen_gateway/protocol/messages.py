@@ -61,6 +61,17 @@ class MetadataParam(WireModel):
     user_id: str | None = Field(default=None, max_length=256)
 
 
+class JSONOutputFormatParam(WireModel):
+    type: Literal["json_schema"]
+    json_schema: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfigParam(WireModel):
+    """Structured output (``format``); ``effort`` is accepted and has no effect."""
+
+    format: JSONOutputFormatParam | None = None
+
+
 class MessageCountTokensParams(WireModel):
     """The body of ``POST /v1/messages/count_tokens``: what makes the prompt."""
 
@@ -81,6 +92,7 @@ class MessageCreateParams(MessageCountTokensParams):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=0, le=INT32_MAX)
     metadata: MetadataParam | None = None
+    output_config: OutputConfigParam | None = None
 
 
 # ---- response -----------------------------------------------------------------

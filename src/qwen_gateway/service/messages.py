@@ -212,6 +212,10 @@ def chat_request(
     stream = False
     if isinstance(wire, MessageCreateParams):
         stream = wire.stream
+        output = wire.output_config.format if wire.output_config is not None else None
+        if output is not None and constraint is None:  # a forced tool call wins, as in chat
+            schema = check_json_schema(output.json_schema, "output_config.format.schema")
+            constraint = OutputConstraint("json", schema=schema)
         if wire.max_tokens > limits.max_output_tokens:
             raise InvalidRequest(
                 f"max_tokens: {wire.max_tokens} > {limits.max_output_tokens}, which is the "
