@@ -626,3 +626,48 @@ async def test_any_value_in_any_messages_field_is_not_a_server_error(
             Message.model_validate(resp.json(), strict=True)
     after = await gateway.http.post("/v1/messages", json=MESSAGES_BODY)
     assert after.status_code == 200, after.text[:500]
+
+
+async def test_messages_through_an_upstream_engine_match_the_upstream(
+    server: Server, tmp_path: Path
+) -> None:
+    """A gateway relaying a second gateway (the openai engine; streamed answers come as relayed
+    chunks) answers a Messages request as the second gateway does."""
+    from qwen_gateway.engines.base import QUIET
+    from qwen_gateway.engines.openai_upstream import PLUGIN, UpstreamConfig
+    from qwen_gateway.engines.plugin import EngineContext
+
+    body = {"model": MODEL, "max_tokens": 12, "messages": ASK, "temperature": 0.0}
+    async with httpx.AsyncClient(base_url=server.base_url) as direct:
+        expected = (await direct.post("/v1/messages", json=body)).json()
+    config = UpstreamConfig(base_url=server.base_url + "/v1", model=MODEL)
+    engine = await PLUGIN.create(config, EngineContext("relayed", observer=QUIET))
+    settings = load_settings({"data_dir": str(tmp_path), "auth": {"enabled": False}}, env={})
+    async with open_in_process(Container(settings, engines={"relayed": engine})) as g:  # type: ignore[dict-item]
+        relayed = {**body, "model": "relayed"}
+        got = (await g.http.post("/v1/messages", json=relayed)).json()
+        Message.model_validate(got, strict=True)
+        assert got["content"] == expected["content"] and got["model"] == "relayed"
+        assert got["usage"] == expected["usage"]
+        async with g.http.stream("POST", "/v1/messages", json={**relayed, "stream": True}) as r:
+            events = parse_sse((await r.aread()).decode())
+        check_order(events)
+        text = "".join(
+            e["delta"]["text"]
+            for e in events
+            if e["type"] == "content_block_delta" and e["delta"]["type"] == "text_delta"
+        )
+        assert [{"type": "text", "text": text}] == expected["content"]
+        assert events[-2]["usage"]["output_tokens"] == expected["usage"]["output_tokens"]
+        counted = await g.http.post(
+            "/v1/messages/count_tokens", json={"model": "relayed", "messages": ASK}
+        )
+        assert counted.json()["input_tokens"] == expected["usage"]["input_tokens"]
+        forced = await g.http.post(
+            "/v1/messages",
+            json={**relayed, "max_tokens": 80, "tools": [ADD], "tool_choice": {"type": "any"}},
+        )
+        uses = [b for b in forced.json()["content"] if b["type"] == "tool_use"]
+        assert uses and forced.json()["stop_reason"] == "tool_use"
+        for use in uses:
+            jsonschema.validate(use["input"], ADD["input_schema"])
