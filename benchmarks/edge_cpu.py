@@ -3,7 +3,7 @@
 Starts a real ``qwen-gateway serve`` (one worker, authentication off, usage accounting on) with
 a scripted deployment (a fixed 16-word reply, so the engine costs the same for every edge),
 then drives it with the same aiohttp client over each edge in interleaved rounds, streamed and
-not, and reads the server's CPU time from /proc around each round. The table gives the median
+not, and reads the server's CPU time from /proc (its threads' schedstat run time) around each round. The table gives the median
 over rounds of CPU ms per request and each edge's ratio to chat completions.
 
 Not a test: the numbers depend on the machine. Usage:
@@ -58,8 +58,19 @@ def _free_port() -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    """The process's CPU time: its threads' run time in ns where the kernel keeps schedstats
+    (finer than /proc/PID/stat's clock ticks), else utime + stime."""
+    try:
+        return (
+            sum(
+                int(t.joinpath("schedstat").read_text().split()[0])
+                for t in Path(f"/proc/{pid}/task").iterdir()
+            )
+            / 1e9
+        )
+    except (OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 @contextlib.contextmanager
