@@ -510,7 +510,12 @@ async def test_stop_sequences_end_the_text(gateway: InProcess) -> None:
         )  # fmt: skip
     cut = "".join(b.text for b in stopped.content if b.type == "text")
     assert cut == text[: text.index(stop)]
-    assert stopped.stop_reason in ("end_turn", "stop_sequence")
+    assert (stopped.stop_reason, stopped.stop_sequence) == ("stop_sequence", stop)
+    body = {"model": MODEL, "max_tokens": 24, "messages": ASK, "stream": True,
+            "stop_sequences": [stop], "temperature": 0.0}  # fmt: skip
+    async with gateway.http.stream("POST", "/v1/messages", json=body) as resp:
+        events = parse_sse((await resp.aread()).decode())
+    assert events[-2]["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": stop}
 
 
 async def test_tool_input_keeps_integers_beyond_64_bits(tmp_path: Path) -> None:

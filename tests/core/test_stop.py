@@ -48,3 +48,11 @@ def test_any_chunking_gives_the_same_result(text: str, stop: str, cuts: list[int
     chunks = [text[a:b] for a, b in itertools.pairwise(bounds)]
     expected = (text[: text.index(stop)], True) if stop in text else (text, False)
     assert _run([stop], chunks) == expected
+
+
+def test_the_matched_stop_is_the_first_in_the_text() -> None:
+    matcher = StopMatcher(["cd", "b"])
+    assert matcher.matched is None
+    assert matcher.feed("a") == ("a", False)
+    assert matcher.feed("bcd") == ("", True)
+    assert matcher.matched == "b"

@@ -218,6 +218,13 @@ async def test_finish_reasons_map_to_stop_reasons(reason: Any, stop_reason: str)
     assert isinstance(message, dict) and message["stop_reason"] == stop_reason
 
 
+async def test_a_stop_sequence_the_engine_names_is_the_stop_reason() -> None:
+    svc, _ = service([TextDelta(0, "x"), ChoiceFinished(0, "stop", "END"), Usage(1, 1)])
+    message = await svc.create(BODY, RequestRecord("r"))
+    assert isinstance(message, dict)
+    assert (message["stop_reason"], message["stop_sequence"]) == ("stop_sequence", "END")
+
+
 async def _stream(events: Sequence[EngineEvent]) -> list[dict[str, Any]]:
     svc, generate = service(events)
     stream = await svc.create({**BODY, "stream": True}, RequestRecord("r"))

@@ -170,6 +170,9 @@ class PromptLogprobs:
 class ChoiceFinished:
     index: int
     reason: FinishReason
+    #: The request's stop sequence that ended the output (reason "stop"), where the engine
+    #: can tell; None otherwise.
+    stop_sequence: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

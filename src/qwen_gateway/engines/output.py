@@ -124,6 +124,6 @@ async def with_tool_calls(
                 reason = event.reason
                 if calls.get(event.index) and reason in ("stop", "length"):
                     reason = "tool_calls"
-                yield ChoiceFinished(event.index, reason)
+                yield ChoiceFinished(event.index, reason, event.stop_sequence)
             else:
                 yield event

@@ -258,6 +258,14 @@ def _flat(event: EngineEvent) -> Sequence[EngineEvent]:
     return event.events if isinstance(event, RelayedChunk) else (event,)
 
 
+def _stop(event: ChoiceFinished) -> tuple[StopReason, str | None]:
+    """The stop reason, and the stop sequence when one ended the output (and the engine says
+    which)."""
+    if event.reason == "stop" and event.stop_sequence is not None:
+        return "stop_sequence", event.stop_sequence
+    return _STOP_REASONS[event.reason], None
+
+
 def _input(arguments: str) -> dict[str, Any]:
     try:
         value = json.loads(arguments) if arguments.strip() else {}
@@ -318,6 +326,7 @@ class MessagesService:
     ) -> Message:
         content: list[ContentBlock] = []
         reason: StopReason = "end_turn"
+        stop_sequence: str | None = None
         recorded = _recorded(events, record, request.meter)
         async with aclosing(recorded):
             async for outer in recorded:
@@ -338,7 +347,7 @@ class MessagesService:
                             }
                         )
                     elif isinstance(event, ChoiceFinished):
-                        reason = _STOP_REASONS[event.reason]
+                        reason, stop_sequence = _stop(event)
                     elif isinstance(event, Usage):
                         return {
                             "id": ident,
@@ -347,7 +356,7 @@ class MessagesService:
                             "content": content,
                             "model": record.deployment or request.model,
                             "stop_reason": reason,
-                            "stop_sequence": None,
+                            "stop_sequence": stop_sequence,
                             "usage": {
                                 "input_tokens": event.prompt_tokens,
                                 "output_tokens": event.completion_tokens,
@@ -369,6 +378,7 @@ class MessagesService:
         index = -1
         open_block: str | None = None  # "text" while a text block is open
         reason: StopReason = "end_turn"
+        stop_sequence: str | None = None
         started = False
         async with aclosing(recorded):
             async for outer in recorded:
@@ -427,13 +437,13 @@ class MessagesService:
                         }
                         yield {"type": "content_block_stop", "index": index}
                     elif isinstance(event, ChoiceFinished):
-                        reason = _STOP_REASONS[event.reason]
+                        reason, stop_sequence = _stop(event)
                     elif isinstance(event, Usage):
                         if open_block is not None:
                             yield {"type": "content_block_stop", "index": index}
                         yield {
                             "type": "message_delta",
-                            "delta": {"stop_reason": reason, "stop_sequence": None},
+                            "delta": {"stop_reason": reason, "stop_sequence": stop_sequence},
                             "usage": {
                                 "input_tokens": event.prompt_tokens,
                                 "output_tokens": event.completion_tokens,

@@ -570,7 +570,8 @@ class TransformersBackend:
                 self._outbox.append((group.sink, self._delta(choice, text, last=True)))
         choice.done = True
         self._release(choice)
-        self._outbox.append((group.sink, ChoiceFinished(choice.index, reason)))
+        matched = choice.stop.matched if reason == "stop" else None
+        self._outbox.append((group.sink, ChoiceFinished(choice.index, reason, matched)))
         group.open_choices -= 1
         if group.open_choices == 0:
             self._groups.pop(group.request_id, None)
