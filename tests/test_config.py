@@ -47,6 +47,31 @@ def test_deployment_variables_model_name_and_max_context_length() -> None:
     assert not s.embedded_model
 
 
+def test_container_variables_serve_model_name_through_an_upstream() -> None:
+    """The slim image's environment: MODEL_NAME is the name clients use and the name asked
+    of the upstream; nothing local is built; QWEN_GATEWAY_* still wins where it is explicit."""
+    env = {
+        "MODEL_NAME": "Qwen/Qwen2.5-7B-Instruct",
+        "MAX_CONTEXT_LENGTH": "32768",
+        "QWEN_GATEWAY_MODEL__ENGINE": "openai",
+        "QWEN_GATEWAY_MODEL__UPSTREAM__BASE_URL": "http://vllm:8000/v1",
+    }
+    s = load_settings(env=env)
+    assert s.served_model_name == "Qwen/Qwen2.5-7B-Instruct"
+    assert s.model.context_window == 32768
+    assert s.model.upstream.model is None  # the upstream is asked for the served name
+    assert not s.needs_tiny_model and not s.needs_tiny_embedding_model
+    s = load_settings(
+        env={
+            **env,
+            "QWEN_GATEWAY_MODEL__SERVED_NAME": "qwen",
+            "QWEN_GATEWAY_MODEL__CONTEXT_WINDOW": "8192",
+        }
+    )
+    assert s.served_model_name == "qwen"
+    assert s.model.context_window == 8192
+
+
 @pytest.mark.parametrize(
     ("env", "key"),
     [
