@@ -17,65 +17,17 @@ import shutil
 import subprocess
 import sys
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from support.containerfile import Instruction, parse
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 CONTAINERFILES = [DEPLOY / "Containerfile", DEPLOY / "Containerfile.cuda"]
 LOCK = DEPLOY / "requirements-slim.txt"
 OCI_LABELS = {"title", "description", "version", "revision", "licenses", "source"}
-
-
-@dataclass
-class Instruction:
-    keyword: str
-    args: str
-    line: int
-
-
-@dataclass
-class Stage:
-    base: str
-    name: str | None
-    instructions: list[Instruction] = field(default_factory=list)
-
-    def all(self, keyword: str) -> list[Instruction]:
-        return [i for i in self.instructions if i.keyword == keyword]
-
-
-def parse(text: str) -> tuple[dict[str, str], list[Stage]]:
-    """The global build arguments (with defaults) and the stages of a Containerfile:
-    comments dropped, continuation lines joined."""
-    args: dict[str, str] = {}
-    stages: list[Stage] = []
-    pending, start = "", 0
-    for number, raw in enumerate(text.splitlines(), 1):
-        if not pending and (not raw.strip() or raw.lstrip().startswith("#")):
-            continue
-        if pending and raw.lstrip().startswith("#"):
-            continue  # a comment inside a continued instruction
-        if not pending:
-            start = number
-        if raw.rstrip().endswith("\\"):
-            pending += raw.rstrip()[:-1] + " "
-            continue
-        line, pending = (pending + raw).strip(), ""
-        keyword, _, rest = line.partition(" ")
-        keyword, rest = keyword.upper(), rest.strip()
-        if keyword == "FROM":
-            words = rest.split()
-            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
-            stages.append(Stage(base=words[0], name=name))
-        elif not stages:
-            assert keyword == "ARG", f"line {start}: only ARG may precede the first FROM"
-            key, _, default = rest.partition("=")
-            args[key] = default
-        else:
-            stages[-1].instructions.append(Instruction(keyword, rest, start))
-    return args, stages
 
 
 def violations(text: str) -> list[str]:
