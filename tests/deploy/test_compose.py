@@ -22,21 +22,16 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
-from qwen_gateway.config import load_settings
-from qwen_gateway.observability.metrics import Metrics
+from qwen_gateway.config import ConfigError, load_settings
 from support.containerfile import final_env
+from support.gateway_series import gateway_series
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 SCHEMA = ROOT / "tests" / "data" / "compose-spec" / "compose-spec.json"
 GATEWAYS = ("gateway-1", "gateway-2")
 SERVICES = {"proxy", *GATEWAYS, "vllm", "postgres", "redis", "prometheus", "grafana"}
-# labels Prometheus adds to every scraped series; `up` is its own per-target series
-TARGET_LABELS = {"instance", "job"}
-PROMETHEUS_SERIES = {"up": TARGET_LABELS}
-
 _VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}|\$([A-Za-z_]\w*)")
 
 
@@ -195,7 +190,7 @@ def test_every_setting_the_gateways_get_exists_and_fits_the_stack(gateway: str) 
 def test_a_misspelt_setting_in_the_compose_file_would_be_caught() -> None:
     service = load()["services"]["gateway-1"]
     service["environment"]["QWEN_GATEWAY_SERVER__TRUSTED_PROXY"] = "10.0.0.0/8"
-    with pytest.raises(Exception, match="trusted_proxy"):
+    with pytest.raises(ConfigError, match="trusted_proxy"):
         _gateway_settings(service)
 
 
@@ -215,26 +210,6 @@ def test_nginx_and_prometheus_point_at_exactly_the_gateway_replicas() -> None:
     assert targets == expected
     proxy_port = document["services"]["proxy"]["ports"][0].rsplit(":", 1)[1]
     assert re.search(rf"listen {proxy_port};", nginx)
-
-
-def gateway_series() -> dict[str, set[str]]:
-    """Every series name the gateway exposes, with its label names, from a registry whose
-    metrics have each been given a child."""
-    m = Metrics()
-    m.observe_request(model="m", deployment="d", status=200, duration=0.1, ttft=0.05,
-                      prompt_tokens=3, completion_tokens=2)  # fmt: skip
-    m.cache_request("hit")
-    m.cache_near_lookup("miss")
-    m.deferred_settle("queued")
-    m.route_attempt("d", "0", "ok")
-    m.engine("m").watch_load(lambda: (1, 2))
-    m.watch_replicas(lambda: [("d", "0", 0, True, 1)])
-    m.watch_writer(lambda: {"queued": 0, "database_up": 1})
-    series: dict[str, set[str]] = dict(PROMETHEUS_SERIES)
-    for family in text_string_to_metric_families(m.render().decode()):
-        for sample in family.samples:
-            series.setdefault(sample.name, set()).update(sample.labels, TARGET_LABELS)
-    return series
 
 
 _FUNCTIONS = {
