@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -304,3 +306,31 @@ def test_grafana_is_provisioned_with_the_dashboard_and_prometheus() -> None:
     mounts = load()["services"]["grafana"]["volumes"]
     assert f"./grafana/dashboards:{provider['providers'][0]['options']['path']}:ro" in mounts
     assert os.path.basename(str(SCHEMA)) == "compose-spec.json"
+
+
+def test_nginx_accepts_its_config(tmp_path: Path) -> None:
+    """``nginx -t`` where nginx is installed (the service names pointed at loopback, the pid
+    file moved to a temporary folder); otherwise its block and statement structure."""
+    text = (DEPLOY / "nginx.conf").read_text()
+    nginx = shutil.which("nginx")
+    if nginx is None:
+        body = [re.sub(r"#.*", "", line).strip() for line in text.splitlines()]
+        statements = [line for line in body if line]
+        assert all(s.endswith((";", "{", "}")) for s in statements), statements
+        depth = 0
+        for s in statements:
+            depth += s.count("{") - s.count("}")
+            assert depth >= 0
+        assert depth == 0
+        return
+    local = re.sub(r"gateway-(\d):8000", r"127.0.0.1:1800\1", text)
+    local = local.replace("pid /var/run/nginx.pid;", f"pid {tmp_path / 'nginx.pid'};")
+    (tmp_path / "nginx.conf").write_text(local)
+    out = subprocess.run(
+        [nginx, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
