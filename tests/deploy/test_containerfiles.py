@@ -184,9 +184,9 @@ def test_the_slim_image_has_no_torch_and_serves_an_upstream_engine() -> None:
     assert "QWEN_GATEWAY_SERVER__HOST=0.0.0.0" in env
 
 
-def _lock() -> dict[str, str]:
+def _lock(path: Path = LOCK) -> dict[str, str]:
     pins: dict[str, str] = {}
-    for block in re.split(r"\n(?=[A-Za-z0-9])", LOCK.read_text()):
+    for block in re.split(r"\n(?=[A-Za-z0-9])", path.read_text()):
         head = block.split("\\", 1)[0].strip()
         if not head or head.startswith("#"):
             continue
@@ -204,6 +204,22 @@ def test_the_slim_lock_pins_every_dependency_with_hashes_and_no_torch() -> None:
         name = re.split(r"[\s\[<>=;!~]", requirement, maxsplit=1)[0]
         assert re.sub(r"[-_.]+", "-", name).lower() in pins, f"{name} missing from the lock"
     assert not {"torch", "transformers", "safetensors", "tokenizers"} & pins.keys()
+
+
+def test_the_build_backend_is_pinned_with_hashes_and_meets_the_build_system() -> None:
+    pins = _lock(DEPLOY / "requirements-build.txt")
+    [requirement] = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    match = re.fullmatch(r"([\w-]+)>=([\d.]+)", requirement)
+    assert match is not None, requirement
+    name, minimum = match.groups()
+    version = tuple(int(p) for p in pins[name].split("."))
+    assert version >= tuple(int(p) for p in minimum.split("."))
+    for path in CONTAINERFILES:  # built without build isolation, from that environment only
+        text = path.read_text()
+        assert (
+            "--require-hashes --no-deps \\\n        -r /src/deploy/requirements-build.txt" in text
+        )
+        assert "pip wheel --no-deps --no-build-isolation" in text
 
 
 def test_the_cuda_image_pins_the_local_extra() -> None:
