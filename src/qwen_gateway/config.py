@@ -440,6 +440,15 @@ class CacheSettings(Section):
     similar: NearCacheSettings | None = None
 
 
+class ResponsesSettings(Section):
+    """``responses:``: the Responses API's stored responses. Off by default: no prompt or
+    answer text is kept; ``store: true`` requests and ``previous_response_id`` then get a 400."""
+
+    store: bool = False  # keep responses (input and output text) in the database
+    retention_days: int = Field(default=30, ge=1, le=36_500)  # then they are deleted
+    purge_seconds: float = Field(default=3600.0, gt=0)  # how often expired ones are deleted
+
+
 class Settings(Section):
     data_dir: Path = Field(
         default_factory=lambda: (
@@ -459,6 +468,7 @@ class Settings(Section):
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     safety: SafetySettings | None = None
     cache: CacheSettings | None = None
+    responses: ResponsesSettings = Field(default_factory=ResponsesSettings)
 
     @property
     def database_url(self) -> str:

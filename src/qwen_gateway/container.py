@@ -75,12 +75,14 @@ from qwen_gateway.service.messages import MessagesService
 from qwen_gateway.service.normalise import Normalise
 from qwen_gateway.service.output_policy import OutputPolicy
 from qwen_gateway.service.pipeline import Pipeline, Stage, compose
+from qwen_gateway.service.responses import ResponsesService
 from qwen_gateway.service.reviews import ReviewService
 from qwen_gateway.service.route import Route
 from qwen_gateway.service.safety import Reporter, SafetyRuntime
 from qwen_gateway.store.audit import AuditEntry, AuditRepository
 from qwen_gateway.store.db import Database
 from qwen_gateway.store.keys import KeyRepository
+from qwen_gateway.store.responses import ResponseRepository
 from qwen_gateway.store.reviews import ReviewRepository
 from qwen_gateway.store.spill import SpillFile
 from qwen_gateway.store.usage import UsageRepository
@@ -458,6 +460,8 @@ class Services:
     bootstrap_key: str | None = None
     #: the /v1/embeddings edge
     embeddings: EmbeddingService | None = None
+    #: the Responses API edge (stored responses with ``responses.store`` on)
+    responses: ResponsesService | None = None
 
     @property
     def reviews(self) -> ReviewService | None:
@@ -598,6 +602,14 @@ def assemble(
     embeddings = EmbeddingService(route, policy.check if policy else None, metrics)
     console = ConsoleService(settings, metrics, router.replica_states, store.writer.put)
     messages = MessagesService(router, limits, pipeline.generate, gate.prompt_tokens)
+    r = settings.responses
+    responses = ResponsesService(
+        normalise,
+        limits,
+        pipeline.generate,
+        ResponseRepository(store.db) if r.store else None,
+        r.retention_days,
+    )
     return Services(
         settings,
         metrics,
@@ -612,6 +624,7 @@ def assemble(
         messages,
         safety,
         embeddings=embeddings,
+        responses=responses,
     )
 
 
@@ -687,10 +700,28 @@ async def start(services: Services, stack: AsyncExitStack) -> None:
             reviews.maintain(safety.review.maintenance_seconds), name="review-maintenance"
         )
         stack.push_async_callback(_cancel, maintenance)
+    responses = services.responses
+    if responses is not None and responses.storing:  # retention of stored responses
+        purge = asyncio.create_task(
+            _purge_responses(responses, services.settings.responses.purge_seconds),
+            name="responses-purge",
+        )
+        stack.push_async_callback(_cancel, purge)
     stack.push_async_callback(services.fleet.aclose)
     stack.push_async_callback(_drain, services.pipeline.account)
     services.fleet.start()
     stack.callback(services.fleet.stop_loading)
+
+
+async def _purge_responses(responses: ResponsesService, every: float) -> None:
+    """Delete expired stored responses now and every ``every`` seconds (reads never return
+    them in between)."""
+    while True:
+        try:
+            await responses.purge()
+        except Exception:
+            log.exception("purging expired responses failed")
+        await asyncio.sleep(every)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

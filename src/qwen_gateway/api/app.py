@@ -14,6 +14,7 @@ from qwen_gateway.api.errors import install_error_handlers
 from qwen_gateway.api.fastpath import GatewayApp
 from qwen_gateway.api.messages import messages_router
 from qwen_gateway.api.middleware import GatewayMiddleware
+from qwen_gateway.api.responses import responses_router
 from qwen_gateway.api.routes import authenticated, include_routes
 from qwen_gateway.api.safety import reload_on_sighup, safety_router
 from qwen_gateway.api.sse import ANTHROPIC
@@ -73,6 +74,14 @@ def create_app(container: Container, on_ready: Callable[[], None] | None = None)
             services.settings.server.keepalive_seconds,
         )
     )
+    if services.responses is not None:
+        app.include_router(
+            responses_router(
+                services.responses,
+                authenticated(services.pipeline.authenticate),
+                services.settings.server.keepalive_seconds,
+            )
+        )
     if services.safety is not None:
         admin_only = authenticated(services.pipeline.authenticate, admin=True)
         app.include_router(safety_router(services.safety, admin_only))

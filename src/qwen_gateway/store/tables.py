@@ -1,5 +1,6 @@
 """Table definitions. Metadata only: no prompt or completion text is stored here, except the
-encrypted content of review items that a safety policy holds for a human (``reviews``)."""
+encrypted content of review items that a safety policy holds for a human (``reviews``) and
+the Responses API's stored responses when the operator turns them on (``responses``)."""
 
 from __future__ import annotations
 
@@ -104,3 +105,17 @@ class ReviewRow(Base):
     decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     reviewer: Mapped[str | None] = mapped_column(String(300), nullable=True)
     reason: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+
+
+class StoredResponseRow(Base):
+    """A stored Responses API response (only with ``responses.store`` on): the response, its
+    input items and the conversation before it, as JSON bytes kept exactly as they were."""
+
+    __tablename__ = "responses"
+    __table_args__ = (Index("ix_responses_expires_at", "expires_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # resp_<hex>, public
+    principal: Mapped[str] = mapped_column(String(300))  # the caller that made it
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    body: Mapped[bytes] = mapped_column(LargeBinary)

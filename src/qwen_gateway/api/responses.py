@@ -1,0 +1,81 @@
+"""Thin routes of the Responses API: ``/v1/responses`` and the stored responses under it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from qwen_gateway.api.routes import _headers, read_json, record_of, until_disconnect
+from qwen_gateway.api.sse import EventStreamResponse, named_frame
+from qwen_gateway.protocol.responses import ResponseCreateParams
+from qwen_gateway.service.responses import ResponsesService
+
+
+def _json(body: Any, request: Request) -> Response:
+    return Response(
+        orjson.dumps(body), media_type="application/json", headers=_headers(record_of(request))
+    )
+
+
+def responses_router(
+    service: ResponsesService,
+    check: Callable[[Request], Awaitable[None]],
+    keepalive: float,
+) -> APIRouter:
+    """``check``: the pipeline's authenticate stage for a request."""
+    v1 = APIRouter(prefix="/v1")
+    schema = ResponseCreateParams.model_json_schema()
+    body = {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+    @v1.post("/responses", openapi_extra=body)
+    async def create_response(request: Request) -> Response:
+        await check(request)
+        raw = await read_json(request)
+        record = record_of(request)
+        result = await until_disconnect(request, service.create(raw, record))
+        if isinstance(result, dict):
+            return _json(result, request)
+        stream: AsyncGenerator[Any, None] = result
+        try:
+            first = await until_disconnect(request, anext(stream))
+        except BaseException:
+            await stream.aclose()
+            raise
+        return EventStreamResponse(
+            first, stream, record, keepalive, _headers(record), framer=named_frame, done=b""
+        )
+
+    @v1.get("/responses/{response_id}")
+    async def retrieve_response(response_id: str, request: Request) -> Response:
+        await check(request)
+        return _json(await service.retrieve(response_id, record_of(request)), request)
+
+    @v1.delete("/responses/{response_id}")
+    async def delete_response(response_id: str, request: Request) -> Response:
+        await check(request)
+        return _json(await service.delete(response_id, record_of(request)), request)
+
+    @v1.post("/responses/{response_id}/cancel")
+    async def cancel_response(response_id: str, request: Request) -> Response:
+        await check(request)
+        return _json(await service.cancel(response_id, record_of(request)), request)
+
+    @v1.get("/responses/{response_id}/input_items")
+    async def list_input_items(
+        response_id: str,
+        request: Request,
+        limit: int = 20,
+        order: str = "desc",
+        after: str | None = None,
+    ) -> Response:
+        await check(request)
+        page = await service.input_items(
+            response_id, record_of(request), limit=limit, order=order, after=after
+        )
+        return _json(page, request)
+
+    return v1

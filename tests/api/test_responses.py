@@ -1,0 +1,416 @@
+"""The Responses API (/v1/responses) through the real pipeline, with the official SDK as the
+oracle and every body and event checked against OpenAI's published schemas.
+
+Exact model output comes from the scripted backend (engines/scripted.py) behind the real
+prompt pipeline; constrained tool calls and JSON come from the real tiny-model engine.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import openai
+import pytest
+
+from qwen_gateway.config import load_settings
+from qwen_gateway.container import Container
+from qwen_gateway.engines.prompt import PromptEngine
+from qwen_gateway.engines.scripted import ScriptedBackend
+from support.fixtures import MODEL, InProcess, open_in_process
+from support.spec import validate
+
+NAME = "scripted-qwen"
+REPLY = "The answer is forty-two."
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Current weather for a city",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "unit": {"enum": ["c", "f"]}},
+        "required": ["city"],
+    },
+    "strict": False,
+}
+ONE_CALL = (
+    "Let me check.\n<tool_call>\n"
+    '{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}\n</tool_call>'
+)
+
+
+@asynccontextmanager
+async def scripted(
+    tmp_path: Path, replies: list[str] | None = None, **tree: Any
+) -> AsyncIterator[tuple[InProcess, ScriptedBackend]]:
+    backend = ScriptedBackend(NAME, replies or [REPLY])
+    settings = load_settings(
+        {"data_dir": str(tmp_path), "auth": {"enabled": False}, **tree}, env={}
+    )
+    container = Container(settings, engines={NAME: PromptEngine(backend)})
+    async with open_in_process(container) as g:
+        yield g, backend
+
+
+def prompt_of(backend: ScriptedBackend) -> str:
+    return backend.tokenizer.decode(backend.requests[-1])
+
+
+def sse_events(raw: str) -> list[dict[str, Any]]:
+    """Each frame's JSON, checked: an ``event:`` line naming its type, then its data."""
+    events = []
+    for block in raw.strip().split("\n\n"):
+        lines = block.split("\n")
+        assert lines[0].startswith("event: ") and lines[1].startswith("data: "), block
+        event = json.loads(lines[1][len("data: ") :])
+        assert lines[0][len("event: ") :] == event["type"]
+        events.append(event)
+    return events
+
+
+async def stream_raw(http: httpx.AsyncClient, body: dict[str, Any]) -> list[dict[str, Any]]:
+    async with http.stream("POST", "/v1/responses", json={**body, "stream": True}) as resp:
+        assert resp.status_code == 200, await resp.aread()
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        raw = (await resp.aread()).decode()
+    events = sse_events(raw)
+    for event in events:
+        validate("ResponseStreamEvent", event)
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    return events
+
+
+# ---- create ---------------------------------------------------------------
+
+
+async def test_string_input_gets_a_response_with_output_text(tmp_path: Path) -> None:
+    async with scripted(tmp_path) as (g, backend):
+        raw = await g.client.responses.with_raw_response.create(model=NAME, input="Hi there")
+        body = json.loads(raw.text)
+        validate("Response", body)
+        response = raw.parse()
+        assert response.id.startswith("resp_") and response.object == "response"
+        assert response.status == "completed"
+        assert response.output_text == REPLY
+        assert response.output[0].type == "message"
+        assert response.usage is not None
+        assert response.usage.output_tokens > 0 and response.usage.input_tokens > 0
+        assert response.usage.total_tokens == (
+            response.usage.input_tokens + response.usage.output_tokens
+        )
+        assert body["store"] is False  # storage is off by default: nothing was kept
+        assert "<|im_start|>user\nHi there<|im_end|>" in prompt_of(backend)
+
+
+async def test_item_list_with_instructions_becomes_the_conversation(tmp_path: Path) -> None:
+    async with scripted(tmp_path) as (g, backend):
+        raw = await g.client.responses.with_raw_response.create(
+            model=NAME,
+            instructions="Answer in one word.",
+            input=[
+                {"role": "developer", "content": "Be kind."},
+                {"role": "user", "content": [{"type": "input_text", "text": "What is 6x7?"}]},
+                {"type": "message", "role": "assistant",
+                 "content": [{"type": "output_text", "text": "42."}]},
+                {"role": "user", "content": "And in words?"},
+            ],  # fmt: skip
+            temperature=0.0,
+            top_p=0.5,
+            max_output_tokens=64,
+            metadata={"case": "items"},
+            user="end-user-1",
+        )
+        validate("Response", json.loads(raw.text))
+        response = raw.parse()
+        assert response.output_text == REPLY
+        assert response.instructions == "Answer in one word."
+        assert response.metadata == {"case": "items"}
+        prompt = prompt_of(backend)
+        assert prompt.startswith("<|im_start|>system\nAnswer in one word.<|im_end|>")
+        assert "<|im_start|>assistant\n42.<|im_end|>" in prompt
+        assert prompt.index("What is 6x7?") < prompt.index("And in words?")
+
+
+async def test_stream_events_arrive_in_the_order_clients_parse(tmp_path: Path) -> None:
+    async with scripted(tmp_path) as (g, _):
+        events = await stream_raw(g.http, {"model": NAME, "input": "Hi"})
+        types = [e["type"] for e in events]
+        assert types[:5] == [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.output_text.delta",
+        ]
+        assert types[-4:] == [
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.completed",
+        ]
+        assert set(types[4:-4]) == {"response.output_text.delta"}
+        deltas = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+        assert deltas == REPLY == events[-4]["text"]
+        final = events[-1]["response"]
+        validate("Response", final)
+        assert final["status"] == "completed" and final["id"] == events[0]["response"]["id"]
+        assert final["output"][0]["content"][0]["text"] == REPLY
+
+        # the SDK's event iterator and its stream helper agree
+        stream = await g.client.responses.create(model=NAME, input="Hi", stream=True)
+        seen = [event.type async for event in stream]
+        assert seen == types
+        async with g.client.responses.stream(model=NAME, input="Hi") as helper:
+            async for _ in helper:
+                pass
+            done = await helper.get_final_response()
+        assert done.output_text == REPLY
+
+
+async def test_function_call_then_its_output_round_trip(tmp_path: Path) -> None:
+    async with scripted(tmp_path, [ONE_CALL, "It is 21 degrees."]) as (g, backend):
+        raw = await g.client.responses.with_raw_response.create(
+            model=NAME, input="Weather in Paris?", tools=[WEATHER]  # type: ignore[list-item]
+        )
+        validate("Response", json.loads(raw.text))
+        first = raw.parse()
+        kinds = [item.type for item in first.output]
+        assert kinds == ["message", "function_call"]
+        call = first.output[1]
+        assert call.type == "function_call" and call.name == "get_weather"
+        assert json.loads(call.arguments) == {"city": "Paris", "unit": "c"}
+        assert call.call_id.startswith("call_")
+        assert '"name": "get_weather"' in prompt_of(backend)
+
+        second = await g.client.responses.create(
+            model=NAME,
+            tools=[WEATHER],  # type: ignore[list-item]
+            input=[
+                {"role": "user", "content": "Weather in Paris?"},
+                {"type": "function_call", "call_id": call.call_id, "name": call.name,
+                 "arguments": call.arguments},
+                {"type": "function_call_output", "call_id": call.call_id,
+                 "output": '{"temp": 21}'},
+            ],  # fmt: skip
+        )
+        assert second.output_text == "It is 21 degrees."
+        prompt = prompt_of(backend)
+        assert '<tool_response>\n{"temp": 21}\n</tool_response>' in prompt
+        assert '{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}' in prompt
+
+
+async def test_streamed_function_call_events(tmp_path: Path) -> None:
+    async with scripted(tmp_path, [ONE_CALL]) as (g, _):
+        events = await stream_raw(
+            g.http, {"model": NAME, "input": "Weather?", "tools": [WEATHER]}
+        )
+        types = [e["type"] for e in events]
+        call_start = types.index("response.function_call_arguments.delta") - 1
+        assert types[call_start:] == [
+            "response.output_item.added",
+            "response.function_call_arguments.delta",
+            "response.function_call_arguments.done",
+            "response.output_item.done",
+            "response.completed",
+        ]
+        added, delta, done = events[call_start : call_start + 3]
+        assert added["item"]["type"] == "function_call" and added["output_index"] == 1
+        assert delta["item_id"] == added["item"]["id"] == done["item_id"]
+        assert json.loads(done["arguments"]) == {"city": "Paris", "unit": "c"}
+        assert [i["type"] for i in events[-1]["response"]["output"]] == [
+            "message",
+            "function_call",
+        ]
+        async with g.client.responses.stream(
+            model=NAME, input="Weather?", tools=[WEATHER]  # type: ignore[list-item]
+        ) as helper:
+            final = await helper.get_final_response()
+        assert [i.type for i in final.output] == ["message", "function_call"]
+
+
+async def test_max_output_tokens_makes_the_response_incomplete(tmp_path: Path) -> None:
+    long = "one two three four five six seven eight nine ten eleven twelve"
+    async with scripted(tmp_path, [long]) as (g, _):
+        raw = await g.client.responses.with_raw_response.create(
+            model=NAME, input="Count", max_output_tokens=3
+        )
+        validate("Response", json.loads(raw.text))
+        response = raw.parse()
+        assert response.status == "incomplete"
+        assert response.incomplete_details is not None
+        assert response.incomplete_details.reason == "max_output_tokens"
+        assert response.usage is not None and response.usage.output_tokens == 3
+        events = await stream_raw(
+            g.http, {"model": NAME, "input": "Count", "max_output_tokens": 3}
+        )
+        assert events[-1]["type"] == "response.incomplete"
+        assert events[-1]["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+
+
+# ---- the tiny model: constrained decoding --------------------------------------
+
+ADD = {
+    "type": "function",
+    "name": "add",
+    "parameters": {
+        "type": "object",
+        "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+        "required": ["a", "b"],
+        "additionalProperties": False,
+    },
+    "strict": True,
+}
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 10},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+    },
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "name": "add"}])
+async def test_forced_tool_choice_yields_a_valid_function_call(
+    gateway: InProcess, choice: Any
+) -> None:
+    raw = await gateway.client.responses.with_raw_response.create(
+        model=MODEL, input="Add 2 and 3.", tools=[WEATHER, ADD],  # type: ignore[list-item]
+        tool_choice=choice, max_output_tokens=60, parallel_tool_calls=False,
+    )  # fmt: skip
+    validate("Response", json.loads(raw.text))
+    response = raw.parse()
+    calls = [item for item in response.output if item.type == "function_call"]
+    assert len(calls) == 1
+    call = calls[0]
+    assert call.name in ({"add"} if isinstance(choice, dict) else {"add", "get_weather"})
+    schema = ADD["parameters"] if call.name == "add" else WEATHER["parameters"]
+    jsonschema.validate(json.loads(call.arguments), schema)
+
+
+async def test_json_schema_format_output_validates(gateway: InProcess) -> None:
+    response = await gateway.client.responses.create(
+        model=MODEL,
+        input="Describe a person.",
+        text={"format": {"type": "json_schema", "name": "person", "schema": PERSON,
+                         "strict": True}},  # fmt: skip
+        max_output_tokens=80,
+    )
+    jsonschema.validate(json.loads(response.output_text), PERSON)
+    json_object = await gateway.client.responses.create(
+        model=MODEL, input="JSON please.", text={"format": {"type": "json_object"}},
+        max_output_tokens=60,
+    )  # fmt: skip
+    assert isinstance(json.loads(json_object.output_text), dict)
+
+
+# ---- storage off (the default) ---------------------------------------------------
+
+
+async def test_storage_off_refuses_store_and_previous_response_id(tmp_path: Path) -> None:
+    async with scripted(tmp_path) as (g, _):
+        with pytest.raises(openai.BadRequestError) as refused:
+            await g.client.responses.create(model=NAME, input="Hi", store=True)
+        assert refused.value.param == "store"
+        assert "responses.store" in refused.value.message
+        with pytest.raises(openai.BadRequestError) as chained:
+            await g.client.responses.create(model=NAME, input="Hi", previous_response_id="resp_x")
+        assert chained.value.param == "previous_response_id"
+        assert "responses.store" in chained.value.message
+        kept = await g.client.responses.create(model=NAME, input="Hi", store=False)
+        assert kept.store is False
+        for call in (
+            g.client.responses.retrieve(kept.id),
+            g.client.responses.delete(kept.id),
+            g.client.responses.input_items.list(kept.id),
+            g.client.responses.cancel(kept.id),
+        ):
+            with pytest.raises(openai.NotFoundError) as missing:
+                await call
+            assert "responses.store" in missing.value.message
+
+
+# ---- bad input -------------------------------------------------------------
+
+BAD: list[tuple[str, dict[str, Any], str]] = [
+    ("no model", {"input": "x"}, "model"),
+    ("no input", {"model": NAME}, "input"),
+    ("input a number", {"model": NAME, "input": 3}, "input"),
+    ("item not an object", {"model": NAME, "input": ["x"]}, "input.[0]"),
+    ("unknown role", {"model": NAME, "input": [{"role": "robot", "content": "x"}]},
+     "input.[0].role"),
+    ("image part", {"model": NAME, "input": [{"role": "user", "content": [
+        {"type": "input_image", "image_url": "http://x"}]}]}, "input.[0].content.[0].type"),
+    ("built-in item", {"model": NAME, "input": [{"type": "web_search_call", "id": "ws"}]},
+     "input.[0].type"),
+    ("output with no call", {"model": NAME, "input": [
+        {"type": "function_call_output", "call_id": "call_x", "output": "1"}]},
+     "input.[0].call_id"),
+    ("call without name", {"model": NAME, "input": [
+        {"type": "function_call", "call_id": "c", "arguments": "{}"}]}, "input.[0].name"),
+    ("call arguments not JSON", {"model": NAME, "input": [
+        {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{"}]},
+     "input.[0].arguments"),
+    ("built-in tool", {"model": NAME, "input": "x", "tools": [{"type": "web_search"}]},
+     "tools.[0].type"),
+    ("tool name with a space", {"model": NAME, "input": "x",
+     "tools": [{"type": "function", "name": "get weather"}]}, "tools.[0].name"),
+    ("duplicate tools", {"model": NAME, "input": "x", "tools": [WEATHER, WEATHER]},
+     "tools.[1].name"),
+    ("parameters not a schema", {"model": NAME, "input": "x", "tools": [
+        {"type": "function", "name": "f", "parameters": {"type": "objekt"}}]},
+     "tools.[0].parameters"),
+    ("tool_choice names no tool", {"model": NAME, "input": "x", "tools": [WEATHER],
+     "tool_choice": {"type": "function", "name": "nope"}}, "tool_choice.name"),
+    ("tool_choice required without tools", {"model": NAME, "input": "x",
+     "tool_choice": "required"}, "tool_choice"),
+    ("tool_choice of a built-in", {"model": NAME, "input": "x",
+     "tool_choice": {"type": "file_search"}}, "tool_choice.type"),
+    ("unknown format", {"model": NAME, "input": "x", "text": {"format": {"type": "yaml"}}},
+     "text.format.type"),
+    ("json_schema without schema", {"model": NAME, "input": "x",
+     "text": {"format": {"type": "json_schema", "name": "n"}}}, "text.format.schema"),
+    ("json_schema without name", {"model": NAME, "input": "x",
+     "text": {"format": {"type": "json_schema", "schema": {"type": "object"}}}},
+     "text.format.name"),
+    ("max_output_tokens too large", {"model": NAME, "input": "x",
+     "max_output_tokens": 10**6}, "max_output_tokens"),
+    ("max_output_tokens zero", {"model": NAME, "input": "x", "max_output_tokens": 0},
+     "max_output_tokens"),
+    ("temperature too high", {"model": NAME, "input": "x", "temperature": 3}, "temperature"),
+    ("background", {"model": NAME, "input": "x", "background": True}, "background"),
+    ("reasoning", {"model": NAME, "input": "x", "reasoning": {"effort": "low"}}, "reasoning"),
+    ("include", {"model": NAME, "input": "x", "include": ["message.output_text.logprobs"]},
+     "include"),
+    ("truncation auto", {"model": NAME, "input": "x", "truncation": "auto"}, "truncation"),
+    ("verbosity", {"model": NAME, "input": "x", "text": {"verbosity": "low"}},
+     "text.verbosity"),
+    ("unknown parameter", {"model": NAME, "input": "x", "frobnicate": 1}, "frobnicate"),
+    ("too much metadata", {"model": NAME, "input": "x",
+     "metadata": {str(i): "v" for i in range(17)}}, "metadata"),
+    ("unknown model", {"model": "nope", "input": "x"}, "model"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "param"), [(b, p) for _, b, p in BAD], ids=[n for n, _, _ in BAD])
+async def test_bad_input_answers_the_openai_error_shape(
+    tmp_path: Path, body: dict[str, Any], param: str
+) -> None:
+    async with scripted(tmp_path) as (g, _):
+        for stream in (False, True):
+            resp = await g.http.post("/v1/responses", json={**body, "stream": stream})
+            assert 400 <= resp.status_code < 500, resp.text
+            error = resp.json()["error"]
+            assert set(error) == {"message", "type", "param", "code"}
+            assert error["type"] == "invalid_request_error"
+            assert error["param"] == param, error
+        not_json = await g.http.post(
+            "/v1/responses", content=b"{", headers={"content-type": "application/json"}
+        )
+        assert not_json.status_code == 400 and "error" in not_json.json()
