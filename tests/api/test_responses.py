@@ -23,7 +23,9 @@ from qwen_gateway.container import Container
 from qwen_gateway.engines.prompt import PromptEngine
 from qwen_gateway.engines.scripted import ScriptedBackend
 from support.fixtures import MODEL, InProcess, open_in_process
+from support.server import Server, running_server
 from support.spec import validate
+from tenancy.helpers import admin_key, new_key
 
 NAME = "scripted-qwen"
 REPLY = "The answer is forty-two."
@@ -115,10 +117,13 @@ async def test_item_list_with_instructions_becomes_the_conversation(tmp_path: Pa
             input=[
                 {"role": "developer", "content": "Be kind."},
                 {"role": "user", "content": [{"type": "input_text", "text": "What is 6x7?"}]},
-                {"type": "message", "role": "assistant",
-                 "content": [{"type": "output_text", "text": "42."}]},
+                {
+                    "type": "message",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": "42."}],
+                },
                 {"role": "user", "content": "And in words?"},
-            ],  # fmt: skip
+            ],
             temperature=0.0,
             top_p=0.5,
             max_output_tokens=64,
@@ -175,7 +180,9 @@ async def test_stream_events_arrive_in_the_order_clients_parse(tmp_path: Path) -
 async def test_function_call_then_its_output_round_trip(tmp_path: Path) -> None:
     async with scripted(tmp_path, [ONE_CALL, "It is 21 degrees."]) as (g, backend):
         raw = await g.client.responses.with_raw_response.create(
-            model=NAME, input="Weather in Paris?", tools=[WEATHER]  # type: ignore[list-item]
+            model=NAME,
+            input="Weather in Paris?",
+            tools=[WEATHER],  # type: ignore[list-item]
         )
         validate("Response", json.loads(raw.text))
         first = raw.parse()
@@ -192,11 +199,14 @@ async def test_function_call_then_its_output_round_trip(tmp_path: Path) -> None:
             tools=[WEATHER],  # type: ignore[list-item]
             input=[
                 {"role": "user", "content": "Weather in Paris?"},
-                {"type": "function_call", "call_id": call.call_id, "name": call.name,
-                 "arguments": call.arguments},
-                {"type": "function_call_output", "call_id": call.call_id,
-                 "output": '{"temp": 21}'},
-            ],  # fmt: skip
+                {
+                    "type": "function_call",
+                    "call_id": call.call_id,
+                    "name": call.name,
+                    "arguments": call.arguments,
+                },
+                {"type": "function_call_output", "call_id": call.call_id, "output": '{"temp": 21}'},
+            ],
         )
         assert second.output_text == "It is 21 degrees."
         prompt = prompt_of(backend)
@@ -206,9 +216,7 @@ async def test_function_call_then_its_output_round_trip(tmp_path: Path) -> None:
 
 async def test_streamed_function_call_events(tmp_path: Path) -> None:
     async with scripted(tmp_path, [ONE_CALL]) as (g, _):
-        events = await stream_raw(
-            g.http, {"model": NAME, "input": "Weather?", "tools": [WEATHER]}
-        )
+        events = await stream_raw(g.http, {"model": NAME, "input": "Weather?", "tools": [WEATHER]})
         types = [e["type"] for e in events]
         call_start = types.index("response.function_call_arguments.delta") - 1
         assert types[call_start:] == [
@@ -227,7 +235,9 @@ async def test_streamed_function_call_events(tmp_path: Path) -> None:
             "function_call",
         ]
         async with g.client.responses.stream(
-            model=NAME, input="Weather?", tools=[WEATHER]  # type: ignore[list-item]
+            model=NAME,
+            input="Weather?",
+            tools=[WEATHER],  # type: ignore[list-item]
         ) as helper:
             final = await helper.get_final_response()
         assert [i.type for i in final.output] == ["message", "function_call"]
@@ -245,9 +255,7 @@ async def test_max_output_tokens_makes_the_response_incomplete(tmp_path: Path) -
         assert response.incomplete_details is not None
         assert response.incomplete_details.reason == "max_output_tokens"
         assert response.usage is not None and response.usage.output_tokens == 3
-        events = await stream_raw(
-            g.http, {"model": NAME, "input": "Count", "max_output_tokens": 3}
-        )
+        events = await stream_raw(g.http, {"model": NAME, "input": "Count", "max_output_tokens": 3})
         assert events[-1]["type"] == "response.incomplete"
         assert events[-1]["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
 
@@ -298,8 +306,9 @@ async def test_json_schema_format_output_validates(gateway: InProcess) -> None:
     response = await gateway.client.responses.create(
         model=MODEL,
         input="Describe a person.",
-        text={"format": {"type": "json_schema", "name": "person", "schema": PERSON,
-                         "strict": True}},  # fmt: skip
+        text={
+            "format": {"type": "json_schema", "name": "person", "schema": PERSON, "strict": True}
+        },
         max_output_tokens=80,
     )
     jsonschema.validate(json.loads(response.output_text), PERSON)
@@ -414,3 +423,177 @@ async def test_bad_input_answers_the_openai_error_shape(
             "/v1/responses", content=b"{", headers={"content-type": "application/json"}
         )
         assert not_json.status_code == 400 and "error" in not_json.json()
+
+
+# ---- storage on ----------------------------------------------------------------
+
+
+def keyed(g: InProcess, key: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(
+        base_url="http://gateway/v1", api_key=key, http_client=g.http, max_retries=0
+    )
+
+
+async def test_stored_responses_are_the_callers_own_and_chain(
+    tmp_path: Path, database_url: str
+) -> None:
+    tree = {"auth": {"enabled": True}, "database": {"url": database_url},
+            "responses": {"store": True}}  # fmt: skip
+    async with scripted(tmp_path, **tree) as (g, backend):
+        a, b = keyed(g, await new_key(g)), keyed(g, await new_key(g))
+        first = await a.responses.create(model=NAME, input="What is 6x7?")
+        assert first.store is True  # the SDK omits store: stored, as OpenAI does
+
+        got = await a.responses.with_raw_response.retrieve(first.id)
+        validate("Response", json.loads(got.text))
+        assert got.parse().output_text == REPLY
+        items = await a.responses.input_items.with_raw_response.list(first.id)
+        validate("ResponseItemList", json.loads(items.text))
+        listed = items.parse()
+        assert [i.type for i in listed.data] == ["message"]
+        assert listed.data[0].content[0].text == "What is 6x7?"  # type: ignore[union-attr]
+
+        # another key sees nothing of it
+        for call in (
+            b.responses.retrieve(first.id),
+            b.responses.delete(first.id),
+            b.responses.input_items.list(first.id),
+            b.responses.cancel(first.id),
+        ):
+            with pytest.raises(openai.NotFoundError):
+                await call
+        with pytest.raises(openai.BadRequestError) as foreign:
+            await b.responses.create(model=NAME, input="Go on", previous_response_id=first.id)
+        assert foreign.value.param == "previous_response_id"
+
+        # previous_response_id brings the conversation back, two turns deep
+        second = await a.responses.create(
+            model=NAME, input="And in words?", previous_response_id=first.id,
+            instructions="Be brief.",
+        )  # fmt: skip
+        assert second.previous_response_id == first.id
+        third = await a.responses.create(
+            model=NAME, input="Thanks!", previous_response_id=second.id
+        )
+        prompt = prompt_of(backend)
+        assert "Be brief." not in prompt  # instructions are not carried over
+        turns = [("user", "What is 6x7?"), ("assistant", REPLY), ("user", "And in words?"),
+                 ("assistant", REPLY), ("user", "Thanks!")]  # fmt: skip
+        assert "\n".join(f"<|im_start|>{r}\n{t}<|im_end|>" for r, t in turns) in prompt
+        assert third.output_text == REPLY
+
+        # a streamed response is stored too; store=false is not
+        async with a.responses.stream(model=NAME, input="Stream it") as stream:
+            streamed = await stream.get_final_response()
+        assert (await a.responses.retrieve(streamed.id)).output_text == REPLY
+        unkept = await a.responses.create(model=NAME, input="Hi", store=False)
+        assert unkept.store is False
+        with pytest.raises(openai.NotFoundError):
+            await a.responses.retrieve(unkept.id)
+
+        # cancel: only background responses can be, and there are none here
+        with pytest.raises(openai.BadRequestError) as cancel:
+            await a.responses.cancel(first.id)
+        assert cancel.value.code == "not_cancellable"
+
+        deleted = await a.responses.delete(first.id)
+        assert deleted is None  # the SDK returns nothing for a 200 delete
+        with pytest.raises(openai.NotFoundError):
+            await a.responses.retrieve(first.id)
+        # the follow-ups keep their own copy of the conversation
+        assert (await a.responses.retrieve(third.id)).previous_response_id == second.id
+
+
+async def test_limits_usage_and_audit_see_responses_requests(tmp_path: Path) -> None:
+    from sqlalchemy import select
+
+    from qwen_gateway.store.tables import AuditRow, UsageRow
+
+    async with scripted(tmp_path, auth={"enabled": True}) as (g, _):
+        admin = {"Authorization": f"Bearer {await admin_key(g)}"}
+        made = await g.http.post("/admin/keys", json={"name": "one-a-minute", "rpm": 1},
+                                 headers=admin)  # fmt: skip
+        client = keyed(g, made.json()["key"])
+        ok = await client.responses.with_raw_response.create(model=NAME, input="Hi")
+        with pytest.raises(openai.RateLimitError):
+            await client.responses.create(model=NAME, input="Hi again")
+        stranger = keyed(g, "sk-not-a-key")
+        with pytest.raises(openai.AuthenticationError):
+            await stranger.responses.create(model=NAME, input="Hi")
+        await g.container.store.writer.flush()
+        async with g.container.store.db.sessions() as session:
+            rows = list(await session.scalars(
+                select(UsageRow).where(UsageRow.path == "/v1/responses")
+            ))  # fmt: skip
+            audit = list(await session.scalars(select(AuditRow)))
+        served = [r for r in rows if r.request_id == ok.headers["x-request-id"]]
+        assert len(served) == 1 and served[0].status == 200
+        assert served[0].prompt_tokens > 0 and served[0].completion_tokens > 0
+        assert served[0].principal.startswith("key:") and served[0].model == NAME
+        assert sorted(r.status for r in rows) == [200, 401, 429]
+        failures = [e for e in audit if e.action == "auth.failure"]
+        assert [(e.details or {}).get("path") for e in failures] == ["/v1/responses"]
+
+
+async def test_langchain_chatopenai_with_the_responses_api(tmp_path: Path) -> None:
+    from langchain_openai import ChatOpenAI
+
+    async with scripted(tmp_path) as (g, backend):
+        llm = ChatOpenAI(
+            model=NAME,
+            base_url="http://gateway/v1",
+            api_key="unused",  # type: ignore[arg-type]
+            http_async_client=g.http,
+            max_retries=0,
+            use_responses_api=True,
+        )
+        message = await llm.ainvoke("Hi from LangChain")
+        assert message.text == REPLY
+        assert "Hi from LangChain" in prompt_of(backend)
+        merged: Any = None
+        async for chunk in llm.astream("Stream please"):
+            merged = chunk if merged is None else merged + chunk
+        assert merged.text == REPLY
+        tooled = llm.bind_tools([{"type": "function", "function": {
+            "name": "get_weather", "parameters": WEATHER["parameters"]}}])  # fmt: skip
+        backend_reply = await tooled.ainvoke("Weather?")
+        assert backend_reply.text == REPLY
+
+
+# ---- a real server process ------------------------------------------------------
+
+
+def test_real_server_with_the_sync_sdk(server: Server) -> None:
+    with openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused") as client:
+        response = client.responses.create(model=MODEL, input="Hello", max_output_tokens=8)
+        assert response.status in ("completed", "incomplete")
+        assert isinstance(response.output_text, str)
+        with client.responses.stream(model=MODEL, input="Hello", max_output_tokens=8) as stream:
+            events = list(stream)
+        types = [event.type for event in events]
+        assert types[:2] == ["response.created", "response.in_progress"]
+        assert types[-1] in ("response.completed", "response.incomplete")
+        assert events[-1].response.id == events[0].response.id  # type: ignore[union-attr]
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.responses.create(model=MODEL, input="Hello", store=True)
+        assert refused.value.param == "store"
+
+
+def test_real_server_with_storage_on(tiny_model_dir: Path, tmp_path: Path) -> None:
+    env = {"QWEN_GATEWAY_RESPONSES__STORE": "true"}
+    with (
+        running_server(tiny_model_dir, tmp_path / "server.log", env=env) as live,
+        openai.OpenAI(base_url=live.base_url + "/v1", api_key="unused") as client,
+    ):
+        first = client.responses.create(model=MODEL, input="Hello", max_output_tokens=8)
+        assert client.responses.retrieve(first.id).output_text == first.output_text
+        follow = client.responses.create(
+            model=MODEL, input="More", previous_response_id=first.id, max_output_tokens=8
+        )
+        assert follow.usage is not None and first.usage is not None
+        assert follow.usage.input_tokens > first.usage.input_tokens  # the history came along
+        items = client.responses.input_items.list(follow.id)
+        assert [i.content[0].text for i in items.data] == ["More"]  # type: ignore[union-attr]
+        client.responses.delete(first.id)
+        with pytest.raises(openai.NotFoundError):
+            client.responses.retrieve(first.id)
