@@ -23,6 +23,7 @@ from qwen_gateway.container import Container
 from qwen_gateway.engines.prompt import PromptEngine
 from qwen_gateway.engines.scripted import ScriptedBackend
 from support.fixtures import MODEL, InProcess, open_in_process
+from support.flaky import FlakyEngine
 from support.server import Server, running_server
 from support.spec import validate
 from tenancy.helpers import admin_key, new_key
@@ -48,13 +49,15 @@ ONE_CALL = (
 
 @asynccontextmanager
 async def scripted(
-    tmp_path: Path, replies: list[str] | None = None, **tree: Any
+    tmp_path: Path, replies: list[str] | None = None, engine: Any = None, **tree: Any
 ) -> AsyncIterator[tuple[InProcess, ScriptedBackend]]:
+    """An in-process gateway over the scripted backend (or over ``engine``, e.g. a
+    FlakyEngine wrapping one, to inject faults)."""
     backend = ScriptedBackend(NAME, replies or [REPLY])
     settings = load_settings(
         {"data_dir": str(tmp_path), "auth": {"enabled": False}, **tree}, env={}
     )
-    container = Container(settings, engines={NAME: PromptEngine(backend)})
+    container = Container(settings, engines={NAME: engine or PromptEngine(backend)})
     async with open_in_process(container) as g:
         yield g, backend
 
@@ -258,6 +261,29 @@ async def test_max_output_tokens_makes_the_response_incomplete(tmp_path: Path) -
         events = await stream_raw(g.http, {"model": NAME, "input": "Count", "max_output_tokens": 3})
         assert events[-1]["type"] == "response.incomplete"
         assert events[-1]["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+
+
+async def test_a_failure_mid_stream_ends_with_error_and_response_failed(tmp_path: Path) -> None:
+    flaky = FlakyEngine(PromptEngine(ScriptedBackend(NAME, [REPLY])))
+    async with scripted(tmp_path, engine=flaky) as (g, _):
+        flaky.fail_after = 3
+        events = await stream_raw(g.http, {"model": NAME, "input": "Hi"})
+        types = [e["type"] for e in events]
+        assert types[:2] == ["response.created", "response.in_progress"]
+        assert types[-2:] == ["error", "response.failed"]
+        failed = events[-1]["response"]
+        validate("Response", failed)
+        assert failed["status"] == "failed" and failed["error"]["code"] == "server_error"
+        assert events[-2]["message"] == failed["error"]["message"]
+
+        flaky.fail_after = None
+        flaky.broken = True  # before the first event: a proper status, in OpenAI's envelope
+        for stream in (False, True):
+            resp = await g.http.post(
+                "/v1/responses", json={"model": NAME, "input": "Hi", "stream": stream}
+            )
+            assert resp.status_code == 503
+            assert resp.json()["error"]["type"] == "server_error"
 
 
 # ---- the tiny model: constrained decoding --------------------------------------

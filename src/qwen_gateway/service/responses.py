@@ -178,6 +178,7 @@ class ResponsesService:
         async with aclosing(recorded):
             async for event in recorded:
                 _take(draft, event)
+        shell["model"] = record.deployment or shell["model"]
         response = _finish(shell, draft, self._clock)
         if saved is not None:
             await saved(response)
