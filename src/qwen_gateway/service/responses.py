@@ -367,15 +367,15 @@ class ResponsesService:
                         yield e
                 for e in close_message():
                     yield e
+                response = _finish(shell, draft, self._clock, output)
+                if saved is not None:
+                    await saved(response)
             except GatewayError as exc:
                 failed = {**shell, "status": "failed", "output": output,
                           "error": {"code": _error_code(exc), "message": exc.message}}  # fmt: skip
                 yield event("error", code=exc.code, message=exc.message, param=exc.param)
                 yield event("response.failed", response=failed)
                 return
-            response = _finish(shell, draft, self._clock, output)
-            if saved is not None:
-                await saved(response)
             kind = "response.incomplete" if response["status"] == "incomplete" else (
                 "response.completed"
             )  # fmt: skip

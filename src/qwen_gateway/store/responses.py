@@ -3,13 +3,17 @@ principal, and an expired response is never returned (and is deleted by :meth:`p
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from sqlalchemy import delete, insert, select
+from sqlalchemy.exc import DBAPIError
 
 from qwen_gateway.core.responses import StoredResponse
+from qwen_gateway.errors import ServiceUnavailable
 from qwen_gateway.store.db import Database
 from qwen_gateway.store.sanitise import clean_text
 from qwen_gateway.store.tables import StoredResponseRow
@@ -18,6 +22,18 @@ from qwen_gateway.store.tables import StoredResponseRow
 def _aware(value: datetime) -> datetime:
     """SQLite gives naive datetimes back; every stored time is UTC."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+@contextmanager
+def _reachable() -> Iterator[None]:
+    """A database that cannot be reached is a 503 for the client, not a 500."""
+    try:
+        yield
+    except (DBAPIError, OSError, TimeoutError) as exc:
+        raise ServiceUnavailable(
+            "The response store is unreachable; retry the request.",
+            code="storage_unavailable",
+        ) from exc
 
 
 class ResponseRepository:
@@ -39,8 +55,9 @@ class ResponseRepository:
             "expires_at": stored.expires_at,
             "body": body,
         }
-        async with self._db.sessions.begin() as session:
-            await session.execute(insert(StoredResponseRow), [row])
+        with _reachable():
+            async with self._db.sessions.begin() as session:
+                await session.execute(insert(StoredResponseRow), [row])
 
     async def get(self, principal: str, response_id: str, now: datetime) -> StoredResponse | None:
         query = select(StoredResponseRow).where(
@@ -48,8 +65,9 @@ class ResponseRepository:
             StoredResponseRow.principal == clean_text(principal, 300),
             StoredResponseRow.expires_at > now,
         )
-        async with self._db.sessions() as session:
-            row = (await session.scalars(query)).first()
+        with _reachable():
+            async with self._db.sessions() as session:
+                row = (await session.scalars(query)).first()
         if row is None:
             return None
         body: dict[str, Any] = orjson.loads(row.body)
@@ -64,14 +82,15 @@ class ResponseRepository:
         )
 
     async def delete(self, principal: str, response_id: str) -> bool:
-        async with self._db.sessions.begin() as session:
-            result = await session.execute(
-                delete(StoredResponseRow).where(
-                    StoredResponseRow.id == response_id,
-                    StoredResponseRow.principal == clean_text(principal, 300),
+        with _reachable():
+            async with self._db.sessions.begin() as session:
+                result = await session.execute(
+                    delete(StoredResponseRow).where(
+                        StoredResponseRow.id == response_id,
+                        StoredResponseRow.principal == clean_text(principal, 300),
+                    )
                 )
-            )
-            return bool(getattr(result, "rowcount", 0))
+                return bool(getattr(result, "rowcount", 0))
 
     async def purge(self, before: datetime) -> int:
         async with self._db.sessions.begin() as session:
