@@ -17,11 +17,15 @@ import httpx
 import jsonschema
 import openai
 import pytest
+import pytest_asyncio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from qwen_gateway.config import load_settings
 from qwen_gateway.container import Container
 from qwen_gateway.engines.prompt import PromptEngine
 from qwen_gateway.engines.scripted import ScriptedBackend
+from store.helpers import proxied
 from support.fixtures import MODEL, InProcess, open_in_process
 from support.flaky import FlakyEngine
 from support.server import Server, running_server
@@ -284,6 +288,67 @@ async def test_a_failure_mid_stream_ends_with_error_and_response_failed(tmp_path
             )
             assert resp.status_code == 503
             assert resp.json()["error"]["type"] == "server_error"
+
+
+async def test_the_response_cache_serves_a_repeated_responses_request(tmp_path: Path) -> None:
+    async with scripted(tmp_path, ["first answer", "second answer"], cache={}) as (g, _):
+        body = {"model": NAME, "input": "Same question", "temperature": 0}
+        first = await g.http.post("/v1/responses", json=body)
+        again = await g.http.post("/v1/responses", json=body)
+        assert first.headers["x-qwen-gateway-cache"] == "miss"
+        assert again.headers["x-qwen-gateway-cache"] == "hit"
+        texts = [r.json()["output"][0]["content"][0]["text"] for r in (first, again)]
+        assert texts == ["first answer", "first answer"]
+        assert first.json()["id"] != again.json()["id"]
+        validate("Response", again.json())
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+ITEM_KEYS = st.sampled_from(
+    ["type", "role", "content", "call_id", "name", "arguments", "output", "text"]
+)
+ITEMS = st.dictionaries(ITEM_KEYS, JSON_VALUES | st.sampled_from(
+    ["message", "user", "assistant", "function_call", "function_call_output", "input_text"]
+), max_size=5)  # fmt: skip
+BODIES = st.fixed_dictionaries(
+    {"model": st.just(NAME)},
+    optional={
+        "input": st.text(max_size=8) | st.lists(ITEMS, max_size=3) | JSON_VALUES,
+        "instructions": JSON_VALUES,
+        "tools": st.lists(st.dictionaries(st.sampled_from(["type", "name", "parameters"]),
+                                          JSON_VALUES | st.just("function")), max_size=2),
+        "tool_choice": JSON_VALUES | st.sampled_from(["auto", "none", "required"]),
+        "text": st.dictionaries(st.just("format"), st.dictionaries(
+            st.sampled_from(["type", "name", "schema"]), JSON_VALUES), max_size=1),
+        "max_output_tokens": JSON_VALUES,
+        "previous_response_id": JSON_VALUES,
+        "metadata": JSON_VALUES,
+        "stream": st.booleans(),
+    },
+)  # fmt: skip
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def plain(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[InProcess]:
+    """A scripted gateway shared by the module's property test."""
+    async with scripted(tmp_path_factory.mktemp("responses")) as (g, _):
+        yield g
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=BODIES)
+async def test_no_body_makes_a_500(plain: InProcess, body: dict[str, Any]) -> None:
+    """Whatever the body, the answer is a response or a 4xx in OpenAI's envelope."""
+    resp = await plain.http.post("/v1/responses", json=body)
+    assert resp.status_code < 500, (body, resp.text)
+    if resp.status_code >= 400:
+        validate("ErrorResponse", resp.json())
 
 
 # ---- the tiny model: constrained decoding --------------------------------------
@@ -623,3 +688,23 @@ def test_real_server_with_storage_on(tiny_model_dir: Path, tmp_path: Path) -> No
         client.responses.delete(first.id)
         with pytest.raises(openai.NotFoundError):
             client.responses.retrieve(first.id)
+
+
+async def test_an_unreachable_store_is_a_503_or_response_failed(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    with proxied(postgres_url) as (proxy, url):
+        tree = {"database": {"url": url}, "responses": {"store": True}}
+        async with scripted(tmp_path, **tree) as (g, _):
+            kept = await g.client.responses.create(model=NAME, input="Hi")
+            proxy.down()
+            with pytest.raises(openai.InternalServerError) as down:
+                await g.client.responses.create(model=NAME, input="Hi")
+            assert down.value.status_code == 503 and down.value.code == "storage_unavailable"
+            with pytest.raises(openai.InternalServerError):
+                await g.client.responses.retrieve(kept.id)
+            events = await stream_raw(g.http, {"model": NAME, "input": "Hi"})
+            assert [e["type"] for e in events[-2:]] == ["error", "response.failed"]
+            assert events[-2]["code"] == "storage_unavailable"
+            proxy.up()
+            assert (await g.client.responses.retrieve(kept.id)).output_text == REPLY
