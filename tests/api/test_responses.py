@@ -627,9 +627,11 @@ async def test_limits_usage_and_audit_see_responses_requests(tmp_path: Path) -> 
 
 
 async def test_langchain_chatopenai_with_the_responses_api(tmp_path: Path) -> None:
+    from langchain_core.messages import HumanMessage, ToolMessage
     from langchain_openai import ChatOpenAI
 
-    async with scripted(tmp_path) as (g, backend):
+    replies = [REPLY, REPLY, ONE_CALL, "It is 21 degrees."]
+    async with scripted(tmp_path, replies) as (g, backend):
         llm = ChatOpenAI(
             model=NAME,
             base_url="http://gateway/v1",
@@ -645,10 +647,19 @@ async def test_langchain_chatopenai_with_the_responses_api(tmp_path: Path) -> No
         async for chunk in llm.astream("Stream please"):
             merged = chunk if merged is None else merged + chunk
         assert merged.text == REPLY
-        tooled = llm.bind_tools([{"type": "function", "function": {
-            "name": "get_weather", "parameters": WEATHER["parameters"]}}])  # fmt: skip
-        backend_reply = await tooled.ainvoke("Weather?")
-        assert backend_reply.text == REPLY
+
+        tool = {"type": "function", "function": {"name": "get_weather",
+                                                 "parameters": WEATHER["parameters"]}}  # fmt: skip
+        tooled = llm.bind_tools([tool])
+        ask = HumanMessage("Weather in Paris?")
+        called: Any = await tooled.ainvoke([ask])
+        (call,) = called.tool_calls
+        assert (call["name"], call["args"]) == ("get_weather", {"city": "Paris", "unit": "c"})
+        answer = await tooled.ainvoke(
+            [ask, called, ToolMessage('{"temp": 21}', tool_call_id=call["id"])]
+        )
+        assert answer.text == "It is 21 degrees."
+        assert '<tool_response>\n{"temp": 21}\n</tool_response>' in prompt_of(backend)
 
 
 # ---- a real server process ------------------------------------------------------
