@@ -303,6 +303,24 @@ async def test_the_response_cache_serves_a_repeated_responses_request(tmp_path: 
         validate("Response", again.json())
 
 
+async def test_content_safety_applies_to_responses(tmp_path: Path) -> None:
+    safety = {
+        "rule_sets": {"x": {"keywords": {"pets": ["hamster"], "secret": ["project bluebird"]}}},
+        "policies": [{"name": "a", "rule_sets": ["x"],
+                      "actions": {"pets": "redact", "secret": "block"}}],
+    }  # fmt: skip
+    async with scripted(tmp_path, ["a gerbil and a hamster"], safety=safety) as (g, _):
+        response = await g.client.responses.create(model=NAME, input="Pets?")
+        assert response.output_text == "a gerbil and a *******"
+        events = await stream_raw(g.http, {"model": NAME, "input": "Pets?"})
+        streamed = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+        assert streamed == "a gerbil and a *******"
+        assert events[-1]["response"]["output"][0]["content"][0]["text"] == streamed
+        with pytest.raises(openai.BadRequestError) as blocked:
+            await g.client.responses.create(model=NAME, input="Tell me about project bluebird")
+        assert blocked.value.code == "content_filter"
+
+
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=8),
     lambda inner: (
