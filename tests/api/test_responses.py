@@ -600,6 +600,14 @@ async def test_stored_responses_are_the_callers_own_and_chain(
         with pytest.raises(openai.NotFoundError):
             await a.responses.retrieve(unkept.id)
 
+        for path, param in (
+            (f"/v1/responses/{first.id}?stream=true", "stream"),
+            (f"/v1/responses/{first.id}/input_items?include[]=x", "include"),
+        ):
+            unsupported = await g.http.get(path, headers={"Authorization": f"Bearer {a.api_key}"})
+            assert unsupported.status_code == 400
+            assert unsupported.json()["error"]["param"] == param
+
         # cancel: only background responses can be, and there are none here
         with pytest.raises(openai.BadRequestError) as cancel:
             await a.responses.cancel(first.id)

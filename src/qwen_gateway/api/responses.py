@@ -11,6 +11,7 @@ from fastapi.responses import Response
 
 from qwen_gateway.api.routes import _headers, read_json, record_of, until_disconnect
 from qwen_gateway.api.sse import EventStreamResponse, named_frame
+from qwen_gateway.errors import InvalidRequest
 from qwen_gateway.protocol.responses import ResponseCreateParams
 from qwen_gateway.service.responses import ResponsesService
 
@@ -19,6 +20,19 @@ def _json(body: Any, request: Request) -> Response:
     return Response(
         orjson.dumps(body), media_type="application/json", headers=_headers(record_of(request))
     )
+
+
+def _refuse_query(request: Request, *names: str) -> None:
+    """Query parameters OpenAI takes there that this server does not honour: a 400 naming
+    the first one given (``stream=false`` asks for nothing)."""
+    for name in names:
+        value = request.query_params.get(name)
+        if value is not None and not (name == "stream" and value.lower() == "false"):
+            raise InvalidRequest(
+                f"The query parameter {name!r} is not supported by this server.",
+                param=name.removesuffix("[]"),
+                code="unsupported_parameter",
+            )
 
 
 def responses_router(
@@ -52,6 +66,7 @@ def responses_router(
     @v1.get("/responses/{response_id}")
     async def retrieve_response(response_id: str, request: Request) -> Response:
         await check(request)
+        _refuse_query(request, "stream", "include", "include[]", "starting_after")
         return _json(await service.retrieve(response_id, record_of(request)), request)
 
     @v1.delete("/responses/{response_id}")
@@ -73,6 +88,7 @@ def responses_router(
         after: str | None = None,
     ) -> Response:
         await check(request)
+        _refuse_query(request, "include", "include[]", "before")
         page = await service.input_items(
             response_id, record_of(request), limit=limit, order=order, after=after
         )
