@@ -284,102 +284,52 @@ class ResponsesService:
         """The stream events, from ``response.created`` to ``response.completed`` (or
         ``.incomplete``, or ``error`` and ``response.failed``). The first engine event is in
         hand before anything is sent, so a failure before it keeps its HTTP status."""
-        seq = 0
-
-        def event(kind: str, **fields: Any) -> ResponseStreamEvent:
-            nonlocal seq
-            out = {"type": kind, "sequence_number": seq, **fields}
-            seq += 1
-            return out
-
         recorded = _recorded(events, record, meter)
         async with aclosing(recorded):
-            first = await anext(recorded)
+            ev = await anext(recorded)
             shell["model"] = record.deployment or shell["model"]
-            yield event("response.created", response={**shell})
-            yield event("response.in_progress", response={**shell})
-            draft = _Draft()
-            output: list[OutputItem] = []
-            message: OutputMessage | None = None  # the message item being streamed
-
-            def close_message() -> list[ResponseStreamEvent]:
-                nonlocal message
-                if message is None:
-                    return []
-                done, message = message, None
-                index = len(output)
-                status = "incomplete" if draft.reason == "length" else "completed"
-                item = _message(done["id"], draft.text, status)
-                output.append(item)
-                part = item["content"][0]
-                common = {"item_id": item["id"], "output_index": index}
-                return [
-                    event("response.output_text.done", **common, content_index=0,
-                          text=draft.text, logprobs=[]),
-                    event("response.content_part.done", **common, content_index=0, part=part),
-                    event("response.output_item.done", output_index=index, item=item),
-                ]  # fmt: skip
-
-            def open_message() -> list[ResponseStreamEvent]:
-                nonlocal message
-                message = _message(item_id("msg"), "", "in_progress")
-                message["content"] = []
-                index = len(output)
-                part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-                return [
-                    event("response.output_item.added", output_index=index, item={**message}),
-                    event("response.content_part.added", item_id=message["id"],
-                          output_index=index, content_index=0, part=part),
-                ]  # fmt: skip
-
+            out = _Stream()
+            yield out.event("response.created", response={**shell})
+            yield out.event("response.in_progress", response={**shell})
+            draft = out.draft
             try:
-                pending: list[EngineEvent] = [first]
                 while True:
-                    for ev in pending:
-                        for inner in ev.events if isinstance(ev, RelayedChunk) else (ev,):
-                            if isinstance(inner, TextDelta) and inner.text:
-                                if message is None:
-                                    for e in open_message():
+                    for inner in ev.events if isinstance(ev, RelayedChunk) else (ev,):
+                        if isinstance(inner, TextDelta):
+                            if inner.text:
+                                if out.message_id is None:
+                                    for e in out.open_message():
                                         yield e
-                                draft.text += inner.text
-                                assert message is not None
-                                yield event("response.output_text.delta", item_id=message["id"],
-                                            output_index=len(output), content_index=0,
-                                            delta=inner.text, logprobs=[])  # fmt: skip
-                            elif isinstance(inner, ToolCallDelta):
-                                for e in close_message():
-                                    yield e
-                                done, frames = _call_events(inner, len(output), event)
-                                for e in frames:
-                                    yield e
-                                output.append(done)
-                                draft.calls.append(done)
-                            else:
-                                _take(draft, inner)
+                                yield out.delta(inner.text)
+                        elif isinstance(inner, ToolCallDelta):
+                            for e in out.call(inner):
+                                yield e
+                        else:
+                            _take(draft, inner)
                     if draft.usage is not None:
                         break
                     try:
-                        pending = [await anext(recorded)]
+                        ev = await anext(recorded)
                     except StopAsyncIteration:
                         break
-                if message is None and not output:
-                    for e in open_message():
+                if out.message_id is None and not out.output:
+                    for e in out.open_message():  # an empty answer is an empty message
                         yield e
-                for e in close_message():
+                for e in out.close_message():
                     yield e
-                response = _finish(shell, draft, self._clock, output)
+                response = _finish(shell, draft, self._clock, out.output)
                 if saved is not None:
                     await saved(response)
             except GatewayError as exc:
-                failed = {**shell, "status": "failed", "output": output,
+                failed = {**shell, "status": "failed", "output": out.output,
                           "error": {"code": _error_code(exc), "message": exc.message}}  # fmt: skip
-                yield event("error", code=exc.code, message=exc.message, param=exc.param)
-                yield event("response.failed", response=failed)
+                yield out.event("error", code=exc.code, message=exc.message, param=exc.param)
+                yield out.event("response.failed", response=failed)
                 return
             kind = "response.incomplete" if response["status"] == "incomplete" else (
                 "response.completed"
             )  # fmt: skip
-            yield event(kind, response=response)
+            yield out.event(kind, response=response)
 
     # ---- stored responses -------------------------------------------------
 
@@ -456,22 +406,88 @@ class ResponsesService:
         return await self._store.purge(self._now()) if self._store is not None else 0
 
 
-def _call_events(
-    call: ToolCallDelta, index: int, event: Callable[..., ResponseStreamEvent]
-) -> tuple[FunctionToolCall, list[ResponseStreamEvent]]:
-    """A complete call's events (the engines hand over whole calls: one arguments delta)."""
-    added = _call(call, "in_progress")
-    added["arguments"] = ""
-    done = _call(call, "completed")
-    done["id"] = added["id"]
-    common = {"item_id": added["id"], "output_index": index}
-    return done, [
-        event("response.output_item.added", output_index=index, item=added),
-        event("response.function_call_arguments.delta", **common, delta=call.arguments),
-        event("response.function_call_arguments.done", **common, name=call.name,
-              arguments=call.arguments),
-        event("response.output_item.done", output_index=index, item=done),
-    ]  # fmt: skip
+class _Stream:
+    """The state of a streamed response: the events' sequence, the output items so far and
+    the message being streamed (its text deltas are the hot path: one dict each)."""
+
+    __slots__ = ("draft", "message_id", "output", "seq")
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.draft = _Draft()
+        self.output: list[OutputItem] = []
+        self.message_id: str | None = None
+
+    def event(self, kind: str, **fields: Any) -> ResponseStreamEvent:
+        seq = self.seq
+        self.seq = seq + 1
+        return {"type": kind, "sequence_number": seq, **fields}
+
+    def delta(self, text: str) -> ResponseStreamEvent:
+        self.draft.text += text
+        seq = self.seq
+        self.seq = seq + 1
+        return {
+            "type": "response.output_text.delta",
+            "sequence_number": seq,
+            "item_id": self.message_id,
+            "output_index": len(self.output),
+            "content_index": 0,
+            "delta": text,
+            "logprobs": [],
+        }
+
+    def open_message(self) -> list[ResponseStreamEvent]:
+        message = _message(item_id("msg"), "", "in_progress")
+        message["content"] = []
+        self.message_id = message["id"]
+        index = len(self.output)
+        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        return [
+            self.event("response.output_item.added", output_index=index, item=message),
+            self.event("response.content_part.added", item_id=message["id"],
+                       output_index=index, content_index=0, part=part),
+        ]  # fmt: skip
+
+    def close_message(self) -> list[ResponseStreamEvent]:
+        if self.message_id is None:
+            return []
+        text = self.draft.text
+        status = "incomplete" if self.draft.reason == "length" else "completed"
+        item = _message(self.message_id, text, status)
+        self.message_id = None
+        index = len(self.output)
+        self.output.append(item)
+        common = {"item_id": item["id"], "output_index": index}
+        return [
+            self.event("response.output_text.done", **common, content_index=0, text=text,
+                       logprobs=[]),
+            self.event("response.content_part.done", **common, content_index=0,
+                       part=item["content"][0]),
+            self.event("response.output_item.done", output_index=index, item=item),
+        ]  # fmt: skip
+
+    def call(self, call: ToolCallDelta) -> list[ResponseStreamEvent]:
+        """A complete call's events (engines hand over whole calls: one arguments delta),
+        after the message before it is closed."""
+        frames = self.close_message()
+        index = len(self.output)
+        added = _call(call, "in_progress")
+        added["arguments"] = ""
+        done = _call(call, "completed")
+        done["id"] = added["id"]
+        self.output.append(done)
+        self.draft.calls.append(done)
+        common = {"item_id": added["id"], "output_index": index}
+        return [
+            *frames,
+            self.event("response.output_item.added", output_index=index, item=added),
+            self.event("response.function_call_arguments.delta", **common,
+                       delta=call.arguments),
+            self.event("response.function_call_arguments.done", **common, name=call.name,
+                       arguments=call.arguments),
+            self.event("response.output_item.done", output_index=index, item=done),
+        ]  # fmt: skip
 
 
 def _take(draft: _Draft, event: EngineEvent) -> None:
