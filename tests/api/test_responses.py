@@ -23,6 +23,9 @@ from hypothesis import strategies as st
 
 from qwen_gateway.config import load_settings
 from qwen_gateway.container import Container
+from qwen_gateway.engines.openai_upstream import PLUGIN as UPSTREAM
+from qwen_gateway.engines.openai_upstream import UpstreamConfig
+from qwen_gateway.engines.plugin import EngineContext
 from qwen_gateway.engines.prompt import PromptEngine
 from qwen_gateway.engines.scripted import ScriptedBackend
 from store.helpers import proxied
@@ -689,6 +692,45 @@ async def test_langchain_chatopenai_with_the_responses_api(tmp_path: Path) -> No
 
 
 # ---- a real server process ------------------------------------------------------
+
+
+async def test_through_the_upstream_engine_against_a_second_gateway(
+    server: Server, tmp_path: Path
+) -> None:
+    """A gateway whose deployment relays ``server`` (a second gateway on the tiny model) with
+    the openai engine: the same answer as asking that gateway directly, streamed and not."""
+    async with openai.AsyncOpenAI(
+        base_url=server.base_url + "/v1", api_key="x", max_retries=0
+    ) as direct:
+        expected = await direct.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Hello"}], max_tokens=12,
+            temperature=0,
+        )  # fmt: skip
+    config = UpstreamConfig(base_url=server.base_url + "/v1", model=MODEL)
+    engine = await UPSTREAM.create(config, EngineContext("relayed"))
+    settings = load_settings({"data_dir": str(tmp_path), "auth": {"enabled": False}}, env={})
+    async with open_in_process(Container(settings, engines={"relayed": engine})) as g:
+        args: dict[str, Any] = {"model": "relayed", "input": "Hello", "max_output_tokens": 12,
+                                "temperature": 0}  # fmt: skip
+        raw = await g.client.responses.with_raw_response.create(**args)
+        validate("Response", json.loads(raw.text))
+        got = raw.parse()
+        assert got.model == "relayed"
+        assert got.output_text == expected.choices[0].message.content
+        assert got.usage is not None and expected.usage is not None
+        assert got.usage.input_tokens == expected.usage.prompt_tokens
+        assert got.usage.output_tokens == expected.usage.completion_tokens
+        events = await stream_raw(g.http, args)
+        text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+        assert text == expected.choices[0].message.content
+        assert events[-1]["response"]["usage"]["output_tokens"] == expected.usage.completion_tokens
+        forced = await g.client.responses.create(
+            model="relayed", input="Add.", tools=[ADD], tool_choice="required",  # type: ignore[list-item]
+            max_output_tokens=80,
+        )  # fmt: skip
+        call = next(item for item in forced.output if item.type == "function_call")
+        assert call.name == "add"
+        jsonschema.validate(json.loads(call.arguments), ADD["parameters"])
 
 
 def test_real_server_with_the_sync_sdk(server: Server) -> None:
