@@ -17,8 +17,7 @@ from qwen_gateway.api.middleware import GatewayMiddleware
 from qwen_gateway.api.responses import responses_router
 from qwen_gateway.api.routes import authenticated, include_routes
 from qwen_gateway.api.safety import reload_on_sighup, safety_router
-from qwen_gateway.api.sse import ANTHROPIC
-from qwen_gateway.api.sse import named_frame
+from qwen_gateway.api.sse import ANTHROPIC, RESPONSES
 from qwen_gateway.api.ui import ui_router
 from qwen_gateway.container import Container
 from qwen_gateway.service.fleet import Fleet
@@ -102,7 +101,7 @@ def create_app(container: Container, on_ready: Callable[[], None] | None = None)
         app.add_hot_route("/v1/embeddings", services.embeddings.create, authenticate, keepalive)
     if services.responses is not None:
         app.add_hot_route("/v1/responses", services.responses.create, authenticate, keepalive,
-                          framer=named_frame, done=b"")  # fmt: skip
+                          RESPONSES)  # fmt: skip
     app.add_middleware(
         GatewayMiddleware,
         metrics=services.metrics,

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from qwen_gateway.api.routes import _headers, read_json, record_of, until_disconnect
-from qwen_gateway.api.sse import EventStreamResponse, named_frame
+from qwen_gateway.api.sse import RESPONSES, EventStreamResponse
 from qwen_gateway.errors import InvalidRequest
 from qwen_gateway.protocol.responses import ResponseCreateParams
 from qwen_gateway.service.responses import ResponsesService
@@ -60,7 +60,7 @@ def responses_router(
             await stream.aclose()
             raise
         return EventStreamResponse(
-            first, stream, record, keepalive, _headers(record), framer=named_frame, done=b""
+            first, stream, record, keepalive, _headers(record), framing=RESPONSES
         )
 
     @v1.get("/responses/{response_id}")

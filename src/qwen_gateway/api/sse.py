@@ -79,6 +79,19 @@ OPENAI = Framing(frame, error_frame, DONE, KEEPALIVE)
 ANTHROPIC = Framing(named_frame, anthropic_error_frame, b"", named_frame({"type": "ping"}))
 
 
+def responses_error_frame(exc: GatewayError) -> bytes:
+    """The Responses API's ``error`` event, for a stream cut off from outside its own events
+    (the edge ends its failed streams itself, with ``error`` and ``response.failed``)."""
+    event = {"type": "error", "sequence_number": 0, "code": exc.code, "message": exc.message,
+             "param": exc.param}  # fmt: skip
+    return named_frame(event)
+
+
+#: OpenAI's Responses API: ``event:`` + ``data:`` lines, nothing after the last event (the
+#: stream ends with ``response.completed`` or another final event), comments to keep alive.
+RESPONSES = Framing(named_frame, responses_error_frame, b"", KEEPALIVE)
+
+
 class EventStreamResponse(Response):
     """An ASGI response streaming SSE frames; the first chunk is already in hand.
 
