@@ -8,7 +8,7 @@ over rounds of CPU ms per request and each edge's ratio to chat completions.
 
 Not a test: the numbers depend on the machine. Usage:
 
-    python benchmarks/edge_cpu.py [--requests 400] [--rounds 5] [--concurrency 8] [--out FILE]
+    python benchmarks/edge_cpu.py [--requests 400] [--rounds 5] [--concurrency 1 8] [--out FILE]
     python benchmarks/edge_cpu.py --smoke   # one tiny iteration; non-zero on any error
 """
 
@@ -48,7 +48,13 @@ EDGES: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
         "/v1/messages",
         lambda: {"model": MODEL, "messages": ASK, "max_tokens": 32},
     ),
+    "responses": (
+        "/v1/responses",
+        lambda: {"model": MODEL, "input": ASK, "max_output_tokens": 32},
+    ),
 }
+#: what the end of a complete stream looks like, per API
+STREAM_ENDS = (b"[DONE]", b"message_stop", b"response.completed")
 
 
 def _free_port() -> int:
@@ -122,7 +128,7 @@ async def one(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) ->
         data = await resp.read()
         if resp.status != 200:
             raise RuntimeError(f"{url}: {resp.status} {data[:300]!r}")
-        if body.get("stream") and b"message_stop" not in data and b"[DONE]" not in data:
+        if body.get("stream") and not any(end in data for end in STREAM_ENDS):
             raise RuntimeError(f"{url}: the stream did not end properly")
 
 
@@ -181,15 +187,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--out", type=Path)
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     if args.smoke:
-        args.requests, args.rounds, args.concurrency = 2, 1, 1
+        args.requests, args.rounds, args.concurrency = 2, 1, [1]
+    text = ""
     with tempfile.TemporaryDirectory() as tmp, gateway(Path(tmp)) as (base, pid):
-        result = asyncio.run(measure(base, pid, args.requests, args.rounds, args.concurrency))
-    text = table(result, args.requests, args.rounds, args.concurrency)
+        for c in args.concurrency:
+            result = asyncio.run(measure(base, pid, args.requests, args.rounds, c))
+            text += table(result, args.requests, args.rounds, c) + "\n"
     print(text)
     if args.out is not None:
         with args.out.open("a", encoding="utf-8") as f:

@@ -65,7 +65,7 @@ def create_app(container: Container, on_ready: Callable[[], None] | None = None)
         health_check=services.fleet,
         reviews=services.reviews,
         console=services.console,
-        responses_storage=_responses_storage(services.settings),
+        responses_storage=services.settings.responses.store,
     )
     app.include_router(
         messages_router(
@@ -115,9 +115,3 @@ async def _announce(fleet: Fleet, on_ready: Callable[[], None]) -> None:
     await fleet.wait_loaded()
     if await fleet.ready():
         on_ready()
-
-
-def _responses_storage(settings: object) -> bool:
-    """Whether stored Responses (``responses.store``) are enabled, for the model cards."""
-    section = getattr(settings, "responses", None)
-    return bool(getattr(section, "store", False))

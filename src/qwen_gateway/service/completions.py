@@ -165,7 +165,7 @@ class CompletionService:
         ) -> ChatCompletionChunkChoice:
             return {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
 
-        recorded = _recorded(events, record, meter)
+        recorded = accounted(events, record, meter)
         async with aclosing(recorded):
             started = False
             async for event in recorded:
@@ -290,7 +290,7 @@ class CompletionService:
             return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}
 
         builders = [CompletionLogprobsBuilder() for _ in range(n)]
-        recorded = _recorded(events, record, meter)
+        recorded = accounted(events, record, meter)
         async with aclosing(recorded):
             started = False
             async for event in recorded:
@@ -335,7 +335,7 @@ def _message(text: str, calls: list[ResponseToolCall]) -> ChatCompletionResponse
     return message
 
 
-async def _recorded(
+async def accounted(
     events: AsyncGenerator[EngineEvent, None], record: RequestRecord, meter: UsageMeter
 ) -> AsyncGenerator[EngineEvent, None]:
     """Pass events through, noting first token, finish reason and usage in ``record``.
@@ -383,7 +383,7 @@ async def _collect(
     tokens: list[list[TokenLogprob]] | None = None,
     prompt: list[PromptLogprobs] | None = None,
 ) -> Usage:
-    recorded = _recorded(events, record, meter)
+    recorded = accounted(events, record, meter)
     async with aclosing(recorded):
         async for event in recorded:
             if isinstance(event, TextDelta):

@@ -57,7 +57,7 @@ from qwen_gateway.protocol.messages import (
     ToolParam,
 )
 from qwen_gateway.routing.router import Router
-from qwen_gateway.service.completions import _recorded
+from qwen_gateway.service.completions import accounted
 from qwen_gateway.service.pipeline import Generate
 
 #: At most this many stop sequences (each matched over the streamed text).
@@ -327,7 +327,7 @@ class MessagesService:
         content: list[ContentBlock] = []
         reason: StopReason = "end_turn"
         stop_sequence: str | None = None
-        recorded = _recorded(events, record, request.meter)
+        recorded = accounted(events, record, request.meter)
         async with aclosing(recorded):
             async for outer in recorded:
                 for event in _flat(outer):
@@ -374,7 +374,7 @@ class MessagesService:
         """message_start (once the first event is in: failures before it keep their status),
         ping, content blocks (start, deltas, stop), message_delta, message_stop."""
         meter: UsageMeter = request.meter
-        recorded = _recorded(events, record, meter)
+        recorded = accounted(events, record, meter)
         index = -1
         open_block: str | None = None  # "text" while a text block is open
         reason: StopReason = "end_turn"

@@ -47,7 +47,7 @@ from qwen_gateway.protocol.responses import (
     ResponseStreamEvent,
     ResponseUsage,
 )
-from qwen_gateway.service.completions import _recorded
+from qwen_gateway.service.completions import accounted
 from qwen_gateway.service.normalise import Normalise
 from qwen_gateway.service.pipeline import Generate
 
@@ -174,7 +174,7 @@ class ResponsesService:
         if wire.stream:
             return self._events(events, shell, record, request.meter, saved)
         draft = _Draft()
-        recorded = _recorded(events, record, request.meter)
+        recorded = accounted(events, record, request.meter)
         async with aclosing(recorded):
             async for event in recorded:
                 _take(draft, event)
@@ -284,7 +284,7 @@ class ResponsesService:
         """The stream events, from ``response.created`` to ``response.completed`` (or
         ``.incomplete``, or ``error`` and ``response.failed``). The first engine event is in
         hand before anything is sent, so a failure before it keeps its HTTP status."""
-        recorded = _recorded(events, record, meter)
+        recorded = accounted(events, record, meter)
         async with aclosing(recorded):
             ev = await anext(recorded)
             shell["model"] = record.deployment or shell["model"]
