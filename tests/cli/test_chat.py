@@ -32,7 +32,11 @@ def gateway(
     tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Server, str]]:
     """The server and its bootstrap admin key."""
+    from qwen_gateway.engines.transformers.tiny import build_tiny_model
+
     root = tmp_path_factory.mktemp("chat")
+    # an embedding model: served, but never offered for chat
+    vectors = build_tiny_model(root / "tiny-embed", embedding=True)
     config = {
         "deployments": [
             {"name": "scripted", "engine": "scripted", "options": {"replies": [REPLY]}},
@@ -44,6 +48,7 @@ def gateway(
                 "context_window": 4096,
                 "max_batch_size": 4,
             },
+            {"name": "vectors", "engine": "transformers", "task": "embed", "model": str(vectors)},
         ],
         "safety": {
             "rule_sets": {"words": {"keywords": {"fraud": ["forbiddenword"]}}},
@@ -122,9 +127,10 @@ def test_model_lists_switches_and_refuses_an_unknown_name(
     child = spawn(tmp_path, server.base_url + "/v1", key)
     say(child, "/model")
     child.expect_exact("Model: scripted")
-    child.expect(r"Served: scripted, md, tiny")
+    end = r"(\x1b\[[0-9;]*m)*\r?\n"  # the list ends there: no embedding model in it
+    child.expect(r"Served: scripted, md, tiny" + end)
     say(child, "/model nope")
-    child.expect_exact("Unknown model 'nope'. Served: scripted, md, tiny")
+    child.expect(r"Unknown model 'nope'\. Served: scripted, md, tiny" + end)
     say(child, "/model tiny")
     child.expect_exact("Model set to tiny.")
     say(child, "/model")

@@ -153,11 +153,15 @@ class UIGateway:
 
 
 def ui_config(
-    model_dir: Path, scripted: dict[str, str], safety: dict[str, Any] | None = None
+    model_dir: Path,
+    scripted: dict[str, str],
+    safety: dict[str, Any] | None = None,
+    embed_dir: Path | None = None,
 ) -> dict[str, Any]:
     """The gateway the UI tests run against: ``tiny`` (the random tiny model, for streaming
     and Stop: it writes until max_tokens), the scripted deployments, an alias, a split,
-    ``auto`` and the content policy."""
+    ``auto``, the content policy, and ``vectors`` (an embedding model the chat page must not
+    offer) when ``embed_dir`` is given."""
     deployments: list[dict[str, Any]] = [
         {
             "name": "tiny",
@@ -171,6 +175,10 @@ def ui_config(
     ]
     for name, reply in scripted.items():
         deployments.append({"name": name, "engine": "scripted", "options": {"replies": [reply]}})
+    if embed_dir is not None:
+        deployments.append(
+            {"name": "vectors", "engine": "transformers", "task": "embed", "model": str(embed_dir)}
+        )
     return {
         "deployments": deployments,
         "routing": {
@@ -190,10 +198,14 @@ def ui_config(
 def ui_gateway(
     tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[UIGateway]:
+    from qwen_gateway.engines.transformers.tiny import build_tiny_model
+
     root = tmp_path_factory.mktemp("ui-gateway")
+    vectors = build_tiny_model(root / "tiny-embed", embedding=True)
     config = root / "gateway.yaml"
     config.write_text(
-        yaml.safe_dump(ui_config(tiny_model_dir, UI_SCRIPTED, UI_SAFETY)), encoding="utf-8"
+        yaml.safe_dump(ui_config(tiny_model_dir, UI_SCRIPTED, UI_SAFETY, vectors)),
+        encoding="utf-8",
     )
     env = {"QWEN_GATEWAY_DATA_DIR": str(root / "data")}
 

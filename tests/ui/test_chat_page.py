@@ -125,6 +125,7 @@ def test_sign_in_send_markdown_code_and_stats(
     for model in ["tiny", "tiny-alias", "md", "ab"]:
         assert model in options
     assert any(o.startswith("auto") for o in options)
+    assert "vectors" not in options  # an embedding model is served, but cannot chat
 
     send(page, "Show me some Markdown", model="md")
     wait_idle(page)

@@ -122,7 +122,11 @@ class Gateway:
             if response.status_code != 200:
                 raise ChatError(_error_line(response))
             try:
-                return [str(m["id"]) for m in json.loads(response.read())["data"]]
+                return [  # embedding models cannot chat
+                    str(m["id"])
+                    for m in json.loads(response.read())["data"]
+                    if not (m.get("capabilities") or {}).get("embeddings")
+                ]
             except (ValueError, KeyError, TypeError) as exc:
                 raise ChatError(f"Unexpected /models answer from {self.url}: {exc}") from None
         finally:

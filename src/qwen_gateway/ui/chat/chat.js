@@ -316,7 +316,10 @@ async function loadModels() {
   if (!response.ok) throw await errorOf(response);
   const body = await response.json();
   const select = $("model");
-  const ids = (body.data || []).map((m) => String(m.id));
+  // embedding models cannot chat: they are left out of the list
+  const ids = (body.data || [])
+    .filter((m) => !(m.capabilities && m.capabilities.embeddings))
+    .map((m) => String(m.id));
   select.replaceChildren();
   for (const id of ids) {
     const option = document.createElement("option");
