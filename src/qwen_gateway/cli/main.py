@@ -14,6 +14,7 @@ import yaml
 from rich.console import Console
 
 from qwen_gateway.cli.admin import keys_app, usage
+from qwen_gateway.cli.bench import bench_app
 from qwen_gateway.cli.chat import chat
 from qwen_gateway.cli.intent import intent_app
 from qwen_gateway.cli.reviews import reviews_app
@@ -32,6 +33,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(intent_app, name="intent")
 app.add_typer(reviews_app, name="reviews")
 app.add_typer(safety_app, name="safety")
+app.add_typer(bench_app, name="bench")
 app.command("usage")(usage)
 app.command("chat")(chat)
 err = Console(stderr=True)
