@@ -126,7 +126,8 @@ def page_html(doc: dict[str, Any], png: bytes) -> str:
         "target", "model", "requests", "ok", "errors", "cancelled", "req/s", "output tok/s",
         *(f"{label.split(' (')[0]} p{q}" for _, label in PANELS for q in SHOWN), "errors by code",
     ]  # fmt: skip
-    data = json.dumps(doc).replace("</", "<\\/")  # cannot close the script element
+    # no "<" at all in the script element: it can neither close it nor open a comment
+    data = json.dumps(doc).replace("<", "\\u003c")
     image = base64.b64encode(png).decode("ascii")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>qwen-gateway bench</title>
