@@ -114,7 +114,7 @@ def test_plot_combines_results_files_and_refuses_others(server: Server, tmp_path
     for c in ("1", "2"):
         path = tmp_path / f"c{c}.json"
         done = _bench(
-            "run", "--target", f"c{c}={url}", "--requests", "2", "--concurrency", c,
+            "run", "--target", f"c={c}={url}", "--requests", "2", "--concurrency", c,
             "--output-tokens", "2", "--json", str(path),
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
@@ -122,11 +122,11 @@ def test_plot_combines_results_files_and_refuses_others(server: Server, tmp_path
     combined = tmp_path / "all.json"
     done = _bench("plot", *files, "--json", str(combined))
     assert done.returncode == 0, done.stderr
-    assert [t["name"] for t in json.loads(combined.read_text())["targets"]] == ["c1", "c2"]
+    assert [t["name"] for t in json.loads(combined.read_text())["targets"]] == ["c=1", "c=2"]
     if HAS_MATPLOTLIB:
         page = tmp_path / "all.html"
         assert _bench("plot", *files, "--html", str(page)).returncode == 0
-        assert "<td>c2</td>" in page.read_text()
+        assert "<td>c=2</td>" in page.read_text()
     bad = tmp_path / "bad.json"
     bad.write_text('{"targets": []}')
     done = _bench("plot", str(bad), "--json", str(tmp_path / "x.json"))

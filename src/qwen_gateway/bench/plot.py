@@ -45,6 +45,10 @@ def figure_png(doc: dict[str, Any]) -> bytes:
     width = 0.8 / max(1, len(targets))
     for ax, (key, title) in zip(axes[0], PANELS, strict=True):
         drawn = False
+        shown = [v for t in targets for q in SHOWN if (v := t["summary"][key][f"p{q}"]) is not None]
+        if shown and min(shown) > 0 and max(shown) / min(shown) > 100:
+            ax.set_yscale("log")  # targets far apart: keep the small bars readable
+            title += ", log scale"
         for i, target in enumerate(targets):
             dist = target["summary"][key]
             values = [dist[f"p{q}"] for q in SHOWN]
@@ -52,7 +56,7 @@ def figure_png(doc: dict[str, Any]) -> bytes:
                 continue
             xs = [j + (i - (len(targets) - 1) / 2) * width for j in range(len(SHOWN))]
             bars = ax.bar(xs, values, width, label=target["name"], color=colours[i])
-            ax.bar_label(bars, fmt="%.3g", fontsize=7)
+            ax.bar_label(bars, fmt="%.3g", fontsize=6)
             drawn = True
         ax.set_xticks(range(len(SHOWN)), [f"p{q}" for q in SHOWN])
         ax.set_title(title)

@@ -8,6 +8,7 @@ Only loopback is benchmarked unless a target is named explicitly with ``--target
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -33,6 +34,7 @@ err = Console(stderr=True)
 KEY_ENVS = ["QWEN_GATEWAY_KEY", "OPENAI_API_KEY"]
 MAX_REQUESTS = 1_000_000
 MAX_CONCURRENCY = 10_000
+_TARGET = re.compile(r"^(.+?)=(https?://\S+)$")
 
 
 def _targets(url: str, named: list[str], api_key: str | None, model: str | None) -> list[Target]:
@@ -46,11 +48,11 @@ def _targets(url: str, named: list[str], api_key: str | None, model: str | None)
         return [Target("target", url, api_key, model)]
     targets = []
     for spec in named:
-        name, sep, target_url = spec.partition("=")
-        if not sep or not name or not target_url.startswith(("http://", "https://")):
+        match = _TARGET.match(spec)  # the name may hold "=": the URL starts at "=http"
+        if match is None:
             err.print(f"[red]--target {spec!r}:[/red] expected NAME=http(s)://host:port/v1")
             raise typer.Exit(2)
-        targets.append(Target(name, target_url, api_key, model))
+        targets.append(Target(match[1], match[2], api_key, model))
     if len({t.name for t in targets}) != len(targets):
         err.print("[red]--target names must differ[/red]")
         raise typer.Exit(2)
