@@ -13,10 +13,13 @@ import jsonschema
 import pytest
 
 from qwen_gateway.bench.report import RESULTS_SCHEMA
-from support.server import Server
+from support.server import Server, running_server
 
 CLI = [sys.executable, "-m", "qwen_gateway.cli.main", "bench"]
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+
+#: without the keys bench reads, so that a run without one sends none
+BASE_ENV = {k: v for k, v in os.environ.items() if k not in ("QWEN_GATEWAY_KEY", "OPENAI_API_KEY")}
 
 pytestmark = pytest.mark.e2e
 
@@ -24,7 +27,7 @@ pytestmark = pytest.mark.e2e
 def _bench(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*CLI, *args], capture_output=True, text=True, timeout=300, check=False,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        env={**BASE_ENV, "COLUMNS": "200", **(env or {})},
     )  # fmt: skip
 
 
@@ -131,3 +134,24 @@ def test_plot_combines_results_files_and_refuses_others(server: Server, tmp_path
     bad.write_text('{"targets": []}')
     done = _bench("plot", str(bad), "--json", str(tmp_path / "x.json"))
     assert done.returncode == 2 and "not bench results" in done.stderr
+
+
+def test_the_api_key_comes_from_the_environment_or_the_option(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    key = "sk-bench-test-key-123"
+    with running_server(tiny_model_dir, tmp_path / "s.log", env={"QWEN_GATEWAY_API_KEY": key}) as s:
+        common = [
+            "run", "--url", s.base_url + "/v1", "--model", "qwen2.5-tiny", "--requests", "2",
+            "--concurrency", "1", "--output-tokens", "2",
+        ]  # fmt: skip
+        out = tmp_path / "r.json"
+        without = _bench(*common, "--json", str(out))
+        assert without.returncode == 1  # nothing succeeded
+        assert json.loads(out.read_text())["targets"][0]["summary"]["errors"] == {"401": 2}
+        from_env = _bench(*common, "--json", str(out), env={"QWEN_GATEWAY_KEY": key})
+        assert from_env.returncode == 0, from_env.stderr
+        assert key not in out.read_text()  # the key is not written to the results
+        from_option = _bench(*common, "--api-key", key)
+        assert from_option.returncode == 0, from_option.stderr
+        assert key not in from_option.stdout + from_option.stderr
