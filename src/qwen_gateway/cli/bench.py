@@ -11,23 +11,15 @@ import asyncio
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from qwen_gateway.bench import report
-from qwen_gateway.bench.runner import (
-    BenchError,
-    Load,
-    Record,
-    Runner,
-    Target,
-    is_loopback_url,
-)
-from qwen_gateway.bench.stats import summarize
-from qwen_gateway.bench.workload import Lengths, PromptMaker, Workload
+if TYPE_CHECKING:  # the bench package (aiohttp, the tokenizer) loads when a command runs
+    from qwen_gateway.bench.runner import Load, Record, Runner, Target
+    from qwen_gateway.bench.workload import Lengths, PromptMaker, Workload
 
 bench_app = typer.Typer(help="Load-test OpenAI-compatible servers and plot the results.")
 err = Console(stderr=True)
@@ -38,6 +30,8 @@ _TARGET = re.compile(r"^(.+?)=(https?://\S+)$")
 
 
 def _targets(url: str, named: list[str], api_key: str | None, model: str | None) -> list[Target]:
+    from qwen_gateway.bench.runner import Target, is_loopback_url
+
     if not named:
         if not is_loopback_url(url):
             err.print(
@@ -60,6 +54,8 @@ def _targets(url: str, named: list[str], api_key: str | None, model: str | None)
 
 
 def _lengths(spec: str, option: str) -> Lengths:
+    from qwen_gateway.bench.workload import Lengths
+
     try:
         return Lengths.parse(spec)
     except ValueError as exc:
@@ -119,6 +115,11 @@ def run(
 ) -> None:
     """Send the same requests to each target and report TTFT, inter-token and end-to-end
     latency percentiles, tokens/s, requests/s and errors by code."""
+    from qwen_gateway.bench import report
+    from qwen_gateway.bench.runner import BenchError, Load
+    from qwen_gateway.bench.stats import summarize
+    from qwen_gateway.bench.workload import PromptMaker, Workload
+
     if api not in ("chat", "completions"):
         err.print("[red]--api:[/red] chat or completions")
         raise typer.Exit(2)
@@ -192,6 +193,8 @@ def _run_one(
 ) -> tuple[Runner, list[Record]]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from qwen_gateway.bench.runner import Runner
+
     console = Console()
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -258,6 +261,8 @@ def plot(
     ] = None,
 ) -> None:
     """Draw the targets of several results files side by side."""
+    from qwen_gateway.bench import report
+
     if png is None and html is None and json_out is None:
         err.print("[red]Nothing to write:[/red] give --png, --html or --json")
         raise typer.Exit(2)
