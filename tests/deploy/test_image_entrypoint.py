@@ -3,8 +3,9 @@
 This test does not build the image (test_image_build.py does); what it runs is
 ``qwen-gateway serve`` (its ENTRYPOINT and CMD) with the ENV of deploy/Containerfile's final
 stage, plus the deployment variables ``MODEL_NAME`` and ``MAX_CONTEXT_LENGTH``. Only the
-listening address is moved to loopback and a free port. The openai SDK gets answers through it from a fake upstream, the image's
-HEALTHCHECK command passes against it, and SIGTERM ends it with exit code 0.
+listening address is moved to loopback and a free port. The openai SDK gets answers through
+it from a fake upstream, the image's HEALTHCHECK command passes against it, and SIGTERM ends it
+with exit code 0.
 """
 
 from __future__ import annotations
