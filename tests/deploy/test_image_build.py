@@ -130,7 +130,7 @@ def test_the_slim_image_builds_offline_starts_and_serves_the_openai_sdk(
 
     # the image's own checks ran in the build: hashes, pip check, no torch, the SBOM
     log = (tmp_path / "build.log").read_text()
-    assert "Looking in links: /wheels" in log and "Successfully installed" in log
+    assert "Looking in links: /wheels" in log and "No broken requirements found" in log
 
     container = buildah("from", IMAGE).strip()
     inside = buildah.run_command(container, ["python3", "-c", _PROBE])
@@ -173,6 +173,7 @@ def test_the_slim_image_builds_offline_starts_and_serves_the_openai_sdk(
                 assert text.strip() == nonce + " streamed"
             assert upstream.attempts["echo"] == 2  # both answers came from the upstream
             # the image's HEALTHCHECK command, run inside a second container of the image
+            assert "127.0.0.1:8000" in health[-1], health  # the port moved below
             probe = [part.replace("127.0.0.1:8000", f"127.0.0.1:{port}") for part in health[1:]]
             checker = buildah("from", IMAGE).strip()
             check = subprocess.run(
@@ -184,7 +185,6 @@ def test_the_slim_image_builds_offline_starts_and_serves_the_openai_sdk(
             # and buildah run passes that on
             os.kill(contained_process(process.pid, "qwen-gateway"), signal.SIGTERM)
             assert process.wait(timeout=60) == 0, (tmp_path / "container.log").read_text()
-    assert "admin-key" in {p.name for p in data.iterdir()}
 
     # read-only root friendly: the gateway wrote nothing into the image's file system (only
     # the /run directory itself changes: buildah run makes and removes its own mount points
