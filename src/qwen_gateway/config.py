@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from qwen_gateway.core.limits import Limits
 from qwen_gateway.core.redact import looks_secret, mask_url
@@ -76,6 +84,27 @@ class ServerSettings(Section):
     #: on a private network)
     metrics_auth: bool = False
     metrics_token: SecretStr | None = None  # a Bearer token for the scraper (with metrics_auth)
+    #: TLS: a PEM certificate (chain) and its private key; both or neither
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    #: server processes sharing the port (more than one needs ``redis.url``: limits are shared)
+    workers: int = Field(default=1, ge=1, le=64)
+    #: on SIGTERM: how long /ready answers 503 and new requests are refused before the port
+    #: closes (time for a load balancer to notice); requests in flight then get
+    #: ``shutdown_grace_seconds`` to finish
+    drain_seconds: float = Field(default=0.0, ge=0, le=600)
+    #: also write the logs to this file, rotated at ``log_max_bytes`` keeping ``log_backups``
+    log_file: Path | None = None
+    log_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
+    log_backups: int = Field(default=5, ge=0, le=1000)
+    #: stderr's format: ``auto`` is human-readable on a terminal and JSON lines otherwise
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerSettings:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("server.ssl_certfile and server.ssl_keyfile go together")
+        return self
 
 
 class UpstreamSettings(Section):

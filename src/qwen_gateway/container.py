@@ -423,6 +423,21 @@ async def build_admin(settings: Settings) -> AsyncIterator[AdminService]:
         yield store.admin
 
 
+async def bootstrap_admin_key(settings: Settings) -> tuple[str | None, Path]:
+    """Migrate the database and, with authentication on and no key yet, create the first
+    admin key and write it to its file: what the parent of several workers does once, before
+    they start. The key (``None``: none was created) and the file."""
+    path = settings.data_dir / "admin-key"
+    async with build_admin(settings) as admin:  # opening the store migrates
+        if not settings.auth.enabled or await admin.count_keys() > 0:
+            return None, path
+        key, _ = await admin.create_key(
+            "admin (created at first start)", Actor("bootstrap"), role="admin"
+        )
+    write_private(path, key + "\n")
+    return key, path
+
+
 @asynccontextmanager
 async def build_reviews(settings: Settings) -> AsyncIterator[ReviewService]:
     """The review service on an open store, for the CLI's review commands."""
@@ -471,7 +486,7 @@ class Services:
     @property
     def bootstrap_key_file(self) -> Path:
         """Where the first admin key is written (0600), so that it survives a failed start."""
-        return self.settings.data_dir / "admin-key"
+        return self.settings.data_dir / "admin-key"  # as bootstrap_admin_key writes it
 
 
 def _limiter(settings: Settings, client: Any) -> Limiter:

@@ -15,11 +15,14 @@ import asyncio
 import gc
 import logging
 import resource
+import socket
+import sys
 from typing import Any
 
-import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from qwen_gateway.api.drain import serving
 from qwen_gateway.config import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -123,7 +126,11 @@ def uvicorn_options(settings: ServerSettings, fd_limit: int) -> dict[str, Any]:
         },
     )
     trusted = settings.trusted_proxies
+    tls: dict[str, Any] = {}
+    if settings.ssl_certfile is not None and settings.ssl_keyfile is not None:
+        tls = {"ssl_certfile": str(settings.ssl_certfile), "ssl_keyfile": str(settings.ssl_keyfile)}
     return {
+        **tls,
         "host": settings.host,
         "port": settings.port,
         "http": protocol,
@@ -136,10 +143,14 @@ def uvicorn_options(settings: ServerSettings, fd_limit: int) -> dict[str, Any]:
     }
 
 
-def run(app: Any, settings: ServerSettings) -> None:
-    """Serve ``app`` until SIGINT/SIGTERM."""
+def run(app: Any, settings: ServerSettings, sockets: list[socket.socket] | None = None) -> None:
+    """Serve ``app`` until SIGINT/SIGTERM (draining first on SIGTERM: :mod:`.drain`), on
+    ``sockets`` when given (a worker of several) or on ``settings.host:port``."""
+    server = serving(app, uvicorn_options(settings, raise_fd_limit()), settings.drain_seconds)
     # what is built by now (modules, settings, the app) lives as long as the process: out of
     # the cyclic collector's sight, a full collection under load walks only request objects
     gc.collect()
     gc.freeze()
-    uvicorn.run(app, **uvicorn_options(settings, raise_fd_limit()))
+    server.run(sockets=sockets)
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)

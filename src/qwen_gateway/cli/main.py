@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import signal
@@ -165,13 +166,44 @@ def serve(
         str | None, typer.Option(help="Require this Bearer key (also QWEN_GATEWAY_API_KEY).")
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
+    log_file: Annotated[
+        Path | None,
+        typer.Option(help="Also write JSON logs to this file (rotated by size, see config)."),
+    ] = None,
+    ssl_certfile: Annotated[
+        Path | None, typer.Option(help="TLS: the PEM certificate (chain); with --ssl-keyfile.")
+    ] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS: the PEM private key.")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Server processes on the port (more than 1 needs redis.url)."),
+    ] = None,
+    drain_seconds: Annotated[
+        float | None,
+        typer.Option(help="On SIGTERM: seconds /ready answers 503 before the port closes."),
+    ] = None,
+    shutdown_grace: Annotated[
+        int | None,
+        typer.Option(help="On SIGTERM: seconds requests in flight may finish after that."),
+    ] = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Serve the OpenAI-compatible API (embedded tiny model unless --model is given)."""
     cli = {
         "data_dir": data_dir,
-        "server": {"host": host, "port": port, "api_key": api_key, "log_level": log_level},
+        "server": {
+            "host": host,
+            "port": port,
+            "api_key": api_key,
+            "log_level": log_level,
+            "log_file": log_file,
+            "ssl_certfile": ssl_certfile,
+            "ssl_keyfile": ssl_keyfile,
+            "workers": workers,
+            "drain_seconds": drain_seconds,
+            "shutdown_grace_seconds": shutdown_grace,
+        },
         "auth": {"enabled": False if no_auth else None},
         "model": {
             "model": model,
@@ -187,31 +219,81 @@ def serve(
     }
     settings = _settings(cli, config)
     _refuse_remote_without_auth(settings)
-    from qwen_gateway.api import server
-    from qwen_gateway.api.app import create_app
-    from qwen_gateway.container import Container
-    from qwen_gateway.observability.logging import configure_logging
-
-    configure_logging(settings.server.log_level)
+    _refuse_workers_without_redis(settings)
+    _configure_logging(settings)
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # keys, usage, models
     if settings.needs_tiny_model:
         ensure_tiny_model(settings)  # the embedded default, also for a managed vLLM
     if settings.needs_tiny_embedding_model:
         ensure_tiny_model(settings, embedding=True)
+    if settings.server.workers == 1:
+        _serve_one(cli, config, settings)
+        return
+    from qwen_gateway.api.workers import supervise
+
+    bootstrap_key, key_file = _prepare_store(settings)  # migrations, the first admin key: once
+    if bootstrap_key is not None:
+        sys.stderr.write(_bootstrap_notice(bootstrap_key, key_file, sys.stderr.isatty()))
+    err.print(f"Starting {settings.server.workers} workers ...")
+    code = supervise(settings.server, functools.partial(_worker, cli, config))
+    from qwen_gateway.observability.logging import flush_logs
+
+    flush_logs()
+    raise typer.Exit(code)
+
+
+def _configure_logging(settings: Settings, static: dict[str, Any] | None = None) -> None:
+    from qwen_gateway.observability.logging import configure_logging
+
+    s = settings.server
+    configure_logging(
+        s.log_level,
+        log_file=s.log_file,
+        max_bytes=s.log_max_bytes,
+        backups=s.log_backups,
+        console=None if s.log_format == "auto" else s.log_format == "console",
+        static=static,
+    )
+
+
+def _worker(cli: dict[str, Any], config: Path | None, sock: Any, index: int) -> None:
+    """One worker of several (a fresh interpreter): the same app on the shared socket."""
+    import os
+
+    settings = _settings(cli, config)
+    _configure_logging(settings, {"worker": index, "pid": os.getpid()})
+    _serve_one(cli, config, settings, sockets=[sock], banner=index == 0)
+
+
+def _serve_one(
+    cli: dict[str, Any],
+    config: Path | None,
+    settings: Settings,
+    sockets: list[Any] | None = None,
+    banner: bool = True,
+) -> None:
+    from qwen_gateway.api import server
+    from qwen_gateway.api.app import create_app
+    from qwen_gateway.container import Container
+
     try:
         # SIGHUP and POST /admin/safety/reload read the configuration again
         container = Container(settings, reload=lambda: load_settings(cli, config_file=config))
     except ConfigError as exc:
         err.print(f"[red]Configuration error:[/red] {exc}")
         raise typer.Exit(2) from None
-    if not settings.auth.enabled:
+    if not settings.auth.enabled and banner:
         err.print(
             "[bold red]WARNING: --no-auth: anyone who can reach this port can use the API and "
             "the admin endpoints. For local development only.[/bold red]"
         )
     application = create_app(
         container,
-        on_ready=lambda: _banner(settings, container.bootstrap_key, container.bootstrap_key_file),
+        on_ready=(
+            (lambda: _banner(settings, container.bootstrap_key, container.bootstrap_key_file))
+            if banner
+            else None
+        ),
     )
     names = [d.name for d in settings.deployments] or [settings.served_model_name]
     err.print(f"Loading {', '.join(names)} ...")
@@ -219,7 +301,31 @@ def serve(
     # handlers found at start: these write the queued log lines and exit 0
     signal.signal(signal.SIGTERM, _exit_after_shutdown)
     signal.signal(signal.SIGINT, _exit_after_shutdown)
-    server.run(application, settings.server)
+    server.run(application, settings.server, sockets)
+
+
+def _refuse_workers_without_redis(settings: Settings) -> None:
+    """Exit 2 for several workers whose limits would each be counted per process."""
+    if settings.server.workers == 1:
+        return
+    if settings.redis.url is None or settings.limits.backend == "local":
+        err.print(
+            f"[red]Refusing --workers {settings.server.workers} without Redis:[/red] each "
+            "worker would count rate limits and quotas on its own, letting a key through "
+            "several times its limit. Set redis.url (QWEN_GATEWAY_REDIS__URL) with "
+            "limits.backend auto or redis, or run one worker per port behind a proxy."
+        )
+        raise typer.Exit(2)
+
+
+def _prepare_store(settings: Settings) -> tuple[str | None, Path]:
+    """Before the workers start: migrate the database and create the first admin key once
+    (not once per worker, racing); the key if one was created, and its file."""
+    import asyncio
+
+    from qwen_gateway.container import bootstrap_admin_key
+
+    return asyncio.run(bootstrap_admin_key(settings))
 
 
 def _refuse_remote_without_auth(settings: Settings) -> None:

@@ -12,6 +12,7 @@ and client text cannot forge one; Python's own stderr moves to a copy of the ori
 from __future__ import annotations
 
 import atexit
+import fcntl
 import io
 import logging
 import logging.handlers
@@ -20,6 +21,7 @@ import queue
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, Final
 
 import orjson
@@ -32,12 +34,19 @@ _NATIVE_READ: Final = 64 * 1024  # longest piece of a line read at once
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line; ``static`` fields (e.g. which worker) go on every line."""
+
+    def __init__(self, static: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.static = dict(static or {})
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
+            **self.static,
         }
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
@@ -49,6 +58,106 @@ class JsonFormatter(logging.Formatter):
         elif record.exc_text:
             entry["exc"] = record.exc_text
         return orjson.dumps(entry, default=str).decode()
+
+
+_LEVEL_STYLE: Final = {
+    "DEBUG": "\x1b[2m", "INFO": "\x1b[32m", "WARNING": "\x1b[33m", "ERROR": "\x1b[31m",
+    "CRITICAL": "\x1b[1;31m",
+}  # fmt: skip
+
+
+class ConsoleFormatter(logging.Formatter):
+    """One human-readable line per record, for a terminal: time, level, logger, message,
+    then the structured fields as ``key=value``. Control characters are escaped, so that no
+    field can move the cursor or forge a line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = time.strftime("%H:%M:%S", time.localtime(record.created))
+        style = _LEVEL_STYLE.get(record.levelname, "")
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            rest = dict(fields)
+            message = str(rest.pop("event", rest.pop("message", "")))
+            message += "".join(f" {k}={_plain(v)}" for k, v in rest.items())
+        else:
+            message = record.getMessage()
+        line = (
+            f"{when} {style}{record.levelname.lower():<7}\x1b[0m "
+            f"\x1b[2m{record.name}\x1b[0m {_escape(message)}"
+        )
+        exc = self.formatException(record.exc_info) if record.exc_info else record.exc_text
+        return f"{line}\n{exc}" if exc else line
+
+
+def _plain(value: Any) -> str:
+    return value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
+
+
+def _escape(text: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class SharedRotatingFileHandler(logging.Handler):
+    """Appends lines to a file, rotated at ``max_bytes`` keeping ``backups`` old files
+    (``gateway.log.1`` is the newest), safely from several processes (``--workers``): each write
+    and each rotation happens under an exclusive lock on ``<file>.lock``, and a process whose
+    file was rotated by another reopens the new one before writing."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        self._fd = -1
+        self._ino = -1
+
+    def _open(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._ino = os.fstat(self._fd).st_ino
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            data = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                try:
+                    current = os.stat(self.path)
+                except FileNotFoundError:
+                    current = None
+                if self._fd < 0 or current is None or current.st_ino != self._ino:
+                    self._open()  # first write, or another process rotated the file
+                    current = os.fstat(self._fd)
+                if current.st_size and current.st_size + len(data) > self.max_bytes:
+                    self._rotate()
+                os.write(self._fd, data)
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        except Exception:
+            self.handleError(record)
+
+    def _rotate(self) -> None:
+        if self.backups > 0:
+            for n in range(self.backups - 1, 0, -1):
+                older = Path(f"{self.path}.{n}")
+                if older.exists():
+                    os.replace(older, f"{self.path}.{n + 1}")
+            os.replace(self.path, f"{self.path}.1")
+        else:
+            os.truncate(self.path, 0)
+        self._open()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+        super().close()
 
 
 class _QueueHandler(logging.handlers.QueueHandler):
@@ -102,16 +211,33 @@ _listener: logging.handlers.QueueListener | None = None
 _native: _NativeStderr | None = None
 
 
-def configure_logging(level: str = "info") -> None:
+def configure_logging(
+    level: str = "info",
+    *,
+    log_file: Path | None = None,
+    max_bytes: int = 50 * 1024 * 1024,
+    backups: int = 5,
+    console: bool | None = None,
+    static: dict[str, Any] | None = None,
+) -> None:
+    """Logs to stderr (human-readable when ``console``; ``None``: when stderr is a terminal;
+    JSON lines otherwise) and, with ``log_file``, as JSON lines to that file, rotated."""
     global _listener, _native
     if _listener is not None:
         _listener.stop()
     if _native is None:
         _native = _NativeStderr()
+    if console is None:
+        console = _native.stream.isatty()
     handler = logging.StreamHandler(_native.stream)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(ConsoleFormatter() if console else JsonFormatter(static))
+    handlers: list[logging.Handler] = [handler]
+    if log_file is not None:
+        to_file = SharedRotatingFileHandler(log_file, max_bytes, backups)
+        to_file.setFormatter(JsonFormatter(static))
+        handlers.append(to_file)
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    _listener = logging.handlers.QueueListener(records, handler)
+    _listener = logging.handlers.QueueListener(records, *handlers)
     _listener.start()
     atexit.register(flush_logs)  # writes what is queued before the process ends
     # the JSON lines show no thread or process: records need not look them up, every time
