@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -56,6 +57,7 @@ def running_command(
     env: dict[str, str] | None = None,
     startup_timeout: float = 180.0,
     auth: bool = False,
+    tls_ca: Path | None = None,
 ) -> Iterator[Server]:
     """Run ``qwen-gateway serve *serve_args`` until /ready answers 200, stop it afterwards.
 
@@ -69,14 +71,19 @@ def running_command(
     full_env.setdefault("QWEN_GATEWAY_DATA_DIR", str(log_path.with_suffix(".data")))
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)
-    server = Server(f"http://127.0.0.1:{port}", log_path, proc)
+    scheme = "http" if tls_ca is None else "https"  # https: verified against ``tls_ca``
+    server = Server(f"{scheme}://127.0.0.1:{port}", log_path, proc)
     try:
         deadline = time.monotonic() + startup_timeout
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{log_path.read_text()}")
             try:
-                if httpx.get(server.base_url + "/ready", timeout=2).status_code == 200:
+                verify: ssl.SSLContext | bool = True
+                if tls_ca is not None:
+                    verify = ssl.create_default_context(cafile=tls_ca)
+                ready = httpx.get(server.base_url + "/ready", timeout=2, verify=verify)
+                if ready.status_code == 200:
                     break
             except httpx.TransportError:
                 pass
