@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import json
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -220,7 +221,8 @@ def serve(
     settings = _settings(cli, config)
     _refuse_remote_without_auth(settings)
     _refuse_workers_without_redis(settings)
-    _configure_logging(settings)
+    # the parent of several workers leaves fd 2 alone: the workers write their logs there
+    _configure_logging(settings, native=settings.server.workers == 1)
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # keys, usage, models
     if settings.needs_tiny_model:
         ensure_tiny_model(settings)  # the embedded default, also for a managed vLLM
@@ -242,7 +244,9 @@ def serve(
     raise typer.Exit(code)
 
 
-def _configure_logging(settings: Settings, static: dict[str, Any] | None = None) -> None:
+def _configure_logging(
+    settings: Settings, static: dict[str, Any] | None = None, native: bool = True
+) -> None:
     from qwen_gateway.observability.logging import configure_logging
 
     s = settings.server
@@ -253,6 +257,7 @@ def _configure_logging(settings: Settings, static: dict[str, Any] | None = None)
         backups=s.log_backups,
         console=None if s.log_format == "auto" else s.log_format == "console",
         static=static,
+        native=native,
     )
 
 
@@ -260,9 +265,12 @@ def _worker(cli: dict[str, Any], config: Path | None, sock: Any, index: int) -> 
     """One worker of several (a fresh interpreter): the same app on the shared socket."""
     import os
 
-    settings = _settings(cli, config)
-    _configure_logging(settings, {"worker": index, "pid": os.getpid()})
-    _serve_one(cli, config, settings, sockets=[sock], banner=index == 0)
+    try:
+        settings = _settings(cli, config)
+        _configure_logging(settings, {"worker": index, "pid": os.getpid()})
+        _serve_one(cli, config, settings, sockets=[sock], worker=index)
+    except typer.Exit as exc:  # no click runner here to turn it into the exit code
+        sys.exit(exc.exit_code)
 
 
 def _serve_one(
@@ -270,8 +278,10 @@ def _serve_one(
     config: Path | None,
     settings: Settings,
     sockets: list[Any] | None = None,
-    banner: bool = True,
+    worker: int | None = None,
 ) -> None:
+    """Serve in this process: the only one, or worker ``worker`` of several (the first shows
+    the banner; each logs when it is ready)."""
     from qwen_gateway.api import server
     from qwen_gateway.api.app import create_app
     from qwen_gateway.container import Container
@@ -282,19 +292,20 @@ def _serve_one(
     except ConfigError as exc:
         err.print(f"[red]Configuration error:[/red] {exc}")
         raise typer.Exit(2) from None
+    banner = worker in (None, 0)
     if not settings.auth.enabled and banner:
         err.print(
             "[bold red]WARNING: --no-auth: anyone who can reach this port can use the API and "
             "the admin endpoints. For local development only.[/bold red]"
         )
-    application = create_app(
-        container,
-        on_ready=(
-            (lambda: _banner(settings, container.bootstrap_key, container.bootstrap_key_file))
-            if banner
-            else None
-        ),
-    )
+
+    def on_ready() -> None:
+        if worker is not None:
+            logging.getLogger(__name__).info("worker %d ready", worker)
+        if banner:
+            _banner(settings, container.bootstrap_key, container.bootstrap_key_file)
+
+    application = create_app(container, on_ready=on_ready)
     names = [d.name for d in settings.deployments] or [settings.served_model_name]
     err.print(f"Loading {', '.join(names)} ...")
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again with the

@@ -219,17 +219,21 @@ def configure_logging(
     backups: int = 5,
     console: bool | None = None,
     static: dict[str, Any] | None = None,
+    native: bool = True,
 ) -> None:
     """Logs to stderr (human-readable when ``console``; ``None``: when stderr is a terminal;
-    JSON lines otherwise) and, with ``log_file``, as JSON lines to that file, rotated."""
+    JSON lines otherwise) and, with ``log_file``, as JSON lines to that file, rotated.
+    ``native``: take over fd 2 (see the module docstring); false for a process whose children
+    inherit fd 2 and log on it themselves (the parent of several workers)."""
     global _listener, _native
     if _listener is not None:
         _listener.stop()
-    if _native is None:
+    if _native is None and native:
         _native = _NativeStderr()
+    stream = _native.stream if _native is not None else sys.stderr
     if console is None:
-        console = _native.stream.isatty()
-    handler = logging.StreamHandler(_native.stream)
+        console = stream.isatty()
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(ConsoleFormatter() if console else JsonFormatter(static))
     handlers: list[logging.Handler] = [handler]
     if log_file is not None:
