@@ -49,6 +49,14 @@ def _log_entries(path: Path) -> list[dict[str, Any]]:
     return entries
 
 
+def _answered(tmp_path: Path, log_file: Path) -> tuple[int, int]:
+    """Answered requests (200) in the usage records, and in the access log lines."""
+    with sqlite3.connect(tmp_path / "data" / "gateway.db") as db:
+        (rows,) = db.execute("SELECT count(*) FROM usage_records WHERE status = 200").fetchone()
+    lines = [e for e in _log_entries(log_file) if e.get("event") == "access"]
+    return rows, sum(e["status"] == 200 for e in lines)
+
+
 def test_workers_without_redis_are_refused(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "qwen_gateway.cli.main", "serve", "--workers", "2",
@@ -104,6 +112,22 @@ def test_two_workers_share_the_port_the_limits_and_the_database(
             assert asyncio.run(burst(other["key"], 20)) == {200: 20}
             served += 20
         assert len(workers) == 2
+
+        # a worker that dies is replaced, and the port keeps answering; first, what has been
+        # answered so far is written (a SIGKILLed process loses what it still holds)
+        while _answered(tmp_path, log_file) != (served - 10, served - 10):
+            assert time.monotonic() < deadline + 60
+            time.sleep(0.2)  # polling the database and the log for the writes
+        victim = next(
+            e["pid"] for e in _log_entries(log_file) if e.get("message") == "worker 1 ready"
+        )
+        os.kill(victim, signal.SIGKILL)
+        while not [e for e in _log_entries(log_file)
+                   if e.get("message") == "worker 1 ready" and e["pid"] != victim]:  # fmt: skip
+            assert server.process.poll() is None and time.monotonic() < deadline + 120
+            time.sleep(0.2)  # polling the log for the replacement's readiness
+        assert asyncio.run(burst(other["key"], 20)) == {200: 20}
+        served += 20
 
         with openai.OpenAI(base_url=server.base_url + "/v1", api_key=other["key"],
                            max_retries=0) as client:  # fmt: skip
