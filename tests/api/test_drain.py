@@ -102,3 +102,30 @@ def test_sigterm_drains_then_cuts_off_what_is_still_streaming(
     with sqlite3.connect(data / "gateway.db") as db:
         rows = dict(db.execute("SELECT request_id, cancelled FROM usage_records").fetchall())
     assert rows == {"req-finishes": 0, "req-cut": 1}  # each written once, before the exit
+
+
+async def test_the_gate_refuses_in_each_apis_shape_while_draining() -> None:
+    from starlette.types import Receive, Scope, Send
+
+    from qwen_gateway.api.drain import DrainGate, DrainState
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"served"})
+
+    state = DrainState()
+    transport = httpx.ASGITransport(app=DrainGate(app, state))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+        assert (await http.get("/ready")).text == "served"  # not draining: passed through
+        state.draining = True
+        for path in ("/health", "/metrics"):  # probes and the scraper still answer
+            assert (await http.get(path)).text == "served"
+        ready = await http.get("/ready")
+        assert ready.status_code == 503 and ready.json()["status"] == "draining"
+        chat = await http.post("/v1/chat/completions", json={})
+        assert chat.status_code == 503 and chat.headers["connection"] == "close"
+        assert chat.json()["error"]["code"] == "server_shutting_down"
+        messages = await http.post("/v1/messages", json={})
+        assert messages.status_code == 503
+        assert messages.json()["type"] == "error"  # Anthropic's envelope
+        assert messages.json()["error"]["type"] == "overloaded_error"

@@ -24,6 +24,8 @@ import orjson
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from qwen_gateway.api.errors import anthropic_body, anthropic_path
+
 log = logging.getLogger(__name__)
 
 #: what still answers while draining (probes and the scraper)
@@ -51,16 +53,20 @@ class DrainGate:
         if not self.state.draining or scope["type"] != "http" or scope["path"] in _STILL_SERVED:
             await self.app(scope, receive, send)
             return
-        draining = scope["path"] == "/ready"
+        path = scope["path"]
+        message = "The server is shutting down; retry the request on another server."
         error = {
-            "message": "The server is shutting down; retry the request on another server.",
+            "message": message,
             "type": "server_error",
             "param": None,
             "code": "server_shutting_down",
         }
-        body = orjson.dumps(
-            {"status": "draining", "error": error} if draining else {"error": error}
-        )
+        if path == "/ready":
+            body = orjson.dumps({"status": "draining", "error": error})
+        elif anthropic_path(path):  # Anthropic's clients get Anthropic's envelope
+            body = orjson.dumps(anthropic_body(message, 503))
+        else:
+            body = orjson.dumps({"error": error})
         await send(
             {
                 "type": "http.response.start",

@@ -55,9 +55,8 @@ def supervise(settings: ServerSettings, target: Worker) -> int:
         log.info("worker %d started (pid %s)", index, proc.pid)
 
     def stop_all(sig: int, _: FrameType | None = None) -> None:
+        """SIGTERM to every worker: the first makes each drain, a second ends its drain."""
         nonlocal stopping
-        if stopping:
-            return
         stopping = True
         log.info("stopping %d worker(s) (signal %d)", len(procs), sig)
         for proc in procs.values():
