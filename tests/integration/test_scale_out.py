@@ -133,7 +133,7 @@ def test_two_gateways_share_limits_revocations_and_survive_kill_and_drain(
         "QWEN_GATEWAY_REDIS__URL": redis_url,
         "QWEN_GATEWAY_LIMITS__REDIS_PREFIX": f"so{secrets.token_hex(4)}",
         "QWEN_GATEWAY_DATA_DIR": str(tmp_path / "data"),
-        "QWEN_GATEWAY_SERVER__DRAIN_SECONDS": "2",
+        "QWEN_GATEWAY_SERVER__DRAIN_SECONDS": "3",
         "QWEN_GATEWAY_SERVER__SHUTDOWN_GRACE_SECONDS": "2",
     }
     limited = json.loads(_cli(env, "keys", "create", "--name", "exact", "--rpm", "20", "--json"))
