@@ -185,8 +185,10 @@ def test_every_setting_the_gateways_get_exists_and_fits_the_stack(gateway: str) 
     vllm = document["services"]["vllm"]["command"]
     assert vllm[vllm.index("--served-model-name") + 1] == settings.served_model_name
     assert int(vllm[vllm.index("--max-model-len") + 1]) == settings.model.context_window
-    assert service["stop_grace_period"] == "30s"
-    assert settings.server.shutdown_grace_seconds < 30  # drains before the runtime kills it
+    assert service["stop_grace_period"] == "40s"
+    assert settings.server.drain_seconds > 0  # /ready flips before the proxy stops routing
+    # drain, grace and the usage flush (10 s) end before the runtime kills it
+    assert settings.server.drain_seconds + settings.server.shutdown_grace_seconds + 10 < 40
 
 
 def test_a_misspelt_setting_in_the_compose_file_would_be_caught() -> None:

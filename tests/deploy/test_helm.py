@@ -232,7 +232,10 @@ def test_the_gateway_settings_load_with_vllm_in_the_chart(tmp_path: Path) -> Non
     assert args[args.index("--served-model-name") + 1] == settings.served_model_name
     assert args[-1] == "--enable-prefix-caching"
     grace = index[("Deployment", "qg")]["spec"]["template"]["spec"]
-    assert settings.server.shutdown_grace_seconds < grace["terminationGracePeriodSeconds"]
+    server = settings.server
+    assert server.drain_seconds > 0  # /ready flips before the Service stops routing to it
+    stop = server.drain_seconds + server.shutdown_grace_seconds + 10  # + the usage flush
+    assert stop < grace["terminationGracePeriodSeconds"]
 
 
 def test_without_vllm_the_gateway_relays_to_the_upstream(tmp_path: Path) -> None:
