@@ -72,3 +72,18 @@ def test_a_certificate_without_its_key_is_a_configuration_error(tmp_path: Path) 
     )  # fmt: skip
     assert done.returncode == 2
     assert "ssl_certfile and server.ssl_keyfile go together" in done.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_missing_certificate_stops_the_server_with_exit_2(tmp_path: Path, workers: str) -> None:
+    """Checked before any worker starts: not a worker failing (and restarted) forever."""
+    certs = make_certificates(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "qwen_gateway.cli.main", "serve", "--no-auth",
+         "--data-dir", str(tmp_path / "data"), "--workers", workers,
+         "--ssl-certfile", str(tmp_path / "missing.pem"), "--ssl-keyfile", str(certs.key)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "Cannot load the TLS certificate" in " ".join(done.stderr.split())
+    assert "Starting" not in done.stderr and "Loading" not in done.stderr

@@ -151,6 +151,12 @@ def run(app: Any, settings: ServerSettings, sockets: list[socket.socket] | None 
     # the cyclic collector's sight, a full collection under load walks only request objects
     gc.collect()
     gc.freeze()
-    server.run(sockets=sockets)
+    try:
+        server.run(sockets=sockets)
+    except Exception:
+        if server.started:
+            raise
+        log.exception("the server could not start")
+        sys.exit(STARTUP_FAILURE)  # not a crash to restart: it would fail the same way again
     if not server.started:
         sys.exit(STARTUP_FAILURE)

@@ -220,6 +220,7 @@ def serve(
     }
     settings = _settings(cli, config)
     _refuse_remote_without_auth(settings)
+    _refuse_unloadable_tls(settings)
     _refuse_workers_without_redis(settings)
     # the parent of several workers leaves fd 2 alone: the workers write their logs there
     _configure_logging(settings, native=settings.server.workers == 1)
@@ -313,6 +314,26 @@ def _serve_one(
     signal.signal(signal.SIGTERM, _exit_after_shutdown)
     signal.signal(signal.SIGINT, _exit_after_shutdown)
     server.run(application, settings.server, sockets)
+
+
+def _refuse_unloadable_tls(settings: Settings) -> None:
+    """Exit 2 when the certificate or key cannot be loaded: checked here, once, rather than
+    in each worker (which would fail the same way on every restart)."""
+    import ssl
+
+    s = settings.server
+    if s.ssl_certfile is None or s.ssl_keyfile is None:
+        return
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            s.ssl_certfile, s.ssl_keyfile
+        )
+    except (OSError, ssl.SSLError) as exc:
+        err.print(
+            f"[red]Cannot load the TLS certificate {s.ssl_certfile} with the key "
+            f"{s.ssl_keyfile}:[/red] {exc}"
+        )
+        raise typer.Exit(2) from None
 
 
 def _refuse_workers_without_redis(settings: Settings) -> None:
