@@ -155,3 +155,19 @@ def test_the_api_key_comes_from_the_environment_or_the_option(
         from_option = _bench(*common, "--api-key", key)
         assert from_option.returncode == 0, from_option.stderr
         assert key not in from_option.stdout + from_option.stderr
+
+
+def test_a_key_from_the_environment_goes_to_loopback_targets_only() -> None:
+    from qwen_gateway.cli.bench import _targets
+
+    named = ["local=http://127.0.0.1:8000/v1", "remote=http://bench.example:8000/v1"]
+    sent = {t.name: t.api_key for t in _targets("", named, None, None, env_key="sk-env")}
+    assert sent == {"local": "sk-env", "remote": None}
+    sent = {t.name: t.api_key for t in _targets("", named, "sk-option", None, env_key="sk-env")}
+    assert sent == {"local": "sk-option", "remote": "sk-option"}  # asked for explicitly
+
+
+def test_openai_api_key_is_not_read() -> None:
+    """Not sent anywhere: a key meant for api.openai.com is no key for a benchmarked server."""
+    done = _bench("run", "--help", env={"OPENAI_API_KEY": "sk-openai"})
+    assert "OPENAI_API_KEY" not in done.stdout

@@ -8,6 +8,7 @@ Only loopback is benchmarked unless a target is named explicitly with ``--target
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import sys
 from pathlib import Path
@@ -23,14 +24,25 @@ if TYPE_CHECKING:  # the bench package (aiohttp, the tokenizer) loads when a com
 
 bench_app = typer.Typer(help="Load-test OpenAI-compatible servers and plot the results.")
 err = Console(stderr=True)
-KEY_ENVS = ["QWEN_GATEWAY_KEY", "OPENAI_API_KEY"]
+#: the key read from the environment: sent to loopback targets only (a key given with
+#: --api-key goes to every target, as asked)
+KEY_ENV = "QWEN_GATEWAY_KEY"
 MAX_REQUESTS = 1_000_000
 MAX_CONCURRENCY = 10_000
 _TARGET = re.compile(r"^(.+?)=(https?://\S+)$")
 
 
-def _targets(url: str, named: list[str], api_key: str | None, model: str | None) -> list[Target]:
+def _targets(
+    url: str, named: list[str], api_key: str | None, model: str | None, env_key: str | None = None
+) -> list[Target]:
+    """The targets, each with the key it is sent: ``api_key`` (the option) to all of them,
+    else ``env_key`` (from the environment) to loopback ones only, never to a remote one."""
     from qwen_gateway.bench.runner import Target, is_loopback_url
+
+    def key(target_url: str) -> str | None:
+        if api_key is not None:
+            return api_key
+        return env_key if is_loopback_url(target_url) else None
 
     if not named:
         if not is_loopback_url(url):
@@ -39,14 +51,14 @@ def _targets(url: str, named: list[str], api_key: str | None, model: str | None)
                 "Load-test a remote server only on purpose: name it with --target NAME=URL."
             )
             raise typer.Exit(2)
-        return [Target("target", url, api_key, model)]
+        return [Target("target", url, key(url), model)]
     targets = []
     for spec in named:
         match = _TARGET.match(spec)  # the name may hold "=": the URL starts at "=http"
         if match is None:
             err.print(f"[red]--target {spec!r}:[/red] expected NAME=http(s)://host:port/v1")
             raise typer.Exit(2)
-        targets.append(Target(match[1], match[2], api_key, model))
+        targets.append(Target(match[1], match[2], key(match[2]), model))
     if len({t.name for t in targets}) != len(targets):
         err.print("[red]--target names must differ[/red]")
         raise typer.Exit(2)
@@ -103,7 +115,9 @@ def run(
     timeout: Annotated[float, typer.Option(help="Seconds allowed per request.")] = 600.0,
     api_key: Annotated[
         str | None,
-        typer.Option(envvar=KEY_ENVS, show_envvar=True, help="Bearer key sent to every target."),
+        typer.Option(
+            help=f"Bearer key sent to every target (else ${KEY_ENV}, sent to loopback ones only)."
+        ),
     ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
     png: Annotated[Path | None, typer.Option(help="Write the comparison plot (PNG).")] = None,
@@ -138,7 +152,7 @@ def run(
         if not ok:
             err.print(f"[red]{message}[/red]")
             raise typer.Exit(2)
-    targets = _targets(url, target or [], api_key, model)
+    targets = _targets(url, target or [], api_key, model, os.environ.get(KEY_ENV))
     workload = Workload(
         requests, _lengths(prompt_tokens, "--prompt-tokens"),
         _lengths(output_tokens, "--output-tokens"), seed,
