@@ -3,6 +3,7 @@ not, with a certificate made here by a throwaway CA."""
 
 from __future__ import annotations
 
+import os
 import ssl
 import subprocess
 import sys
@@ -58,6 +59,15 @@ def test_the_sdk_talks_to_the_server_over_verified_tls(
             pytest.raises(openai.APIConnectionError),
         ):  # fmt: skip
             client.models.list()
+        # `qwen-gateway healthcheck` (the images' HEALTHCHECK) asks over TLS, from the settings
+        env = {**os.environ, "QWEN_GATEWAY_SERVER__PORT": str(port)}
+        probe = [sys.executable, "-m", "qwen_gateway.cli.main", "healthcheck"]
+        plain = subprocess.run(probe, env=env, capture_output=True, timeout=60, check=False)
+        assert plain.returncode == 1  # without the TLS settings: no answer over plain HTTP
+        env["QWEN_GATEWAY_SERVER__SSL_CERTFILE"] = str(certs.cert)
+        env["QWEN_GATEWAY_SERVER__SSL_KEYFILE"] = str(certs.key)
+        done = subprocess.run(probe, env=env, capture_output=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
         # plain HTTP on the TLS port gets no answer
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://127.0.0.1:{port}/ready", timeout=10)

@@ -11,6 +11,7 @@ with exit code 0.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -75,9 +76,13 @@ def test_the_image_configuration_serves_an_upstream_and_stops_cleanly_on_sigterm
                 ) as stream:
                     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
                 assert text.strip() == "one two"
-            probe = [sys.executable if health[0] == "python3" else health[0], *health[1:]]
-            probe = [p.replace("127.0.0.1:8000", f"127.0.0.1:{port}") for p in probe]
-            assert subprocess.run(probe, check=False, timeout=30).returncode == 0
+            # the image's command, with the image's settings (here: the port moved)
+            assert health == ["qwen-gateway", "healthcheck"]
+            probe = [sys.executable, "-m", "qwen_gateway.cli.main", *health[1:]]
+            done = subprocess.run(
+                probe, check=False, timeout=60, env={**os.environ, **env}, capture_output=True
+            )
+            assert done.returncode == 0, done.stderr.decode()
             process = s.process
         # running_command sent SIGTERM on leaving; the gateway drains and exits 0
         assert process.returncode == 0, s.log_path.read_text()

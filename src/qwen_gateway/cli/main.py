@@ -391,6 +391,40 @@ def _exit_after_shutdown(signum: int, _: object) -> None:
     raise SystemExit(0)
 
 
+@app.command("healthcheck")
+def healthcheck(
+    config: ConfigOpt = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 4.0,
+) -> None:
+    """Exit 0 when this machine's gateway answers GET /health with 200 (for a container's
+    HEALTHCHECK): the address, port and TLS come from the same settings as ``serve``."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    s = _settings({}, config).server
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(s.host, s.host)
+    context: ssl.SSLContext | None = None
+    if s.ssl_certfile is not None:
+        context = ssl.create_default_context()
+        if _is_loopback(host):  # the certificate names the public host, not loopback
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+    address = f"[{host}]" if ":" in host else host
+    url = f"{'https' if context else 'http'}://{address}:{s.port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as reply:
+            status = reply.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (OSError, ValueError) as exc:
+        err.print(f"{url}: {exc}")
+        raise typer.Exit(1) from None
+    if status != 200:
+        err.print(f"{url}: {status}")
+        raise typer.Exit(1)
+
+
 @app.command("init-tiny-model")
 def init_tiny_model(
     directory: Annotated[Path, typer.Argument(help="Where to write the model.")],
