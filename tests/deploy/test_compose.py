@@ -207,6 +207,9 @@ def test_nginx_and_prometheus_point_at_exactly_the_gateway_replicas() -> None:
     assert upstream is not None
     assert set(re.findall(r"^\s*server\s+(\S+)", upstream.group(1), re.M)) == expected
     assert "proxy_buffering off" in nginx  # server-sent events pass through as they come
+    # a POST that may have reached a replica (503 overloaded, a timeout) is never sent twice
+    (retry,) = re.findall(r"proxy_next_upstream\s+([^;]*);", nginx)
+    assert "non_idempotent" not in retry and "timeout" not in retry
     assert re.search(r"location = /metrics \{\s*return 404;", nginx)
     prometheus = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}

