@@ -12,6 +12,7 @@ names metrics (and labels) the gateway defines.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -178,17 +179,20 @@ def test_every_setting_the_gateways_get_exists_and_fits_the_stack(gateway: str) 
     assert settings.redis.url.get_secret_value().endswith("@redis:6379/0")
     assert settings.limits.backend == "redis"
     assert settings.cache is not None and settings.cache.backend == "redis"
+    # X-Forwarded-For believed from nginx's fixed address only, not from any container
+    proxy = document["services"]["proxy"]["networks"]["backend"]["ipv4_address"]
+    assert settings.server.trusted_proxies == [f"{proxy}/32"]
     subnet = document["networks"]["backend"]["ipam"]["config"][0]["subnet"]
-    assert settings.server.trusted_proxies == [subnet]
+    assert ipaddress.ip_address(proxy) in ipaddress.ip_network(subnet)
     assert settings.server.host == "0.0.0.0"
     # vLLM serves the name the gateway asks it for, with the same window
     vllm = document["services"]["vllm"]["command"]
     assert vllm[vllm.index("--served-model-name") + 1] == settings.served_model_name
     assert int(vllm[vllm.index("--max-model-len") + 1]) == settings.model.context_window
-    assert service["stop_grace_period"] == "40s"
+    assert service["stop_grace_period"] == "45s"
     assert settings.server.drain_seconds > 0  # /ready flips before the proxy stops routing
     # drain, grace and the usage flush (10 s) end before the runtime kills it
-    assert settings.server.drain_seconds + settings.server.shutdown_grace_seconds + 10 < 40
+    assert settings.server.drain_seconds + settings.server.shutdown_grace_seconds + 10 < 45
 
 
 def test_a_misspelt_setting_in_the_compose_file_would_be_caught() -> None:

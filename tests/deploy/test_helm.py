@@ -233,7 +233,10 @@ def test_the_gateway_settings_load_with_vllm_in_the_chart(tmp_path: Path) -> Non
     assert args[-1] == "--enable-prefix-caching"
     grace = index[("Deployment", "qg")]["spec"]["template"]["spec"]
     server = settings.server
-    assert server.drain_seconds > 0  # /ready flips before the Service stops routing to it
+    # /ready answers 503 for longer than the readiness probe takes to see it
+    (gateway,) = grace["containers"]
+    ready = gateway["readinessProbe"]
+    assert server.drain_seconds > ready["periodSeconds"] * ready["failureThreshold"]
     stop = server.drain_seconds + server.shutdown_grace_seconds + 10  # + the usage flush
     assert stop < grace["terminationGracePeriodSeconds"]
 

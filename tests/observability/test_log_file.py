@@ -4,6 +4,7 @@ log on a terminal, JSON lines otherwise."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +102,36 @@ def test_a_pipe_gets_json_lines() -> None:
     entries = [json.loads(line) for line in done.stderr.decode().splitlines() if line.strip()]
     assert entries[0]["message"] == "hello \x1b[2J console" and entries[0]["level"] == "warning"
     assert entries[1]["request_id"] == "req-1" and entries[1]["event"] == "access"
+
+
+RECONFIGURE = """
+import logging, os, sys
+from pathlib import Path
+from qwen_gateway.observability.logging import configure_logging, flush_logs
+
+path = Path(sys.argv[1])
+for n in range(5):  # as SIGHUP or a worker's start configures again
+    configure_logging("info", log_file=path)
+    logging.getLogger("reconfigure").info("line %d", n)
+    flush_logs()
+fds = [f for f in os.listdir("/proc/self/fd") if os.path.realpath(f"/proc/self/fd/{f}") == str(path)]
+print(len(fds))
+"""
+
+
+def test_configuring_again_closes_the_previous_log_file(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.log"
+    done = subprocess.run(
+        [sys.executable, "-c", RECONFIGURE, str(path)],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert int(done.stdout.split()[-1]) <= 1, done.stderr  # not one descriptor per configuration
+    assert len(path.read_text().splitlines()) == 5
+
+
+def test_a_terminal_line_ends_with_the_workers_fields() -> None:
+    from qwen_gateway.observability.logging import ConsoleFormatter
+
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "worker %d ready", (1,), None)
+    line = ConsoleFormatter({"worker": 1, "pid": 4242}).format(record)
+    assert line.endswith("worker 1 ready worker=1 pid=4242")

@@ -69,7 +69,12 @@ _LEVEL_STYLE: Final = {
 class ConsoleFormatter(logging.Formatter):
     """One human-readable line per record, for a terminal: time, level, logger, message,
     then the structured fields as ``key=value``. Control characters are escaped, so that no
-    field can move the cursor or forge a line."""
+    field can move the cursor or forge a line. ``static`` fields (a worker's ``worker`` and
+    ``pid``) end every line."""
+
+    def __init__(self, static: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.static = "".join(f" {k}={_plain(v)}" for k, v in (static or {}).items())
 
     def format(self, record: logging.LogRecord) -> str:
         when = time.strftime("%H:%M:%S", time.localtime(record.created))
@@ -81,6 +86,7 @@ class ConsoleFormatter(logging.Formatter):
             message += "".join(f" {k}={_plain(v)}" for k, v in rest.items())
         else:
             message = record.getMessage()
+        message += self.static
         line = (
             f"{when} {style}{record.levelname.lower():<7}\x1b[0m "
             f"\x1b[2m{record.name}\x1b[0m {_escape(message)}"
@@ -228,13 +234,15 @@ def configure_logging(
     global _listener, _native
     if _listener is not None:
         _listener.stop()
+        for previous in _listener.handlers:
+            previous.close()  # the log file's descriptor, not leaked on each reconfiguration
     if _native is None and native:
         _native = _NativeStderr()
     stream = _native.stream if _native is not None else sys.stderr
     if console is None:
         console = stream.isatty()
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(ConsoleFormatter() if console else JsonFormatter(static))
+    handler.setFormatter(ConsoleFormatter(static) if console else JsonFormatter(static))
     handlers: list[logging.Handler] = [handler]
     if log_file is not None:
         to_file = SharedRotatingFileHandler(log_file, max_bytes, backups)
@@ -260,6 +268,8 @@ def flush_logs() -> None:
     global _listener
     if _listener is not None:
         _listener.stop()
+        for previous in _listener.handlers:
+            previous.close()  # the log file's descriptor, not leaked on each reconfiguration
         _listener = None
 
 
