@@ -284,3 +284,16 @@ def test_the_renderer_refuses_what_it_does_not_read() -> None:
         _render_text("{{ .Values.nmae }}", {"name": "qwen"})
     with pytest.raises(TemplateError, match="unclosed"):
         _render_text("{{ if .Values.name }}x", {"name": "qwen"})
+
+
+def test_a_changed_configuration_rolls_the_pods() -> None:
+    def checksum(values: dict[str, Any]) -> str:
+        deployment, _ = _gateway(render(values))
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        return str(annotations["checksum/config"])
+
+    same = checksum({})
+    assert len(same) == 64 and same == checksum({})
+    assert checksum({"config": {"server": {"drain_seconds": 15}}}) != same
+    with_extra = render({"podAnnotations": {"team": "ml"}})
+    assert _gateway(with_extra)[0]["spec"]["template"]["metadata"]["annotations"]["team"] == "ml"

@@ -4,7 +4,8 @@ here): a small reader of the Go template subset the chart uses, and nothing more
 Supported: text with ``{{ }}`` actions and their ``{{-``/``-}}`` whitespace trimming,
 comments, ``define``/``include``, ``if``/``else``/``end``, field paths on ``.`` (``.Values``,
 ``.Release``, ``.Chart``), string and number literals, parenthesised pipelines, pipes, and the
-functions ``include default quote toYaml nindent indent trunc trimSuffix and or not``.
+functions ``include default quote toYaml nindent indent trunc trimSuffix and or not
+sha256sum``.
 Anything else (``range``, ``with``, variables, other functions) is an error, as is a field
 path that names no value: a template that leaves this subset fails its test instead of
 rendering into something helm would not produce.
@@ -12,6 +13,7 @@ rendering into something helm would not produce.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -119,6 +121,7 @@ class Renderer:
             "and": lambda *xs: next((x for x in xs if not truthy(x)), xs[-1]),
             "or": lambda *xs: next((x for x in xs if truthy(x)), xs[-1]),
             "not": lambda x: not truthy(x),
+            "sha256sum": lambda s: hashlib.sha256(_text(s).encode()).hexdigest(),
         }  # fmt: skip
 
     def render(self, nodes: list[Any], ctx: Any) -> str:
