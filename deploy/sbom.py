@@ -61,9 +61,7 @@ def _component(dist: metadata.Distribution) -> dict[str, Any]:
 
 def sbom() -> dict[str, Any]:
     dists = {_normalise(d.metadata["Name"]): d for d in metadata.distributions()}
-    root = dists.pop(ROOT, None)
-    for tool in ("pip", "setuptools", "wheel"):  # the installer, not the application
-        dists.pop(tool, None)
+    root = dists.pop(ROOT, None)  # everything else ships, the installer (pip) included
     components = [_component(dists[name]) for name in sorted(dists)]
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     meta: dict[str, Any] = {

@@ -236,3 +236,8 @@ def test_the_cuda_image_pins_the_local_extra() -> None:
     for requirement in local:
         name = re.split(r"[\s\[<>=;!~]", requirement, maxsplit=1)[0]
         assert f'"{name}==' in runs, f"{name} is not pinned in the CUDA image"
+
+
+def test_the_build_context_leaves_out_secrets() -> None:
+    ignore = (Path(__file__).resolve().parents[2] / ".containerignore").read_text().splitlines()
+    assert "deploy/secrets/" in ignore  # compose's passwords never reach a build context
