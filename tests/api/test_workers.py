@@ -146,3 +146,23 @@ def test_two_workers_share_the_port_the_limits_and_the_database(
     assert len({rid for rid, _ in rows}) == len(rows)
     access = [e for e in _log_entries(log_file) if e.get("event") == "access"]
     assert Counter(e["status"] for e in access)[200] == served - 10  # no log line lost
+
+
+def test_an_unreachable_database_is_one_line_and_a_failure(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QWEN_GATEWAY_")}
+    env.update({
+        "QWEN_GATEWAY_REDIS__URL": "redis://127.0.0.1:6379/0",
+        "QWEN_GATEWAY_DATABASE__URL": f"postgresql://gw:s3cret-pw@127.0.0.1:{port}/gw",
+        "COLUMNS": "200",
+    })  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "qwen_gateway.cli.main", "serve", "--workers", "2",
+         "--engine", "openai", "--upstream-url", "http://127.0.0.1:9/v1",
+         "--data-dir", str(tmp_path / "data")],
+        capture_output=True, text=True, timeout=120, check=False, env=env,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "Cannot prepare the database before the workers start" in done.stderr
+    assert "Traceback" not in done.stderr and "s3cret-pw" not in done.stderr
+    assert "Starting" not in done.stderr  # no worker started

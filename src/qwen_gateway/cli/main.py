@@ -356,8 +356,17 @@ def _prepare_store(settings: Settings) -> tuple[str | None, Path]:
     import asyncio
 
     from qwen_gateway.container import bootstrap_admin_key
+    from qwen_gateway.core.redact import strip_userinfo
 
-    return asyncio.run(bootstrap_admin_key(settings))
+    try:
+        return asyncio.run(bootstrap_admin_key(settings))
+    except ConfigError as exc:
+        err.print(f"[red]Configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    except Exception as exc:  # the database unreachable, refusing, or its migration failing
+        reason = strip_userinfo(" ".join(str(exc).split()))[:300] or type(exc).__name__
+        err.print(f"[red]Cannot prepare the database before the workers start:[/red] {reason}")
+        raise typer.Exit(1) from None
 
 
 def _refuse_remote_without_auth(settings: Settings) -> None:
