@@ -1,4 +1,5 @@
-"""``supervise``: a worker that keeps dying is restarted with pauses, then the server stops."""
+"""``supervise``: a worker that dies before it serves stops the server; one that keeps dying
+while serving is restarted with pauses, then the server stops; SIGTERM during start-up."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from qwen_gateway.api import workers
 from qwen_gateway.config import ServerSettings
 from support.server import free_port
-from support.worker_targets import crash_at_start
+from support.worker_targets import crash_at_start, crash_once_serving
 
 
 def test_a_worker_that_keeps_dying_stops_the_server(
@@ -21,7 +22,7 @@ def test_a_worker_that_keeps_dying_stops_the_server(
     monkeypatch.setattr(workers, "_RESTART_PAUSE", (0.01, 0.04))
     settings = ServerSettings(host="127.0.0.1", port=free_port(), workers=2)
     with caplog.at_level(logging.INFO, logger=workers.__name__):
-        assert workers.supervise(settings, crash_at_start) == 1
+        assert workers.supervise(settings, crash_once_serving) == 1
     restarts = [r.getMessage() for r in caplog.records if "restarting it in" in r.getMessage()]
     # each worker: _RESTART_LIMIT restarts, with doubling pauses, then the server gives up
     assert len(restarts) == 2 * workers._RESTART_LIMIT
@@ -42,3 +43,14 @@ def test_sigterm_while_a_worker_starts_stops_it_and_starts_no_other() -> None:
     )  # fmt: skip
     assert done.stdout.split() == ["worker-0"], done.stderr  # worker-1 was not started
     assert done.returncode == 1  # the worker ended by SIGTERM before it could drain
+
+
+def test_a_worker_that_dies_before_it_serves_stops_the_server(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = ServerSettings(host="127.0.0.1", port=free_port(), workers=2)
+    with caplog.at_level(logging.INFO, logger=workers.__name__):
+        assert workers.supervise(settings, crash_at_start) == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("died before it served (exit 1); stopping" in m for m in messages)
+    assert not any("restarting" in m for m in messages)  # not restarted: it would fail again

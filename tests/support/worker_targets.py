@@ -5,15 +5,23 @@ from __future__ import annotations
 
 import os
 import socket
+from multiprocessing.synchronize import Event
 
 
-def crash_at_start(sock: socket.socket, index: int) -> None:
-    """A worker that dies at once with exit 1 (as one failing to start would)."""
+def crash_at_start(sock: socket.socket, index: int, ready: Event) -> None:
+    """A worker that dies with exit 1 before it serves (as one failing to start would)."""
     sock.close()
     os._exit(1)
 
 
-def wait_for_signal(sock: socket.socket, index: int) -> None:
+def crash_once_serving(sock: socket.socket, index: int, ready: Event) -> None:
+    """A worker that serves (says it is ready), then dies with exit 1."""
+    sock.close()
+    ready.set()
+    os._exit(1)
+
+
+def wait_for_signal(sock: socket.socket, index: int, ready: Event) -> None:
     """A worker that runs until a signal ends it."""
     import signal
 

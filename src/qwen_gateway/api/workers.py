@@ -4,8 +4,8 @@ The parent binds the listening socket, then starts each worker in a fresh interp
 (multiprocessing's ``spawn``: nothing of the parent's state, threads or torch is inherited);
 the workers accept connections from the one socket. The parent forwards SIGTERM/SIGINT as
 SIGTERM to every worker (each drains: :mod:`qwen_gateway.api.drain`), replaces a worker that
-dies while serving, stops everything if one cannot start, and exits 0 when every worker
-stopped cleanly.
+dies while serving (after a pause; too many deaths in a row stop everything), stops
+everything if one dies before it serves, and exits 0 when every worker stopped cleanly.
 """
 
 from __future__ import annotations
@@ -18,15 +18,16 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from multiprocessing.synchronize import Event as Ready
 from types import FrameType
 
 from qwen_gateway.config import ServerSettings
 
 log = logging.getLogger(__name__)
 
-#: A worker: ``target(listening_socket, index)``; picklable (a module-level function or a
-#: ``functools.partial`` of one).
-Worker = Callable[[socket.socket, int], None]
+#: A worker: ``target(listening_socket, index, ready)``, which sets ``ready`` once it serves;
+#: picklable (a module-level function or a ``functools.partial`` of one).
+Worker = Callable[[socket.socket, int, Ready], None]
 #: exit codes after which a worker is not restarted (it would fail the same way again)
 _NO_RESTART = frozenset({2, 3})  # a configuration error; uvicorn's STARTUP_FAILURE
 
@@ -56,13 +57,17 @@ def supervise(settings: ServerSettings, target: Worker) -> int:
     signalled: set[int] = set()  # the pids sent SIGTERM since stopping began
     crashes: dict[int, list[float]] = {}  # per worker: when it died, within the window
     pending: dict[int, float] = {}  # worker -> when to start it again
+    ready: dict[int, Ready] = {}  # worker -> set by it once it serves
     stopping = False
     failed = False
 
     def start(index: int) -> None:
         if stopping:
             return
-        proc = spawn.Process(target=target, args=(sock, index), name=f"worker-{index}")
+        ready[index] = spawn.Event()
+        proc = spawn.Process(
+            target=target, args=(sock, index, ready[index]), name=f"worker-{index}"
+        )
         procs[index] = proc  # before start: a signal arriving meanwhile finds it next pass
         proc.start()
         log.info("worker %d started (pid %s)", index, proc.pid)
@@ -111,6 +116,12 @@ def supervise(settings: ServerSettings, target: Worker) -> int:
                     continue
                 if proc.exitcode in _NO_RESTART:
                     log.error("worker %d could not start (exit %d); stopping", index, proc.exitcode)
+                    failed = True
+                    stop_all(signal.SIGTERM)
+                    break
+                if not ready[index].is_set():
+                    log.error("worker %d died before it served (exit %s); stopping",
+                              index, proc.exitcode)  # fmt: skip
                     failed = True
                     stop_all(signal.SIGTERM)
                     break

@@ -8,6 +8,7 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -262,14 +263,14 @@ def _configure_logging(
     )
 
 
-def _worker(cli: dict[str, Any], config: Path | None, sock: Any, index: int) -> None:
+def _worker(cli: dict[str, Any], config: Path | None, sock: Any, index: int, ready: Any) -> None:
     """One worker of several (a fresh interpreter): the same app on the shared socket."""
     import os
 
     try:
         settings = _settings(cli, config)
         _configure_logging(settings, {"worker": index, "pid": os.getpid()})
-        _serve_one(cli, config, settings, sockets=[sock], worker=index)
+        _serve_one(cli, config, settings, sockets=[sock], worker=index, ready=ready.set)
     except typer.Exit as exc:  # no click runner here to turn it into the exit code
         sys.exit(exc.exit_code)
 
@@ -280,6 +281,7 @@ def _serve_one(
     settings: Settings,
     sockets: list[Any] | None = None,
     worker: int | None = None,
+    ready: Callable[[], None] | None = None,
 ) -> None:
     """Serve in this process: the only one, or worker ``worker`` of several (the first shows
     the banner; each logs when it is ready)."""
@@ -303,6 +305,8 @@ def _serve_one(
     def on_ready() -> None:
         if worker is not None:
             logging.getLogger(__name__).info("worker %d ready", worker)
+        if ready is not None:
+            ready()  # the parent: a death from now on is a crash to restart, not a start-up failure
         if banner:
             _banner(settings, container.bootstrap_key, container.bootstrap_key_file)
 
