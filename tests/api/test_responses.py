@@ -769,6 +769,37 @@ def test_real_server_with_storage_on(tiny_model_dir: Path, tmp_path: Path) -> No
             client.responses.retrieve(first.id)
 
 
+async def test_integers_beyond_64_bits_in_a_schema_are_echoed_and_stored(
+    tmp_path: Path, database_url: str
+) -> None:
+    """orjson refuses integers beyond 64 bits: the JSON answer, the stream's events and the
+    store fall back to an exact encoder instead of failing."""
+    huge = 10**30
+    tool = {"type": "function", "name": "f", "parameters": {"type": "object",
+            "properties": {"n": {"type": "integer", "maximum": huge}}}}  # fmt: skip
+    fmt = {"type": "json_schema", "name": "n", "schema": tool["parameters"]}
+    tree = {"database": {"url": database_url}, "responses": {"store": True}}
+    async with scripted(tmp_path, ['{"n": 7}'], **tree) as (g, _):
+        for body in ({"model": NAME, "input": "x", "tools": [tool]},
+                     {"model": NAME, "input": "x", "text": {"format": fmt}}):  # fmt: skip
+            resp = await g.http.post("/v1/responses", json=body)
+            assert resp.status_code == 200, resp.text
+            validate("Response", resp.json())
+            events = await stream_raw(g.http, body)
+            assert events[-1]["type"] == "response.completed"
+            for answer in (resp.json(), events[-1]["response"]):
+                got = await g.http.get(f"/v1/responses/{answer['id']}")
+                assert got.status_code == 200, got.text
+                for echoed in (answer, got.json()):
+                    if "tools" in body:
+                        assert (
+                            echoed["tools"][0]["parameters"]["properties"]["n"]["maximum"] == huge
+                        )
+                    else:
+                        schema = echoed["text"]["format"]["schema"]
+                        assert schema["properties"]["n"]["maximum"] == huge
+
+
 async def test_an_unreachable_store_is_a_503_or_response_failed(
     tmp_path: Path, postgres_url: str
 ) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from qwen_gateway.api.routes import _headers, read_json, record_of, until_disconnect
 from qwen_gateway.api.sse import RESPONSES, EventStreamResponse
+from qwen_gateway.core.jsonbytes import dumps
 from qwen_gateway.errors import InvalidRequest
 from qwen_gateway.protocol.responses import ResponseCreateParams
 from qwen_gateway.service.responses import ResponsesService
@@ -18,7 +18,7 @@ from qwen_gateway.service.responses import ResponsesService
 
 def _json(body: Any, request: Request) -> Response:
     return Response(
-        orjson.dumps(body), media_type="application/json", headers=_headers(record_of(request))
+        dumps(body), media_type="application/json", headers=_headers(record_of(request))
     )
 
 

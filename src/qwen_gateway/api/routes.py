@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import re
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import suppress
 from typing import Any, Protocol, TypeVar
 
-import orjson
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
@@ -20,6 +18,7 @@ from qwen_gateway.api.body import parse_json
 from qwen_gateway.api.reviews import admin_review_router, client_review_router
 from qwen_gateway.api.sse import OPENAI, EventStreamResponse, Framing
 from qwen_gateway.config import ServerSettings
+from qwen_gateway.core.jsonbytes import dumps
 from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.core.types import ModelInfo
 from qwen_gateway.errors import InvalidRequest
@@ -137,10 +136,7 @@ async def respond(
 
 
 def _dumps(result: dict[str, Any]) -> bytes:
-    try:
-        return orjson.dumps(result)
-    except TypeError:  # an integer beyond 64 bits (a tool's input, as the model wrote it)
-        return json.dumps(result, ensure_ascii=False, separators=(",", ":")).encode()
+    return dumps(result)  # exact for integers beyond 64 bits (a tool's input, as written)
 
 
 def _headers(record: RequestRecord) -> dict[str, str] | None:

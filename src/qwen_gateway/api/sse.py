@@ -14,13 +14,13 @@ from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from qwen_gateway.api.coalesce import ready_batches
 from qwen_gateway.api.disconnect import ClientWatch
 from qwen_gateway.api.errors import anthropic_body
+from qwen_gateway.core.jsonbytes import dumps
 from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.errors import EngineUnavailable, GatewayError
 
@@ -33,7 +33,7 @@ _CUT_OFF_SEND_SECONDS = 2.0
 
 def frame(obj: Mapping[str, Any] | bytes) -> bytes:
     """One SSE event; ``bytes`` are a chunk's JSON already (relayed unchanged)."""
-    data = obj if isinstance(obj, bytes) else orjson.dumps(obj)
+    data = obj if isinstance(obj, bytes) else dumps(obj)
     return b"data: " + data + b"\n\n"
 
 
@@ -55,7 +55,7 @@ def named_frame(obj: Mapping[str, Any] | bytes) -> bytes:
     streams are framed."""
     if isinstance(obj, bytes):
         return frame(obj)
-    return b"event: " + str(obj["type"]).encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
+    return b"event: " + str(obj["type"]).encode() + b"\ndata: " + dumps(obj) + b"\n\n"
 
 
 def anthropic_error_frame(exc: GatewayError) -> bytes:

@@ -8,10 +8,10 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import DBAPIError
 
+from qwen_gateway.core.jsonbytes import dumps, loads
 from qwen_gateway.core.responses import StoredResponse
 from qwen_gateway.errors import ServiceUnavailable
 from qwen_gateway.store.db import Database
@@ -41,7 +41,7 @@ class ResponseRepository:
         self._db = db
 
     async def add(self, stored: StoredResponse) -> None:
-        body = orjson.dumps(
+        body = dumps(
             {
                 "response": stored.response,
                 "input_items": stored.input_items,
@@ -70,7 +70,7 @@ class ResponseRepository:
                 row = (await session.scalars(query)).first()
         if row is None:
             return None
-        body: dict[str, Any] = orjson.loads(row.body)
+        body: dict[str, Any] = loads(row.body)
         return StoredResponse(
             id=row.id,
             principal=row.principal,
