@@ -466,6 +466,12 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("item not an object", {"model": NAME, "input": ["x"]}, "input.[0]"),
     ("unknown role", {"model": NAME, "input": [{"role": "robot", "content": "x"}]},
      "input.[0].role"),
+    ("role a list", {"model": NAME, "input": [{"type": "message", "role": ["user"],
+     "content": "x"}]}, "input.[0].role"),
+    ("role an object", {"model": NAME, "input": [{"role": {"a": 1}, "content": "x"}]},
+     "input.[0].role"),
+    ("tool_choice name a list", {"model": NAME, "input": "x", "tools": [WEATHER],
+     "tool_choice": {"type": "function", "name": ["x"]}}, "tool_choice.name"),
     ("image part", {"model": NAME, "input": [{"role": "user", "content": [
         {"type": "input_image", "image_url": "http://x"}]}]}, "input.[0].content.[0].type"),
     ("built-in item", {"model": NAME, "input": [{"type": "web_search_call", "id": "ws"}]},

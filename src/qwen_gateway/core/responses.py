@@ -320,6 +320,14 @@ def _item(raw: Any, i: int) -> ItemResource:
 
 def _message(raw: Mapping[str, Any], where: str) -> InputMessage | OutputMessage:
     role = raw.get("role")
+    if not isinstance(role, str):
+        raise InvalidRequest(
+            f"Invalid type for '{where}.role': expected a string."
+            if role is not None
+            else f"Missing required parameter: '{where}.role'.",
+            param=f"{where}.role",
+            code="invalid_type" if role is not None else "missing_required",
+        )
     if role not in _ROLES:
         raise InvalidRequest(
             f"Invalid value for '{where}.role': use 'user', 'assistant', 'system' or 'developer'.",
@@ -444,6 +452,12 @@ def _tool_choice(raw: str | dict[str, Any] | None, tools: Sequence[dict[str, Any
     if raw.get("type") != "function":
         raise _refuse("tool_choice.type", f"tool_choice of type {raw.get('type')!r}")
     name = raw.get("name")
+    if not isinstance(name, str):
+        raise InvalidRequest(
+            "Invalid type for 'tool_choice.name': expected a string.",
+            param="tool_choice.name",
+            code="invalid_type",
+        )
     if name not in {t["function"]["name"] for t in tools}:
         raise InvalidRequest(
             f"tool_choice names the function {name!r}, which is not in 'tools'.",
