@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from test_request_properties import _ABSENT, JSON_VALUES, _set
 
 from qwen_gateway.config import load_settings
 from qwen_gateway.container import Container
+from qwen_gateway.core.types import ToolCallDelta
 from qwen_gateway.engines.scripted import scripted_engine
 from qwen_gateway.store.tables import UsageRow
 from support.fixtures import MODEL, InProcess, open_in_process
@@ -530,6 +532,29 @@ async def test_tool_input_keeps_integers_beyond_64_bits(tmp_path: Path) -> None:
     message = Message.model_validate(resp.json(), strict=True)
     assert message.stop_reason == "tool_use"
     assert [b.input for b in message.content if b.type == "tool_use"] == [{"a": huge, "b": 1}]
+
+
+@pytest.mark.parametrize("arguments", ["{oops", "[1]"])
+async def test_tool_arguments_that_are_not_an_object_are_a_502_not_a_500(
+    tmp_path: Path, arguments: str
+) -> None:
+    """An upstream's model may write any arguments (faked by mangling a scripted call)."""
+    call = '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>'
+    engine = FlakyEngine(scripted_engine("scripted", [call]))
+
+    def mangle(event: Any) -> Any:
+        return replace(event, arguments=arguments) if isinstance(event, ToolCallDelta) else event
+
+    engine.mangle = mangle
+    settings = load_settings({"data_dir": str(tmp_path), "auth": {"enabled": False}}, env={})
+    async with open_in_process(Container(settings, engines={"scripted": engine})) as g:
+        body = {"model": "scripted", "max_tokens": 60, "messages": ASK, "tools": [ADD]}
+        resp = await g.http.post("/v1/messages", json=body)
+        check_error(resp, 502, "api_error")
+        async with g.http.stream("POST", "/v1/messages", json={**body, "stream": True}) as s:
+            events = parse_sse((await s.aread()).decode())
+    assert events[-1]["type"] == "error" and events[-1]["error"]["type"] == "api_error"
+    assert not [e for e in events if e.get("content_block", {}).get("type") == "tool_use"]
 
 
 # ---- a real server process: the sync SDK and LangChain ---------------------------------

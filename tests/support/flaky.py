@@ -3,14 +3,15 @@
 While ``broken`` is set, every request fails before its first event with ``error`` (an
 unavailable replica by default), the way an unreachable upstream fails; with ``fail_after``
 set, it fails after that many events instead; while ``stall`` is set (an unset event), requests
-wait for it before their first event; while ``healthy`` is unset, its health check fails.
+wait for it before their first event; while ``healthy`` is unset, its health check fails;
+with ``mangle`` set, every event passes through it (to fake an upstream's malformed output).
 Otherwise requests go to the wrapped engine. ``attempts`` counts the requests it was handed.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 from qwen_gateway.core.types import EngineEvent, GenerationRequest, ModelInfo
 from qwen_gateway.engines.base import UNREADY, Engine, EngineHealth
@@ -26,6 +27,7 @@ class FlakyEngine:
         self.healthy = True
         self.fail_after: int | None = None
         self.stall: asyncio.Event | None = None
+        self.mangle: Callable[[EngineEvent], EngineEvent] | None = None
 
     @property
     def info(self) -> ModelInfo:
@@ -35,7 +37,7 @@ class FlakyEngine:
         self.attempts += 1
         if self.broken:
             return self._fail()
-        if self.fail_after is not None or self.stall is not None:
+        if self.fail_after is not None or self.stall is not None or self.mangle is not None:
             return self._faulty(self.inner.stream(request))
         return self.inner.stream(request)
 
@@ -53,7 +55,7 @@ class FlakyEngine:
             async for event in events:
                 if self.fail_after is not None and sent >= self.fail_after:
                     raise self.error
-                yield event
+                yield event if self.mangle is None else self.mangle(event)
                 sent += 1
         finally:
             await events.aclose()

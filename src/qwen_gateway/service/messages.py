@@ -40,7 +40,7 @@ from qwen_gateway.core.types import (
     Usage,
     UsageMeter,
 )
-from qwen_gateway.errors import InternalError, InvalidRequest
+from qwen_gateway.errors import InternalError, InvalidModelOutput, InvalidRequest
 from qwen_gateway.policy.auth import check_model
 from qwen_gateway.policy.principal import ANONYMOUS, Principal
 from qwen_gateway.protocol.messages import (
@@ -267,12 +267,14 @@ def _stop(event: ChoiceFinished) -> tuple[StopReason, str | None]:
 
 
 def _input(arguments: str) -> dict[str, Any]:
+    """A tool call's input; arguments that are not a JSON object (an upstream's model may
+    write anything) are the model's fault, a 502, on both the JSON and the stream path."""
     try:
         value = json.loads(arguments) if arguments.strip() else {}
     except json.JSONDecodeError:
-        raise InternalError("A tool call's arguments are not JSON.") from None
+        raise InvalidModelOutput("The model wrote a tool call whose input is not JSON.") from None
     if not isinstance(value, dict):
-        raise InternalError("A tool call's arguments are not a JSON object.")
+        raise InvalidModelOutput("The model wrote a tool call whose input is not a JSON object.")
     return value
 
 
@@ -416,6 +418,7 @@ class MessagesService:
                             "delta": {"type": "text_delta", "text": event.text},
                         }
                     elif isinstance(event, ToolCallDelta):
+                        _input(event.arguments)  # refused as on the JSON path
                         if open_block is not None:
                             yield {"type": "content_block_stop", "index": index}
                         index += 1
