@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from qwen_gateway.api.sse import DONE, KEEPALIVE, EventStreamResponse
+from qwen_gateway.api.sse import DONE, KEEPALIVE, RESPONSES, EventStreamResponse
 from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.errors import EngineUnavailable
 
@@ -99,3 +100,44 @@ async def test_a_stream_cut_off_by_the_shutdown_ends_with_an_error_event() -> No
     assert last["body"].startswith(b'data: {"error":')
     assert b'"code":"server_shutting_down"' in last["body"]
     assert record.cancelled
+
+
+async def test_a_responses_stream_cut_off_ends_numbered_with_error_and_response_failed() -> None:
+    """The Responses API's cut-off tail continues the sequence numbers and ends the stream with
+    ``response.failed``, as the SDK expects of a failed stream."""
+    first_sent = asyncio.Event()  # the second event went out
+    shell = {"id": "resp_1", "object": "response", "status": "in_progress", "output": []}
+
+    async def endless() -> AsyncGenerator[dict[str, Any], None]:
+        yield {"type": "response.in_progress", "sequence_number": 1, "response": shell}
+        await asyncio.Event().wait()  # never produces another event
+        yield {"type": "never"}
+
+    created = {"type": "response.created", "sequence_number": 0, "response": shell}
+    record = RequestRecord("r")
+    response = EventStreamResponse(created, endless(), record, keepalive=5, framing=RESPONSES)
+    messages: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        messages.append(message)
+        if b"response.in_progress" in message.get("body", b""):
+            first_sent.set()
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()  # the client stays
+        return {"type": "http.disconnect"}
+
+    task = asyncio.create_task(response({"type": "http"}, receive, send))
+    await first_sent.wait()
+    task.cancel()  # the end of the shutdown grace period
+    await task
+    body = b"".join(m.get("body", b"") for m in messages).decode()
+    events = [json.loads(block.split("\ndata: ")[1]) for block in body.strip().split("\n\n")]
+    assert [e["type"] for e in events] == [
+        "response.created", "response.in_progress", "error", "response.failed"
+    ]  # fmt: skip
+    assert [e["sequence_number"] for e in events] == [0, 1, 2, 3]
+    assert events[2]["code"] == "server_shutting_down"
+    failed = events[3]["response"]
+    assert failed["id"] == "resp_1" and failed["status"] == "failed"
+    assert failed["error"]["code"] == "server_error"

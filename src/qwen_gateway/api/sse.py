@@ -1,9 +1,12 @@
-"""Server-sent events exactly as OpenAI clients expect them. The only SSE framing code.
+"""Server-sent events exactly as each API's clients expect them. The only SSE framing code.
 
-``data: {json}\\n\\n`` per chunk, ``data: [DONE]\\n\\n`` at the end, ``: keep-alive`` comments
-when nothing was sent for a while, and an in-stream error frame when the stream fails after
-it started. When the client leaves, the response's task is cancelled where it waits and the
-chunk iterator is closed at once, which aborts the generation.
+A :class:`Framing` says how an API frames its stream: OpenAI's Chat Completions, Completions
+and embeddings send ``data: {json}\\n\\n`` per chunk, ``data: [DONE]\\n\\n`` at the end and
+``: keep-alive`` comments when nothing was sent for a while; Anthropic's Messages and OpenAI's
+Responses API name each event on an ``event:`` line and send nothing after their last event
+(Messages keeps alive with ``ping`` events). Each ends a stream that fails after it started
+with its own in-stream error. When the client leaves, the response's task is cancelled where
+it waits and the chunk iterator is closed at once, which aborts the generation.
 """
 
 from __future__ import annotations
@@ -70,6 +73,9 @@ class Framing:
     error: Callable[[GatewayError], bytes]
     done: bytes
     keepalive: bytes
+    #: When set, the in-stream error is made from the first and the last event sent too
+    #: (the Responses API numbers its events and ends a failed stream with a final event).
+    stream_error: Callable[[GatewayError, Any, Any], bytes] | None = None
 
 
 #: OpenAI's: ``data:`` lines, ``data: [DONE]`` at the end, comments to keep alive.
@@ -80,16 +86,32 @@ ANTHROPIC = Framing(named_frame, anthropic_error_frame, b"", named_frame({"type"
 
 
 def responses_error_frame(exc: GatewayError) -> bytes:
-    """The Responses API's ``error`` event, for a stream cut off from outside its own events
-    (the edge ends its failed streams itself, with ``error`` and ``response.failed``)."""
-    event = {"type": "error", "sequence_number": 0, "code": exc.code, "message": exc.message,
-             "param": exc.param}  # fmt: skip
-    return named_frame(event)
+    """The Responses API's ``error`` event when nothing is known of the stream."""
+    return responses_stream_error(exc, None, None)
+
+
+def responses_stream_error(exc: GatewayError, first: Any, last: Any) -> bytes:
+    """The Responses API's ``error`` then ``response.failed`` events, numbered after the
+    ``last`` event sent, for a stream cut off from outside its own events (the service ends its
+    own failed streams the same way); ``first`` (``response.created``) gives the response."""
+    number = last.get("sequence_number") if isinstance(last, Mapping) else None
+    sequence = number + 1 if isinstance(number, int) else 0
+    event = {"type": "error", "sequence_number": sequence, "code": exc.code,
+             "message": exc.message, "param": exc.param}  # fmt: skip
+    tail = named_frame(event)
+    shell = first.get("response") if isinstance(first, Mapping) else None
+    if isinstance(shell, Mapping):
+        code = "rate_limit_exceeded" if exc.status_code == 429 else "server_error"
+        failed = {**shell, "status": "failed", "error": {"code": code, "message": exc.message}}
+        tail += named_frame(
+            {"type": "response.failed", "sequence_number": sequence + 1, "response": failed}
+        )
+    return tail
 
 
 #: OpenAI's Responses API: ``event:`` + ``data:`` lines, nothing after the last event (the
 #: stream ends with ``response.completed`` or another final event), comments to keep alive.
-RESPONSES = Framing(named_frame, responses_error_frame, b"", KEEPALIVE)
+RESPONSES = Framing(named_frame, responses_error_frame, b"", KEEPALIVE, responses_stream_error)
 
 
 class EventStreamResponse(Response):
@@ -123,6 +145,13 @@ class EventStreamResponse(Response):
         self._watch = watch  # the caller's, which the caller closes
         self._started = False  # the response head was sent
         self._framing = framing
+        self._last: Mapping[str, Any] | bytes = first  # the last event sent
+
+    def _error(self, exc: GatewayError) -> bytes:
+        framing = self._framing
+        if framing.stream_error is not None:
+            return framing.stream_error(exc, self._first, self._last)
+        return framing.error(exc)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
@@ -170,9 +199,10 @@ class EventStreamResponse(Response):
             try:
                 async for batch in batches:  # chunks ready together go out in one write
                     await send_body(b"".join([frame(chunk) for chunk in batch]))
+                    self._last = batch[-1]
                 tail = framing.done
             except GatewayError as exc:
-                tail = framing.error(exc)
+                tail = self._error(exc)
             finishing = True
             ticker.cancel()
             for task in list(keepalive_tasks):  # each removes itself from the set when done
@@ -213,7 +243,7 @@ class EventStreamResponse(Response):
     async def _cut_off(self, send: Send) -> None:
         """End a stream the shutdown cuts off with an in-stream error instead of a bare close."""
         log.info("stream cut off by the server shutting down")
-        tail = self._framing.error(
+        tail = self._error(
             EngineUnavailable(
                 "The server is shutting down; the stream was cut off. Retry the request.",
                 code="server_shutting_down",
