@@ -134,12 +134,18 @@ def test_tool_choice_maps_onto_the_core_choice_and_constraint(
         ({"metadata": {"user_id": "u" * 300}}, "metadata.user_id"),
         ({"messages": [{"role": "user", "content": []}]}, "messages.[0].content"),
         ({"top_k": -1}, "top_k"),
+        ({"thinking": {"type": "enabled", "budget_tokens": 1024}}, "thinking"),
+        ({"thinking": {"type": "adaptive"}}, "thinking"),
     ],
 )  # fmt: skip
 def test_bad_bodies_name_the_field(body: dict[str, Any], param: str) -> None:
     with pytest.raises(InvalidRequest) as bad:
         normalise(**body)
     assert bad.value.param == param
+
+
+def test_thinking_disabled_is_accepted() -> None:
+    assert normalise(thinking={"type": "disabled"}).messages
 
 
 def test_count_tokens_needs_no_max_tokens() -> None:

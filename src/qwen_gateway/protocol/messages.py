@@ -93,6 +93,8 @@ class MessageCreateParams(MessageCountTokensParams):
     top_k: int | None = Field(default=None, ge=0, le=INT32_MAX)
     metadata: MetadataParam | None = None
     output_config: OutputConfigParam | None = None
+    #: Extended thinking: only ``{"type": "disabled"}`` is served (the service refuses more).
+    thinking: dict[str, Any] | None = None
 
 
 # ---- response -----------------------------------------------------------------

@@ -212,6 +212,12 @@ def chat_request(
     stream = False
     if isinstance(wire, MessageCreateParams):
         stream = wire.stream
+        if wire.thinking is not None and wire.thinking.get("type") != "disabled":
+            raise InvalidRequest(
+                "Extended thinking is not supported by this server: leave 'thinking' out or "
+                'send {"type": "disabled"}.',
+                param="thinking",
+            )
         output = wire.output_config.format if wire.output_config is not None else None
         if output is not None and constraint is None:  # a forced tool call wins, as in chat
             schema = check_json_schema(output.json_schema, "output_config.format.schema")
