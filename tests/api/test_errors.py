@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import openai
 import pytest
+from anthropic.types.shared.error_type import ErrorType
 
+from qwen_gateway.api.errors import anthropic_body
 from support.fixtures import MODEL, InProcess
 from support.spec import validate
 
@@ -448,3 +450,15 @@ async def test_extreme_values_in_range_are_served(
     assert resp.status_code == 200, resp.text
     again = await gateway.http.post("/v1/chat/completions", json={**OK, "max_tokens": 2})
     assert again.status_code == 200, again.text
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type"),
+    [(400, "invalid_request_error"), (429, "rate_limit_error"), (500, "api_error"),
+     (502, "api_error"), (503, "overloaded_error"), (504, "timeout_error")],
+)  # fmt: skip
+def test_anthropic_error_types_are_the_sdks(status: int, error_type: str) -> None:
+    body = anthropic_body("went wrong", status, "tools.[0].name")
+    assert body["error"]["type"] == error_type
+    assert error_type in get_args(ErrorType)
+    assert body["error"]["message"] == "tools.[0].name: went wrong"

@@ -323,31 +323,34 @@ async def test_output_config_format_gives_json_valid_against_the_schema(
         ({"model": MODEL, "messages": ASK}, "max_tokens"),
         ({"model": MODEL, "max_tokens": 0, "messages": ASK}, "max_tokens"),
         ({"model": MODEL, "max_tokens": 5, "messages": "hi"}, "messages"),
-        ({"model": MODEL, "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}, "role"),
+        ({"model": MODEL, "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]},
+         "messages.[0].role"),
         (
             {"model": MODEL, "max_tokens": 5, "messages": [
                 {"role": "user", "content": [{"type": "image", "source": {}}]}]},
-            "content",
+            "messages.[0].content",
         ),
         ({"model": MODEL, "max_tokens": 5, "messages": ASK, "temperature": 1.5}, "temperature"),
         (
             {"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": [
                 {"type": "tool_result", "tool_use_id": "nope", "content": "x"}]}]},
-            "tool_use_id",
+            "messages.[0].content.[0].tool_use_id",
         ),
         (
             {"model": MODEL, "max_tokens": 5, "messages": ASK, "tools": [WEATHER],
              "tool_choice": {"type": "tool", "name": "other"}},
-            "tool_choice",
+            "tool_choice.name",
         ),
         ({"model": MODEL, "max_tokens": 5, "messages": ASK, "tool_choice": {"type": "any"}},
-         "tool_choice"),
+         "tool_choice.type"),
         (
             {"model": MODEL, "max_tokens": 5, "messages": ASK,
              "tools": [{"name": "x", "input_schema": {"type": 7}}]},
-            "input_schema",
+            "tools.[0].input_schema",
         ),
         ({"model": MODEL, "max_tokens": 10**6, "messages": ASK}, "max_tokens"),
+        ({"model": MODEL, "max_tokens": 5, "messages": ASK, "thinking": {"type": "enabled",
+          "budget_tokens": 1024}}, "thinking"),
     ],
 )  # fmt: skip
 async def test_bad_input_gets_anthropics_400(
@@ -355,7 +358,8 @@ async def test_bad_input_gets_anthropics_400(
 ) -> None:
     resp = await gateway.http.post("/v1/messages", json=body)
     check_error(resp, 400, "invalid_request_error")
-    assert param in resp.json()["error"]["message"]
+    message = resp.json()["error"]["message"]
+    assert message.startswith(f"{param}: "), message
 
 
 async def test_errors_are_the_sdk_error_classes(gateway: InProcess) -> None:

@@ -30,6 +30,7 @@ _ANTHROPIC_TYPES = {
     429: "rate_limit_error",
     500: "api_error",
     503: "overloaded_error",
+    504: "timeout_error",
     529: "overloaded_error",
 }
 ANTHROPIC_PATH = "/v1/messages"
@@ -41,9 +42,10 @@ def anthropic_path(path: str) -> bool:
 
 
 def anthropic_body(message: str, status: int, param: str | None = None) -> AnthropicErrorResponse:
-    """Anthropic's envelope has no ``param``: the message names the field, as theirs do."""
+    """Anthropic's envelope has no ``param``: the message starts with the field's path, as
+    theirs do."""
     default = "invalid_request_error" if status < 500 else "api_error"
-    if param and param not in message:
+    if param and not message.startswith(f"{param}: "):
         message = f"{param}: {message}"
     return {
         "type": "error",
