@@ -686,6 +686,8 @@ async def test_messages_through_an_upstream_engine_match_the_upstream(
         async with g.http.stream("POST", "/v1/messages", json={**relayed, "stream": True}) as r:
             events = parse_sse((await r.aread()).decode())
         check_order(events)
+        assert events[0]["message"]["usage"]["input_tokens"] == expected["usage"]["input_tokens"]
+        assert expected["usage"]["input_tokens"] > 0
         text = "".join(
             e["delta"]["text"]
             for e in events

@@ -179,13 +179,14 @@ class ScriptedGenerate:
             self.closed = True
 
 
-async def _never_counted(request: GenerationRequest) -> int:
-    raise AssertionError("not counted here")
+async def _counted(request: GenerationRequest) -> int:
+    """The gate's count of a prompt the scripted engine does not meter (as an upstream's)."""
+    return 12
 
 
 def service(events: Sequence[EngineEvent]) -> tuple[MessagesService, ScriptedGenerate]:
     generate = ScriptedGenerate(events)
-    return MessagesService(None, LIMITS, generate, _never_counted), generate  # type: ignore[arg-type]
+    return MessagesService(None, LIMITS, generate, _counted), generate  # type: ignore[arg-type]
 
 
 CALL = ToolCallDelta(0, 0, "call_1", "get_weather", '{"city": "Oslo"}')
@@ -255,6 +256,7 @@ async def test_events_become_the_stream_in_anthropics_order() -> None:
     assert events[7]["delta"] == {"type": "input_json_delta", "partial_json": '{"city": "Oslo"}'}
     assert events[9]["delta"] == {"stop_reason": "tool_use", "stop_sequence": None}
     assert events[9]["usage"] == {"input_tokens": 12, "output_tokens": 9}
+    assert events[0]["message"]["usage"] == {"input_tokens": 12, "output_tokens": 0}
 
 
 async def test_a_relayed_upstream_chunk_counts_for_the_events_it_carries() -> None:

@@ -40,7 +40,12 @@ from qwen_gateway.core.types import (
     Usage,
     UsageMeter,
 )
-from qwen_gateway.errors import InternalError, InvalidModelOutput, InvalidRequest
+from qwen_gateway.errors import (
+    GatewayError,
+    InternalError,
+    InvalidModelOutput,
+    InvalidRequest,
+)
 from qwen_gateway.policy.auth import check_model
 from qwen_gateway.policy.principal import ANONYMOUS, Principal
 from qwen_gateway.protocol.messages import (
@@ -325,6 +330,13 @@ class MessagesService:
         record.model = request.model
         return {"input_tokens": await self._count_tokens(request)}
 
+    async def _prompt_tokens(self, request: ChatRequest) -> int:
+        """The prompt's length by the gate's tokenizer; 0 where it cannot be counted."""
+        try:
+            return await self._count_tokens(request)
+        except GatewayError:
+            return 0
+
     async def _message(
         self,
         events: AsyncGenerator[EngineEvent, None],
@@ -392,6 +404,8 @@ class MessagesService:
             async for outer in recorded:
                 if not started:
                     started = True
+                    # an upstream engine reports the prompt's tokens only at the end: count them
+                    prompt_tokens = meter.prompt_tokens or await self._prompt_tokens(request)
                     yield {
                         "type": "message_start",
                         "message": {
@@ -402,7 +416,7 @@ class MessagesService:
                             "model": record.deployment or request.model,
                             "stop_reason": None,
                             "stop_sequence": None,
-                            "usage": {"input_tokens": meter.prompt_tokens, "output_tokens": 0},
+                            "usage": {"input_tokens": prompt_tokens, "output_tokens": 0},
                         },
                     }
                     yield {"type": "ping"}
