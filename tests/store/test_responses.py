@@ -56,11 +56,11 @@ async def test_a_response_comes_back_exactly_and_only_to_its_caller(
     assert got.response["output"][0]["content"][0]["text"] == TEXT  # type: ignore[typeddict-item]
     assert await repo.get("key:2", "resp_a", NOW) is None
     assert await repo.get("key:1", "resp_missing", NOW) is None
-    assert not await repo.delete("key:2", "resp_a")
+    assert not await repo.delete("key:2", "resp_a", NOW)
     assert await repo.get("key:1", "resp_a", NOW) is not None
-    assert await repo.delete("key:1", "resp_a")
+    assert await repo.delete("key:1", "resp_a", NOW)
     assert await repo.get("key:1", "resp_a", NOW) is None
-    assert not await repo.delete("key:1", "resp_a")
+    assert not await repo.delete("key:1", "resp_a", NOW)
 
 
 async def test_expired_responses_are_invisible_and_purged(repo: ResponseRepository) -> None:
@@ -69,6 +69,7 @@ async def test_expired_responses_are_invisible_and_purged(repo: ResponseReposito
     later = NOW + timedelta(days=2)
     assert await repo.get("key:1", "resp_short", NOW) is not None
     assert await repo.get("key:1", "resp_short", later) is None  # expired: gone at once
+    assert not await repo.delete("key:1", "resp_short", later)  # nor can it be deleted
     assert await repo.get("key:1", "resp_long", later) is not None
     assert await repo.purge(later) == 1
     assert await repo.get("key:1", "resp_short", NOW) is None  # deleted, not only hidden

@@ -64,7 +64,9 @@ class ResponseStore(Protocol):
         """The caller's response, unless it has expired."""
         ...
 
-    async def delete(self, principal: str, response_id: str) -> bool: ...
+    async def delete(self, principal: str, response_id: str, now: datetime) -> bool:
+        """Delete the caller's response unless it has expired; whether one was deleted."""
+        ...
 
     async def purge(self, before: datetime) -> int:
         """Delete the responses that expired before ``before``; how many."""
@@ -354,7 +356,7 @@ class ResponsesService:
 
     async def delete(self, response_id: str, record: RequestRecord) -> ResponseDeleted:
         store = self._require_store()
-        if not await store.delete(_principal_id(record), response_id):
+        if not await store.delete(_principal_id(record), response_id, self._now()):
             raise NotFound(f"No response found with id {response_id[:128]!r}.")
         return {"id": response_id, "object": "response.deleted", "deleted": True}
 

@@ -81,13 +81,15 @@ class ResponseRepository:
             expires_at=_aware(row.expires_at),
         )
 
-    async def delete(self, principal: str, response_id: str) -> bool:
+    async def delete(self, principal: str, response_id: str, now: datetime) -> bool:
+        """An expired response is not there to delete (the purge removes it)."""
         with _reachable():
             async with self._db.sessions.begin() as session:
                 result = await session.execute(
                     delete(StoredResponseRow).where(
                         StoredResponseRow.id == response_id,
                         StoredResponseRow.principal == clean_text(principal, 300),
+                        StoredResponseRow.expires_at > now,
                     )
                 )
                 return bool(getattr(result, "rowcount", 0))
