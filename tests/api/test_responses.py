@@ -484,6 +484,14 @@ async def test_storage_off_refuses_store_and_previous_response_id(tmp_path: Path
             assert "responses.store" in missing.value.message
 
 
+async def test_a_bad_query_parameter_is_named_as_sent(tmp_path: Path) -> None:
+    async with scripted(tmp_path) as (g, _):
+        resp = await g.http.get("/v1/responses/resp_x/input_items?limit=abc")
+    assert resp.status_code == 400, resp.text
+    validate("ErrorResponse", resp.json())
+    assert resp.json()["error"]["param"] == "limit"
+
+
 # ---- bad input -------------------------------------------------------------
 
 BAD: list[tuple[str, dict[str, Any], str]] = [

@@ -83,7 +83,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         first = exc.errors()[0] if exc.errors() else {}
-        loc = [p for p in first.get("loc", ()) if p != "body"]
+        loc = list(first.get("loc", ()))
+        if loc and loc[0] in ("body", "query", "path", "header", "cookie"):
+            loc = loc[1:]  # where it came from: the field's own name is the param
         body = envelope(
             str(first.get("msg", "Invalid request.")),
             "invalid_request_error",
