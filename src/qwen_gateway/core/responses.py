@@ -361,7 +361,7 @@ def _message(raw: Mapping[str, Any], where: str) -> InputMessage | OutputMessage
     return {
         "id": item_id("msg"),
         "type": "message",
-        "role": role,
+        "role": cast(Any, role),  # user, system or developer, as sent
         "status": "completed",
         "content": parts,
     }
@@ -464,7 +464,7 @@ def _tool_choice(raw: str | dict[str, Any] | None, tools: Sequence[dict[str, Any
             param="tool_choice.name",
             code="invalid_value",
         )
-    return ToolChoice("named", cast(str, name))
+    return ToolChoice("named", name)
 
 
 def _format(wire: ResponseCreateParams) -> OutputConstraint | None:
