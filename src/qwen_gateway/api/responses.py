@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from qwen_gateway.api.routes import _headers, read_json, record_of, until_disconnect
-from qwen_gateway.api.sse import RESPONSES, EventStreamResponse
+from qwen_gateway.api.routes import _headers, read_json, record_of, respond, until_disconnect
+from qwen_gateway.api.sse import RESPONSES
 from qwen_gateway.core.jsonbytes import dumps
 from qwen_gateway.errors import InvalidRequest
 from qwen_gateway.protocol.responses import ResponseCreateParams
@@ -47,21 +47,11 @@ def responses_router(
 
     @v1.post("/responses", openapi_extra=body)
     async def create_response(request: Request) -> Response:
+        """Served by the hot route (api/fastpath.py) unless the app runs under a root path."""
         await check(request)
         raw = await read_json(request)
-        record = record_of(request)
-        result = await until_disconnect(request, service.create(raw, record))
-        if isinstance(result, dict):
-            return _json(result, request)
-        stream: AsyncGenerator[Any, None] = result
-        try:
-            first = await until_disconnect(request, anext(stream))
-        except BaseException:
-            await stream.aclose()
-            raise
-        return EventStreamResponse(
-            first, stream, record, keepalive, _headers(record), framing=RESPONSES
-        )
+        result = await until_disconnect(request, service.create(raw, record_of(request)))
+        return await respond(request, result, keepalive, RESPONSES)
 
     @v1.get("/responses/{response_id}")
     async def retrieve_response(response_id: str, request: Request) -> Response:

@@ -156,14 +156,6 @@ class IncompleteDetails(TypedDict):
 ResponseStatus = Literal["completed", "failed", "in_progress", "cancelled", "queued", "incomplete"]
 
 
-class FunctionToolParam(TypedDict):
-    type: Literal["function"]
-    name: str
-    description: NotRequired[str | None]
-    parameters: NotRequired[dict[str, Any] | None]
-    strict: NotRequired[bool | None]
-
-
 class Response(TypedDict):
     id: str
     object: Literal["response"]

@@ -92,9 +92,8 @@ def _text(blocks: str | Sequence[TextBlockParam] | None) -> str:
 
 
 def _tool(tool: ToolParam, i: int) -> dict[str, Any]:
-    """An Anthropic tool as the OpenAI function dict the Qwen template renders."""
-    if tool.type not in (None, "custom"):
-        raise InvalidRequest(f"Unsupported tool type {tool.type!r}.", param=f"tools.[{i}].type")
+    """An Anthropic tool as the OpenAI function dict the Qwen template renders (a server
+    tool's ``type`` is refused by the wire model already)."""
     check_json_schema(tool.input_schema, f"tools.[{i}].input_schema")
     function: dict[str, Any] = {"name": tool.name}
     if tool.description is not None:
