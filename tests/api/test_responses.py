@@ -484,6 +484,23 @@ async def test_storage_off_refuses_store_and_previous_response_id(tmp_path: Path
             assert "responses.store" in missing.value.message
 
 
+async def test_under_a_root_path_the_framework_route_answers_the_same(tmp_path: Path) -> None:
+    """The hot route serves POST /v1/responses except under a root path, where the FastAPI
+    route does: JSON and the stream alike."""
+    async with scripted(tmp_path) as (g, _):
+        transport = httpx.ASGITransport(app=g.app, root_path="/gw")
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+            resp = await http.post("/gw/v1/responses", json={"model": NAME, "input": "Hi"})
+            assert resp.status_code == 200, resp.text
+            validate("Response", resp.json())
+            assert resp.json()["output"][0]["content"][0]["text"] == REPLY
+            body = {"model": NAME, "input": "Hi", "stream": True}
+            async with http.stream("POST", "/gw/v1/responses", json=body) as streamed:
+                assert streamed.status_code == 200
+                events = sse_events((await streamed.aread()).decode())
+    assert events[-1]["type"] == "response.completed"
+
+
 async def test_a_bad_query_parameter_is_named_as_sent(tmp_path: Path) -> None:
     async with scripted(tmp_path) as (g, _):
         resp = await g.http.get("/v1/responses/resp_x/input_items?limit=abc")
