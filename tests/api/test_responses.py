@@ -305,6 +305,12 @@ async def test_the_response_cache_serves_a_repeated_responses_request(tmp_path: 
         assert texts == ["first answer", "first answer"]
         assert first.json()["id"] != again.json()["id"]
         validate("Response", again.json())
+        huge = {"type": "function", "name": "f", "parameters": {"type": "object",
+                "properties": {"n": {"type": "integer", "maximum": 10**30}}}}  # fmt: skip
+        for _ in range(2):  # a schema orjson cannot encode is keyed all the same
+            keyed = await g.http.post("/v1/responses", json={**body, "tools": [huge]})
+            assert keyed.status_code == 200, keyed.text
+        assert keyed.headers["x-qwen-gateway-cache"] == "hit"
 
 
 async def test_content_safety_applies_to_responses(tmp_path: Path) -> None:

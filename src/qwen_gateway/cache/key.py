@@ -23,8 +23,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Protocol
 
-import orjson
-
+from qwen_gateway.core.jsonbytes import dumps
 from qwen_gateway.core.types import (
     ChatMessage,
     ChatRequest,
@@ -43,7 +42,7 @@ def scope_of(principal_id: str, shared: bool) -> str:
 
 def request_key(request: GenerationRequest, target: str, scope: str) -> str:
     """The cache key (hex, 64 characters) of ``request`` served by ``target`` in ``scope``."""
-    body = orjson.dumps(canonical(request, target, scope))
+    body = dumps(canonical(request, target, scope))  # exact for integers beyond 64 bits
     return hashlib.blake2b(body, digest_size=32).hexdigest()
 
 
