@@ -795,6 +795,10 @@ async def test_through_the_upstream_engine_against_a_second_gateway(
         call = next(item for item in forced.output if item.type == "function_call")
         assert call.name == "add"
         jsonschema.validate(json.loads(call.arguments), ADD["parameters"])
+        huge = {"type": "function", "name": "f", "parameters": {"type": "object",
+                "properties": {"n": {"type": "integer", "maximum": 10**30}}}}  # fmt: skip
+        relayed = await g.http.post("/v1/responses", json={**args, "tools": [huge]})
+        assert relayed.status_code == 200, relayed.text  # relayed with an exact encoder
 
 
 def test_real_server_with_the_sync_sdk(server: Server) -> None:

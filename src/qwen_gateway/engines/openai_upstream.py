@@ -25,6 +25,7 @@ import aiohttp
 import orjson
 from pydantic import Field, SecretStr
 
+from qwen_gateway.core.jsonbytes import dumps
 from qwen_gateway.core.redact import strip_userinfo
 from qwen_gateway.core.types import (
     ChatMessage,
@@ -369,7 +370,7 @@ class OpenAIUpstreamEngine:
             p = request.prompt
             bound = len(p.encode()) if isinstance(p, str) else len(p)
         else:
-            texts = orjson.dumps(body["messages"]) + orjson.dumps(body.get("tools", []))
+            texts = dumps(body["messages"]) + dumps(body.get("tools", []))
             bound = len(texts) + TEMPLATE_TOKENS
         window = self.config.context_window
         if bound + default <= window:
@@ -413,7 +414,7 @@ class OpenAIUpstreamEngine:
         try:
             # Before the first byte a non-streaming call waits for the whole answer.
             wait = cfg.first_token_timeout if request.stream else cfg.total_timeout
-            response = await _post(session, self._urls[path], orjson.dumps(body), cfg, wait)
+            response = await _post(session, self._urls[path], dumps(body), cfg, wait)
             try:
                 if request.stream:
                     raw = self._passthrough(request)
