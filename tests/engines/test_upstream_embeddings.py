@@ -15,7 +15,7 @@ import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from qwen_gateway.core.types import EmbeddingRequest
@@ -28,7 +28,8 @@ from support.server import free_port
 class FaultyEmbeddingUpstream:
     """/v1/embeddings whose ``model`` picks the behaviour: ``ok``, ``reversed`` (data in
     reverse order, with indices), ``short`` (one vector missing), ``garbage`` (not JSON),
-    ``500``, ``400`` (names ``input``). Bodies it got are kept in ``bodies``."""
+    ``500``, ``400`` (names ``input``), ``large`` (1536 floats per input, the body sent in
+    many small writes), ``no-usage`` (no ``usage``). Bodies it got are kept in ``bodies``."""
 
     def __init__(self) -> None:
         self.bodies: list[dict[str, Any]] = []
@@ -41,6 +42,19 @@ class FaultyEmbeddingUpstream:
             data = [{"object": "embedding", "index": i, "embedding": [float(i), 0.5]}
                     for i in range(n)]  # fmt: skip
             usage = {"prompt_tokens": 3 * n, "total_tokens": 3 * n}
+            if model == "large":
+                data = [{"object": "embedding", "index": i,
+                         "embedding": [i + k / 1536.123 for k in range(1536)]}
+                        for i in range(n)]  # fmt: skip
+                whole = json.dumps({"object": "list", "data": data, "usage": usage}).encode()
+
+                async def pieces() -> AsyncIterator[bytes]:
+                    for at in range(0, len(whole), 16 * 1024):
+                        yield whole[at : at + 16 * 1024]
+
+                return StreamingResponse(pieces(), media_type="application/json")
+            if model == "no-usage":
+                return JSONResponse({"object": "list", "data": data, "model": model})
             if model == "reversed":
                 data.reverse()
             elif model == "short":
@@ -150,3 +164,26 @@ async def test_an_upstream_400_keeps_its_param(engines: dict[str, Any]) -> None:
     with pytest.raises(InvalidRequest) as info:
         await engine.embed(EmbeddingRequest("served", ("a",)))
     assert info.value.param == "input"
+
+
+async def test_a_large_body_sent_in_small_writes_is_read_whole(engines: dict[str, Any]) -> None:
+    engine = await engines["make"]("large")
+    result = await engine.embed(EmbeddingRequest("served", tuple(f"t{i}" for i in range(64))))
+    assert len(result.vectors) == 64
+    assert all(len(v) == 1536 * 4 for v in result.vectors)
+    assert _floats(result.vectors[63])[0] == 63.0
+    assert result.prompt_tokens == 3 * 64
+
+
+async def test_a_large_body_over_the_cap_is_an_upstream_error(engines: dict[str, Any]) -> None:
+    engine = await engines["make"]("large", max_response_bytes=100_000)
+    with pytest.raises(UpstreamError) as info:
+        await engine.embed(EmbeddingRequest("served", tuple(f"t{i}" for i in range(64))))
+    assert "size limit" in info.value.message
+
+
+async def test_without_usage_the_inputs_are_counted_here(engines: dict[str, Any]) -> None:
+    engine = await engines["make"]("no-usage")
+    result = await engine.embed(EmbeddingRequest("served", ("Hello world", (1, 2, 3))))
+    # "Hello world" is 2 Qwen tokens; each input ends with <|endoftext|>
+    assert result.prompt_tokens == (2 + 1) + (3 + 1)

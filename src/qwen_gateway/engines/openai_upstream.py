@@ -305,18 +305,27 @@ class OpenAIUpstreamEngine:
                 cfg.total_timeout,
             )  # fmt: skip
             try:
-                data = await response.content.read(cfg.max_response_bytes + 1)
-            except (aiohttp.ClientError, OSError) as exc:
-                raise UpstreamError(
-                    f"The upstream response failed: {type(exc).__name__}."
-                ) from None
+                data = await _read_body(response, cfg.max_response_bytes)
             finally:
                 response.release()
         finally:
             self._active -= 1
-        if len(data) > cfg.max_response_bytes:
-            raise UpstreamError("The upstream's response exceeds the size limit.")
-        return _embedding_result(data, len(request.inputs))
+        vectors, prompt = _embedding_result(data, len(request.inputs))
+        if prompt is None:  # the upstream sent no usage: counted here, as admission counts
+            prompt = await self._input_tokens(request)
+        return EmbeddingResult(vectors, prompt)
+
+    async def _input_tokens(self, request: EmbeddingRequest) -> int:
+        """The inputs' Qwen tokens, each with the <|endoftext|> it ends with."""
+        texts = [x for x in request.inputs if isinstance(x, str)]
+        ids = sum(len(x) + 1 for x in request.inputs if not isinstance(x, str))
+        if not texts:
+            return ids
+        tokenizer = await self._qwen_tokenizer()
+        counted = await asyncio.to_thread(
+            lambda: sum(len(tokenizer.encode_text(t)) + 1 for t in texts)
+        )
+        return ids + counted
 
     def _body(self, request: GenerationRequest) -> tuple[str, dict[str, Any]]:
         body: dict[str, Any] = {
@@ -546,13 +555,7 @@ class OpenAIUpstreamEngine:
         choices: dict[int, _Choice],
         echo: _Echo | None = None,
     ) -> list[EngineEvent]:
-        cap = self.config.max_response_bytes
-        try:
-            data = await response.content.read(cap + 1)
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(f"The upstream response failed: {type(exc).__name__}.") from None
-        if len(data) > cap:
-            raise UpstreamError("The upstream's response exceeds the size limit.")
+        data = await _read_body(response, self.config.max_response_bytes)
         try:
             body = orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -875,6 +878,22 @@ def _flush_calls(index: int, state: _Choice) -> list[_Plain]:
     return out
 
 
+async def _read_body(response: aiohttp.ClientResponse, cap: int) -> bytes:
+    """The whole body, however the upstream split its writes; more than ``cap`` bytes is an
+    :class:`UpstreamError` (the rest is not read)."""
+    parts: list[bytes] = []
+    size = 0
+    try:
+        async for part in response.content.iter_chunked(64 * 1024):
+            size += len(part)
+            if size > cap:
+                raise UpstreamError("The upstream's response exceeds the size limit.")
+            parts.append(part)
+    except (aiohttp.ClientError, OSError) as exc:
+        raise UpstreamError(f"The upstream response failed: {type(exc).__name__}.") from None
+    return b"".join(parts)
+
+
 async def _read_capped(response: aiohttp.ClientResponse, cap: int = 64 * 1024) -> Any:
     try:
         return orjson.loads(await response.content.read(cap))
@@ -939,8 +958,9 @@ def _error_from_body(
     return UpstreamError(message)
 
 
-def _embedding_result(data: bytes, count: int) -> EmbeddingResult:
-    """An upstream's embeddings response: ``count`` float vectors, by ``index``."""
+def _embedding_result(data: bytes, count: int) -> tuple[tuple[bytes, ...], int | None]:
+    """An upstream's embeddings response: ``count`` float vectors, by ``index``, and its
+    prompt tokens (None when it reports no usage)."""
     try:
         body = orjson.loads(data)
         items = body["data"]
@@ -952,14 +972,15 @@ def _embedding_result(data: bytes, count: int) -> EmbeddingResult:
                 raise TypeError
             vectors[index] = array("f", [float(v) for v in values]).tobytes()
         usage = body.get("usage") or {}
-        prompt = int(usage.get("prompt_tokens") or 0)
+        reported = usage.get("prompt_tokens")
+        prompt = None if reported is None else int(reported)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError, AttributeError):
         raise UpstreamError("The upstream sent an invalid embeddings response.") from None
     if any(v is None for v in vectors) or len(items) != count:
         raise UpstreamError("The upstream did not send a vector for every input.")
     if sys.byteorder != "little":  # pragma: no cover - the wire format is little-endian
         vectors = [_swapped(v) for v in vectors]
-    return EmbeddingResult(tuple(v or b"" for v in vectors), prompt)
+    return tuple(v or b"" for v in vectors), prompt
 
 
 def _swapped(vector: bytes | None) -> bytes:
