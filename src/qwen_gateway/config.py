@@ -119,6 +119,10 @@ class UpstreamSettings(Section):
     total_timeout: float = Field(default=1800.0, gt=0)
     max_retries: int = Field(default=2, ge=0, le=10)
     max_response_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    #: the upstream returns token logprobs when asked (off: such requests are a 400 here)
+    logprobs: bool = True
+    #: the upstream serves completions ``echo`` with logprobs (vLLM does; OpenAI does not)
+    echo: bool = False
 
 
 class VLLMSettings(Section):

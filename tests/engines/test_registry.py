@@ -204,3 +204,24 @@ def test_replica_urls_are_applied_by_the_plugin(tmp_path: Path) -> None:
     assert [r.engine.config.remote_url for r in vllm.deployments[0].replicas] == urls  # type: ignore[attr-defined]
     with pytest.raises(ConfigError, match=r"'deployments\.0\.replicas'"):
         build_router(_settings(tmp_path, engine="scripted", replicas=urls))
+
+
+def test_the_upstream_capability_settings_reach_the_engine(tmp_path: Path) -> None:
+    settings = _settings(
+        tmp_path, engine="openai", replicas=["http://a:8000/v1"],
+        upstream={"logprobs": False, "echo": True},
+    )  # fmt: skip
+    config = build_router(settings).deployments[0].replicas[0].engine.config  # type: ignore[attr-defined]
+    assert (config.logprobs, config.echo) == (False, True)
+    default = build_router(_settings(tmp_path, engine="openai", replicas=["http://a:8000/v1"]))
+    config = default.deployments[0].replicas[0].engine.config  # type: ignore[attr-defined]
+    assert (config.logprobs, config.echo) == (True, False)
+
+
+@pytest.mark.parametrize("engine", ["vllm", "scripted"])
+def test_embed_on_an_engine_that_cannot_embed_is_a_config_error(
+    tmp_path: Path, engine: str
+) -> None:
+    with pytest.raises(ConfigError, match=r"'deployments\.0\.task' \('embed'\)"):
+        build_router(_settings(tmp_path, engine=engine, task="embed",
+                               options={"replies": ["x"]} if engine == "scripted" else {}))  # fmt: skip

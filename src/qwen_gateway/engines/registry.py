@@ -83,6 +83,9 @@ def configure(
     raw: dict[str, Any] = {}
     origin: dict[str, str] = {}  # config field -> the settings key it came from
     declared = plugin.config_model.model_fields
+    if settings.get("task") not in (None, "generate") and "task" not in declared:
+        raise ConfigError(f"Invalid config value for '{key}.task' ({settings['task']!r}): "
+                          f"engine {kind!r} cannot embed")  # fmt: skip
     for name in ENGINE_FIELDS:
         if name in declared and settings.get(name) is not None:
             raw[name], origin[name] = settings[name], f"{key}.{name}"
