@@ -201,6 +201,8 @@ def test_completion_logprobs_streamed(server: Server) -> None:
         ("/v1/chat/completions", {"messages": CHAT, "top_logprobs": 2}, "top_logprobs"),
         ("/v1/completions", {"prompt": "hi", "logprobs": 6}, "logprobs"),
         ("/v1/completions", {"prompt": "hi", "max_tokens": 0}, "max_tokens"),
+        # a token-id prompt's echoed text comes with its logprobs, never silently dropped
+        ("/v1/completions", {"prompt": [9707, 1879], "echo": True, "max_tokens": 2}, "echo"),
     ],
 )  # fmt: skip
 def test_out_of_bounds_logprobs_are_a_400_naming_the_param(

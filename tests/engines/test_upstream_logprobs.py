@@ -155,3 +155,15 @@ def test_an_echo_without_text_offsets_is_split_by_the_tokens_text() -> None:
     events = _events({"choices": [item]}, {}, _Echo(2))
     assert [len(e.tokens) for e in events if isinstance(e, PromptLogprobs)] == [2]
     assert [(e.text, len(e.logprobs)) for e in events if isinstance(e, TextDelta)] == [(" c", 1)]
+
+
+async def test_echo_of_the_prompt_alone_is_answered_here(server: Server, tmp_path: Path) -> None:
+    """echo with max_tokens 0 and no logprobs: the upstream is not asked for 0 tokens."""
+    async with relay(server.base_url + "/v1", tmp_path, model=MODEL) as g:
+        got = await g.client.completions.create(
+            model="relayed", prompt="The cat sat on", max_tokens=0, echo=True
+        )
+    assert got.choices[0].text == "The cat sat on"
+    assert got.choices[0].finish_reason == "length"
+    assert got.usage is not None and got.usage.completion_tokens == 0
+    assert got.usage.prompt_tokens > 0

@@ -425,6 +425,12 @@ def text_request(
             param="max_tokens",
             code="invalid_value",
         )
+    if wire.echo and wire.logprobs is None and not isinstance(prompt, str):
+        raise InvalidRequest(  # the echoed text of token ids comes with their logprobs
+            "echo with a token-id prompt needs logprobs; or send the prompt as text.",
+            param="echo",
+            code="invalid_value",
+        )
     sampling = _sampling(wire, wire.max_tokens, limits, "max_tokens")
     if wire.logprobs is not None:
         sampling = replace(

@@ -411,6 +411,18 @@ class OpenAIUpstreamEngine:
         )
 
     async def _relay(self, request: GenerationRequest) -> AsyncGenerator[EngineEvent, None]:
+        if (
+            isinstance(request, TextRequest)
+            and request.sampling.max_tokens == 0
+            and request.sampling.prompt_logprobs is None
+        ):  # echo of the prompt alone: the gateway's, no upstream asked (it would refuse 0)
+            tokenizer = await self._qwen_tokenizer()
+            prompt = await asyncio.to_thread(self._prompt_tokens, tokenizer, request)
+            for index in range(request.n):
+                yield ChoiceFinished(index, "length")
+            request.meter.prompt_tokens = prompt
+            yield Usage(prompt, 0)
+            return
         session = self._session
         path, body = self._body(request)
         await self._default_output(body, request)
