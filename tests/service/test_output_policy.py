@@ -49,3 +49,18 @@ async def test_a_redacted_answer_lets_out_no_logprobs_of_the_masked_text(
     assert len(out) <= shown.index("*")
     alternatives = [t for top in lp.top_logprobs for t in (top or {})]
     assert not any(word in t for t in [*lp.tokens, *alternatives])
+
+
+async def test_a_flagged_answer_keeps_its_logprobs(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A flag changes no text, so the logprobs still fit it and go out."""
+    plain = await _complete(tiny_model_dir, tmp_path / "plain", None)
+    text = plain.choices[0].text
+    word = next(w for w in reversed(text.split()) if len(w) >= 3 and w not in PROMPT)
+    safety = {
+        "rule_sets": {"words": {"keywords": {"noted": [word]}}},
+        "policies": [{"name": "default", "rule_sets": ["words"], "actions": {"noted": "flag"}}],
+    }
+    flagged = await _complete(tiny_model_dir, tmp_path / "flagged", safety)
+    assert flagged.choices[0].text == text
+    assert flagged.choices[0].logprobs.tokens == plain.choices[0].logprobs.tokens
+    assert flagged.choices[0].logprobs.token_logprobs == plain.choices[0].logprobs.token_logprobs

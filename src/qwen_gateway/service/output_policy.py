@@ -90,7 +90,8 @@ class _Choice:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     fed: int = 0  # characters given to the filter
     delivered: int = 0  # characters it let out
-    rewritten: bool = False
+    waiting: str = ""  # the text given to the filter that it has not let out yet
+    rewritten: bool = False  # the filter let out other text than it was given
 
 
 class OutputPolicy:
@@ -279,6 +280,8 @@ class _Run:
                 return [event]
             c.logprobs.extend(event.logprobs)
             c.fed += len(event.text)
+            if not c.rewritten:
+                c.waiting += event.text
             return self._verdict(event.index, c, c.filter.feed(event.text))
         if isinstance(event, ToolCallDelta):
             c = self.choices[event.index]
@@ -309,7 +312,7 @@ class _Run:
             if stop is not None:
                 return self._stop(event.index, c, held=stop == "hold")
             if c.filter is not None:
-                out = self._verdict(event.index, c, c.filter.close())
+                out = self._verdict(event.index, c, c.filter.close(), final=True)
                 if c.ended:
                     return out
             c.ended = True
@@ -353,19 +356,23 @@ class _Run:
         """A phrase stopped delivery for a review that holds (not for a block)."""
         return self.plan is not None and self.plan.actions.get(hit.category) == "review"
 
-    def _verdict(self, index: int, c: _Choice, verdict: Verdict) -> list[EngineEvent]:
+    def _verdict(
+        self, index: int, c: _Choice, verdict: Verdict, *, final: bool = False
+    ) -> list[EngineEvent]:
         for hit in verdict.hits:
             self._finding(hit)
-        c.delivered += len(verdict.deliver)
-        if verdict.hits:
-            c.rewritten = True
+        deliver = verdict.deliver
+        c.delivered += len(deliver)
+        if not c.rewritten:  # a flag or review changes nothing: the logprobs still fit
+            c.rewritten = not c.waiting.startswith(deliver)
+            c.waiting = "" if c.rewritten else c.waiting[len(deliver) :]
         logprobs: tuple[TokenLogprob, ...] = ()
         if c.rewritten:
             c.logprobs.clear()
-        elif c.delivered == c.fed:  # nothing held back: every waiting token's text is out
+        elif c.delivered == c.fed and (deliver or final):  # every waiting token's text is out
             logprobs, c.logprobs = tuple(c.logprobs), []
         out: list[EngineEvent] = (
-            [TextDelta(index, verdict.deliver, logprobs)] if verdict.deliver else []
+            [TextDelta(index, deliver, logprobs)] if deliver or logprobs else []
         )
         if verdict.blocked is not None:
             out.extend(self._stop(index, c, held=self._holds(verdict.blocked)))
