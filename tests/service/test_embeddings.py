@@ -14,8 +14,9 @@ import pytest
 
 from qwen_gateway.core.record import RequestRecord
 from qwen_gateway.core.types import EmbeddingRequest, EmbeddingResult, EngineEvent
-from qwen_gateway.errors import InternalError, InvalidRequest
+from qwen_gateway.errors import ContentFiltered, InternalError, InvalidRequest
 from qwen_gateway.service.embeddings import EmbeddingService
+from qwen_gateway.service.safety import PromptReview
 from support.spec import validate
 
 
@@ -97,3 +98,21 @@ async def test_a_route_answering_the_wrong_number_of_vectors_is_our_500() -> Non
         await EmbeddingService(FakeRoute(count=1)).create(
             {"model": "m", "input": ["a", "b"]}, RequestRecord("r")
         )
+
+
+async def test_an_input_the_policy_wants_reviewed_is_refused() -> None:
+    """A finding asking for review has no answer to hold: a 400 content_filter, not served."""
+
+    def check(request: Any, record: RequestRecord) -> Any:
+        if "risky" in request.prompt:
+            record.review = PromptReview("self-harm", "deliver_and_review")
+        return request
+
+    route = FakeRoute()
+    service = EmbeddingService(route, input_check=check)
+    await service.create({"model": "m", "input": ["fine"]}, RequestRecord("r"))
+    with pytest.raises(ContentFiltered) as info:
+        await service.create({"model": "m", "input": ["fine", "risky"]}, RequestRecord("r"))
+    assert info.value.status_code == 400 and info.value.code == "content_filter"
+    assert "self-harm" in info.value.message and "risky" not in info.value.message
+    assert len(route.requests) == 1

@@ -4,7 +4,8 @@ route, with admission for the deployment that serves; account when the request e
 comes back as OpenAI's ``CreateEmbeddingResponse``.
 
 The input policy reads each text input as it reads a raw prompt (a block is a 400
-``content_filter``; a redaction changes the text embedded); token-id inputs are refused while
+``content_filter``, and so is a finding that asks for review: an embedding has no answer to
+hold or review later; a redaction changes the text embedded); token-id inputs are refused while
 a policy applies, as token prompts are. Limits count the inputs' tokens as prompt tokens
 (requests, tokens, budgets); the usage row has them, with no completion tokens.
 """
@@ -27,7 +28,7 @@ from qwen_gateway.core.types import (
     GenerationRequest,
     TextRequest,
 )
-from qwen_gateway.errors import InternalError, InvalidRequest
+from qwen_gateway.errors import ContentFiltered, InternalError, InvalidRequest
 from qwen_gateway.policy.ratelimit import Permit
 from qwen_gateway.protocol.embeddings import (
     MAX_INPUTS,
@@ -117,6 +118,11 @@ class EmbeddingService:
                 ) from None
             assert isinstance(seen, TextRequest)
             inputs.append(seen.prompt)
+        if record.review is not None:  # no answer to hold or review later: refused instead
+            category = getattr(record.review, "category", "review")
+            raise ContentFiltered(
+                f"The request was refused by the content policy (category: {category})."
+            )
         return replace(request, inputs=tuple(inputs))
 
 
