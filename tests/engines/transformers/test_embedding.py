@@ -5,6 +5,7 @@ not change them, and its bounds answer 400 naming the parameter."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from array import array
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from qwen_gateway.engines.plugin import EngineContext
 from qwen_gateway.engines.transformers.embedding import TransformersEmbedder
 from qwen_gateway.engines.transformers.engine import TransformersConfig, create_engine
 from qwen_gateway.engines.transformers.tiny import build_tiny_model
-from qwen_gateway.errors import EngineUnavailable, InvalidRequest
+from qwen_gateway.errors import EngineUnavailable, InternalError, InvalidRequest
 
 TEXTS = ["The quick brown fox", "jumps over the lazy dog.", "你好，世界", "a"]
 
@@ -181,3 +182,67 @@ def test_the_tiny_embedding_checkpoint_is_made_like_gte_qwen2(
     assert (again / "model.safetensors").read_bytes() == (
         embed_dir / "model.safetensors"
     ).read_bytes()
+
+
+class _FaultyObserver:
+    """A fault injector in place of the engine's observer: the first ``decode_step`` (after
+    a forward pass) waits for ``release``; the second raises."""
+
+    def __init__(self, real: object) -> None:
+        self.real, self.calls = real, 0
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def decode_step(self, size: int) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            self.entered.set()
+            self.release.wait()
+        elif self.calls == 2:
+            raise RuntimeError("injected fault after the forward pass")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.real, name)
+
+
+async def test_a_failure_outside_the_forward_pass_fails_only_its_batch(embed_dir: Path) -> None:
+    engine = await _engine(embed_dir, max_batch_size=1)
+    fault = _FaultyObserver(engine._observer)
+    engine._observer = fault  # type: ignore[assignment]
+    try:
+        first = asyncio.create_task(engine.embed(EmbeddingRequest("m", ("first",))))
+        await asyncio.to_thread(fault.entered.wait)  # the worker holds the first batch
+        # queued while the worker is busy (tasks run in the order they were made)
+        failing = asyncio.create_task(engine.embed(EmbeddingRequest("m", ("failing",))))
+        other = asyncio.create_task(engine.embed(EmbeddingRequest("m", ("other",))))
+        asyncio.get_running_loop().call_soon(fault.release.set)
+        assert len((await first).vectors) == 1
+        with pytest.raises(InternalError):
+            await failing
+        assert len((await other).vectors) == 1  # another request's input is not failed
+    finally:
+        fault.release.set()
+        await engine.aclose()
+
+
+async def test_a_request_closed_while_tokenising_fails_instead_of_waiting(
+    embed_dir: Path,
+) -> None:
+    engine = await _engine(embed_dir)
+    entered, release = threading.Event(), threading.Event()
+    real = engine._tokenise
+
+    def slow_tokenise(request: EmbeddingRequest) -> list[list[int]]:  # a fault: waits
+        entered.set()
+        release.wait()
+        return real(request)
+
+    engine._tokenise = slow_tokenise  # type: ignore[method-assign]
+    long = "word " * 2000  # long enough to be tokenised in a worker thread
+    task = asyncio.create_task(engine.embed(EmbeddingRequest("m", (long,))))
+    try:
+        await asyncio.to_thread(entered.wait)
+        await engine.aclose()
+    finally:
+        release.set()
+    with pytest.raises(EngineUnavailable):
+        await asyncio.wait_for(task, timeout=60)  # a guard: without the check it never ends

@@ -124,6 +124,11 @@ class TransformersEmbedder:
         if self._thread.is_alive():
             self._inbox.put(None)
             await asyncio.to_thread(self._thread.join)
+        with contextlib.suppress(queue.Empty):  # none should be left; if one is, it fails
+            while True:
+                job = self._inbox.get_nowait()
+                if job is not None and not job.future.done():
+                    job.future.set_exception(EngineUnavailable("The server is shutting down."))
 
     # ---- Embedder -----------------------------------------------------------
 
@@ -133,6 +138,8 @@ class TransformersEmbedder:
         dims = self._check_dimensions(request.dimensions)
         chars = self._check_size(request)
         ids = await tokenized(lambda: self._tokenise(request), chars)
+        if self._down:  # closed while tokenising: the worker may be gone
+            raise EngineUnavailable("The engine is down.", headers={"Retry-After": "5"})
         if self._waiting >= self.settings.max_waiting:
             raise EngineOverloaded(
                 "The engine's queue is full; retry shortly.", headers={"Retry-After": "1"}
@@ -257,8 +264,11 @@ class TransformersEmbedder:
                         self._run(batch)
                 except Exception:
                     log.exception("embedding worker failed")
-                    pending.extend(batch)  # the batch's requests fail with the rest
-                    self._fail_pending(pending, InternalError("The engine failed while embedding."))
+                    error = InternalError("The engine failed while embedding.")
+                    if batch:  # the batch's requests fail; other requests' inputs stay queued
+                        self._fail_pending(deque(batch), error)
+                    else:  # not a batch's fault: nothing queued can be trusted to run
+                        self._fail_pending(pending, error)
 
     def _stop(self, pending: deque[tuple[_Job, int]]) -> None:
         """Shutting down: fail what is queued, and whatever was submitted meanwhile."""
