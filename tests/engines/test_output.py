@@ -33,3 +33,17 @@ async def test_logprobs_go_with_content_and_not_with_tool_calls() -> None:
     assert tokens[0] == "Sure"
     assert not any("tool_call" in t or "name" in t for t in tokens)
     assert [e.name for e in out if isinstance(e, ToolCallDelta)] == ["f"]
+
+
+async def test_a_delta_holding_content_and_a_call_start_splits_its_logprobs() -> None:
+    async def events() -> AsyncGenerator[EngineEvent, None]:
+        tokens = ("Hi", " there", "<tool_call>", "\n", '{"name"')
+        yield TextDelta(0, "".join(tokens), tuple(_t(t) for t in tokens))
+        yield TextDelta(0, ': "f", "arguments": {}}\n</tool_call>', (_t(": ..."),))
+        yield ChoiceFinished(0, "stop")
+
+    out = [e async for e in with_tool_calls(events(), frozenset({"f"}))]
+    texts = [e for e in out if isinstance(e, TextDelta)]
+    assert "".join(e.text for e in texts).strip() == "Hi there"
+    assert [t.token for e in texts for t in e.logprobs] == ["Hi", " there"]
+    assert [e.name for e in out if isinstance(e, ToolCallDelta)] == ["f"]

@@ -8,6 +8,7 @@ parser comes out as proper tool calls.
 from __future__ import annotations
 
 import uuid
+from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from typing import Any
@@ -21,6 +22,7 @@ from qwen_gateway.core.types import (
     ToolCallDelta,
 )
 from qwen_gateway.errors import InvalidModelOutput
+from qwen_gateway.qwen.tokenizer import utf8_boundary
 from qwen_gateway.qwen.toolparse import Content, ParseEvent, ToolCallParser
 
 
@@ -87,15 +89,15 @@ async def with_tool_calls(
     has no logprobs in OpenAI's shapes."""
     parsers: dict[int, ToolCallParser] = {}
     calls: dict[int, int] = {}
-    pending: dict[int, list[TokenLogprob]] = {}
+    pending: dict[int, TokenSplitter] = {}
 
     def convert(index: int, parsed: list[ParseEvent]) -> list[EngineEvent]:
         out: list[EngineEvent] = []
         for item in parsed:
             if isinstance(item, Content):
                 if item.text:
-                    waiting = pending.pop(index, [])
-                    out.append(TextDelta(index, item.text, tuple(waiting)))
+                    waiting = pending[index].take(len(item.text)) if index in pending else ()
+                    out.append(TextDelta(index, item.text, waiting))
             else:
                 pending.pop(index, None)  # the call's own tokens
                 n = calls.get(index, 0)
@@ -108,7 +110,7 @@ async def with_tool_calls(
             if isinstance(event, TextDelta):
                 parser = parsers.setdefault(event.index, ToolCallParser(names))
                 if event.logprobs:
-                    pending.setdefault(event.index, []).extend(event.logprobs)
+                    pending.setdefault(event.index, TokenSplitter()).pending.extend(event.logprobs)
                 for converted in convert(event.index, parser.feed(event.text)):
                     yield converted
             elif isinstance(event, ToolCallDelta):
@@ -127,3 +129,32 @@ async def with_tool_calls(
                 yield ChoiceFinished(event.index, reason, event.stop_sequence)
             else:
                 yield event
+
+
+class TokenSplitter:
+    """Token logprobs waiting for their text: :meth:`take` gives those that make the next
+    ``chars`` characters (a token whose text runs past them goes with the first piece it
+    shows in), so the tokens of a tool call that starts in the same delta stay behind."""
+
+    __slots__ = ("_ahead", "_partial", "pending")
+
+    def __init__(self) -> None:
+        self.pending: deque[TokenLogprob] = deque()
+        self._ahead = 0  # characters of tokens handed out whose text is still to come
+        self._partial = b""  # the bytes of an incomplete character, from the last token out
+
+    def take(self, chars: int) -> tuple[TokenLogprob, ...]:
+        if self._ahead >= chars:
+            self._ahead -= chars
+            return ()
+        need, got = chars - self._ahead, 0
+        out: list[TokenLogprob] = []
+        while self.pending and got < need:
+            entry = self.pending.popleft()
+            out.append(entry)
+            data = self._partial + bytes(entry.bytes)
+            cut = utf8_boundary(data)
+            got += len(data[:cut].decode("utf-8", errors="replace"))
+            self._partial = data[cut:]
+        self._ahead = max(0, got - need)
+        return tuple(out)

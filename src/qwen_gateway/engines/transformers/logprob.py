@@ -8,13 +8,13 @@ picked. Computed only for requests that ask, so the cost is zero otherwise.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Sequence
 
 import torch
 
 from qwen_gateway.core.types import TokenLogprob
-from qwen_gateway.qwen.tokenizer import QwenTokenizer, utf8_boundary
+from qwen_gateway.engines.output import TokenSplitter
+from qwen_gateway.qwen.tokenizer import QwenTokenizer
 
 #: Prompt positions turned into logits at a time (rows of [chunk, vocab] floats).
 PROMPT_CHUNK = 64
@@ -74,7 +74,7 @@ def prompt_entries(
     return tuple(out)
 
 
-class Aligner:
+class Aligner(TokenSplitter):
     """Hands out token logprobs with the text they make, one choice's worth.
 
     Output text can come later than its tokens (an incomplete UTF-8 sequence, text a stop
@@ -83,31 +83,10 @@ class Aligner:
     it shows in. Tokens whose text is never output (a stop string) are never handed out.
     """
 
-    __slots__ = ("_ahead", "_partial", "pending")
-
-    def __init__(self) -> None:
-        self.pending: deque[TokenLogprob] = deque()
-        self._ahead = 0  # characters of tokens handed out that are still to come as text
-        self._partial = b""  # the bytes of an incomplete character, from the last token out
+    __slots__ = ()
 
     def add(self, entry: TokenLogprob) -> None:
         self.pending.append(entry)
-
-    def take(self, chars: int) -> tuple[TokenLogprob, ...]:
-        if self._ahead >= chars:
-            self._ahead -= chars
-            return ()
-        need, got = chars - self._ahead, 0
-        out: list[TokenLogprob] = []
-        while self.pending and got < need:
-            entry = self.pending.popleft()
-            out.append(entry)
-            data = self._partial + bytes(entry.bytes)
-            cut = utf8_boundary(data)
-            got += len(data[:cut].decode("utf-8", errors="replace"))
-            self._partial = data[cut:]
-        self._ahead = max(0, got - need)
-        return tuple(out)
 
     def rest(self) -> tuple[TokenLogprob, ...]:
         """What is left, once the output's text has all been let out."""
