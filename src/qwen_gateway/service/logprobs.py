@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from qwen_gateway.core.types import TokenLogprob
 from qwen_gateway.protocol.chat import ChatCompletionTokenLogprob, ChoiceLogprobs
 from qwen_gateway.protocol.completions import CompletionLogprobs
+from qwen_gateway.qwen.tokenizer import utf8_boundary
 
 
 def chat_logprobs(entries: Iterable[TokenLogprob]) -> ChoiceLogprobs:
@@ -56,7 +57,7 @@ class CompletionLogprobsBuilder:
             )
             out["text_offset"].append(self._chars)
             data = self._partial + bytes(e.bytes)
-            cut = _whole(data)
+            cut = utf8_boundary(data)
             self._chars += len(data[:cut].decode("utf-8", errors="replace"))
             self._partial = data[cut:]
         return out
@@ -67,16 +68,3 @@ def merge(into: CompletionLogprobs, more: CompletionLogprobs) -> None:
     into["token_logprobs"].extend(more["token_logprobs"])
     into["top_logprobs"].extend(more["top_logprobs"])
     into["text_offset"].extend(more["text_offset"])
-
-
-def _whole(data: bytes) -> int:
-    """The length of ``data``'s longest prefix that ends on a character boundary."""
-    for back in range(1, min(4, len(data)) + 1):
-        byte = data[-back]
-        if byte & 0xC0 == 0x80:
-            continue  # a continuation byte: look further back for the lead
-        if byte < 0x80:
-            return len(data)
-        need = 2 if byte >= 0xC0 and byte < 0xE0 else 3 if byte < 0xF0 else 4
-        return len(data) if back >= need else len(data) - back
-    return len(data)
