@@ -246,3 +246,28 @@ async def test_a_request_closed_while_tokenising_fails_instead_of_waiting(
         release.set()
     with pytest.raises(EngineUnavailable):
         await asyncio.wait_for(task, timeout=60)  # a guard: without the check it never ends
+
+
+async def test_bidirectional_attention_masks_padding_only(embed_dir: Path) -> None:
+    """``bidirectional``: every token sees every other; batched (padded) inputs give the
+    vectors each gives alone, which equal a direct pass with an all-visible mask."""
+    engine = await _engine(embed_dir, bidirectional=True, max_batch_size=8)
+    causal = await _engine(embed_dir)
+    try:
+        batched = await engine.embed(EmbeddingRequest("m", tuple(TEXTS)))
+        alone = [(await engine.embed(EmbeddingRequest("m", (t,)))).vectors[0] for t in TEXTS]
+        plain = await causal.embed(EmbeddingRequest("m", tuple(TEXTS)))
+    finally:
+        await engine.aclose()
+        await causal.aclose()
+    for got, want in zip(batched.vectors, alone, strict=True):
+        assert _floats(got) == pytest.approx(_floats(want), abs=1e-5)
+    assert _floats(batched.vectors[0]) != pytest.approx(_floats(plain.vectors[0]), abs=1e-3)
+    tokenizer = AutoTokenizer.from_pretrained(str(embed_dir))
+    model = AutoModel.from_pretrained(str(embed_dir)).eval()
+    ids = tokenizer([TEXTS[0]], return_tensors="pt")["input_ids"]
+    visible = torch.zeros((1, 1, ids.shape[1], ids.shape[1]))
+    with torch.inference_mode():
+        hidden = model(input_ids=ids, attention_mask=visible).last_hidden_state[0, -1]
+    want = F.normalize(hidden, p=2, dim=0).tolist()
+    assert _floats(batched.vectors[0]) == pytest.approx(want, abs=1e-4)

@@ -55,8 +55,10 @@ class EmbeddingSettings:
 
     max_batch_size: int = 32
     max_waiting: int = 256
-    supports_dimensions: bool = False
     max_request_tokens: int = 300_000
+    #: every token attends to every other (a padding-only mask), as gte-Qwen2 was trained;
+    #: off: the decoder's causal attention
+    bidirectional: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,8 +310,15 @@ class TransformersEmbedder:
             mask[row, : len(seq)] = 1
         self._running = len(seqs)
         try:
+            attention: Any = mask.to(self._device)
+            if self.settings.bidirectional:  # (batch, 1, query, key): padded keys hidden only
+                dtype = next(self._model.parameters()).dtype
+                hidden = torch.finfo(dtype).min
+                keys = attention[:, None, None, :].expand(len(seqs), 1, longest, longest)
+                attention = torch.zeros(keys.shape, dtype=dtype, device=self._device)
+                attention = attention.masked_fill(keys == 0, hidden)
             out = self._model(
-                input_ids=ids.to(self._device), attention_mask=mask.to(self._device)
+                input_ids=ids.to(self._device), attention_mask=attention
             ).last_hidden_state
         except Exception:
             log.exception("embedding forward pass failed")

@@ -89,6 +89,9 @@ class TransformersConfig(EngineConfig):
     supports_dimensions: bool = False
     #: the most tokens one embeddings request may hold, all inputs together
     max_embedding_tokens: int = Field(default=300_000, ge=1)
+    #: an embedding model whose tokens attend to every other (gte-Qwen2 was trained so, and
+    #: vLLM runs it so): a padding-only mask instead of the decoder's causal one
+    bidirectional: bool = False
 
     def expected_info(self, ctx: EngineContext) -> ModelInfo:
         if self.task == "embed":
@@ -731,8 +734,8 @@ async def _create_embedder(config: TransformersConfig, ctx: EngineContext) -> En
     settings = EmbeddingSettings(
         max_batch_size=config.max_batch_size,
         max_waiting=config.max_waiting,
-        supports_dimensions=config.supports_dimensions,
         max_request_tokens=config.max_embedding_tokens,
+        bidirectional=config.bidirectional,
     )
     return TransformersEmbedder(settings, loaded, ctx.observer)
 
