@@ -3,11 +3,22 @@ through their logprobs."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
 from qwen_gateway.config import load_settings
 from qwen_gateway.container import Container
+from qwen_gateway.core.types import (
+    ChoiceFinished,
+    EngineEvent,
+    GenerationRequest,
+    ModelInfo,
+    TextDelta,
+    TokenLogprob,
+    Usage,
+)
+from qwen_gateway.engines.base import READY, EngineHealth
 from support.fixtures import MODEL, open_in_process
 
 PROMPT = "Once upon a"
@@ -64,3 +75,40 @@ async def test_a_flagged_answer_keeps_its_logprobs(tiny_model_dir: Path, tmp_pat
     assert flagged.choices[0].text == text
     assert flagged.choices[0].logprobs.tokens == plain.choices[0].logprobs.tokens
     assert flagged.choices[0].logprobs.token_logprobs == plain.choices[0].logprobs.token_logprobs
+
+
+class PartialCharEngine:
+    """A fake engine (named so): "Hi é!" in deltas where "é" is split over two tokens, the
+    first of which comes in a delta with no text (its character is not complete yet)."""
+
+    info = ModelInfo(id=MODEL, context_window=4096, max_output_tokens=64, supports_logprobs=True)
+
+    def stream(self, request: GenerationRequest) -> AsyncGenerator[EngineEvent, None]:
+        async def events() -> AsyncGenerator[EngineEvent, None]:
+            yield TextDelta(0, "Hi ", (TokenLogprob("Hi ", -0.1, tuple(b"Hi ")),))
+            yield TextDelta(0, "", (TokenLogprob("bytes:\\xc3", -0.2, (0xC3,)),))
+            yield TextDelta(0, "é!", (TokenLogprob("bytes:\\xa9", -0.3, (0xA9,)),
+                                      TokenLogprob("!", -0.4, tuple(b"!"))))  # fmt: skip
+            yield ChoiceFinished(0, "stop")
+            yield Usage(3, 4)
+
+        return events()
+
+    async def health(self) -> EngineHealth:
+        return READY
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_the_logprobs_of_a_text_less_delta_are_kept(tmp_path: Path) -> None:
+    safety = {
+        "rule_sets": {"words": {"keywords": {"secret": ["zebra"]}}},
+        "policies": [{"name": "default", "rule_sets": ["words"], "actions": {"secret": "redact"}}],
+    }
+    tree = {"data_dir": str(tmp_path), "auth": {"enabled": False}, "safety": safety}
+    container = Container(load_settings(tree, env={}), engines={MODEL: PartialCharEngine()})
+    async with open_in_process(container) as g:
+        got = await g.client.completions.create(model=MODEL, prompt="x", logprobs=0)
+    assert got.choices[0].text == "Hi é!"
+    assert got.choices[0].logprobs.token_logprobs == [-0.1, -0.2, -0.3, -0.4]
