@@ -19,7 +19,7 @@ from qwen_gateway.core.types import ChatMessage, ChatRequest, RelayedChunk
 from qwen_gateway.engines.base import QUIET
 from qwen_gateway.engines.openai_upstream import PLUGIN, UpstreamConfig, _error_from_body
 from qwen_gateway.engines.plugin import EngineContext
-from support.faulty_upstream import BEHAVIOURS, FaultyUpstream
+from support.faulty_upstream import BEHAVIOURS, LARGE_BYTES, FaultyUpstream
 from support.fixtures import MODEL, InProcess, open_in_process
 from support.metrics import sample
 from support.observer import RecordingObserver
@@ -209,6 +209,14 @@ async def test_broken_whole_answers_are_clean_502s(
         resp = await g.http.post("/v1/chat/completions", json={"model": model, "messages": ASK})
         assert resp.status_code == 502, resp.text
         assert resp.json()["error"]["code"] == "upstream_error"
+
+
+async def test_a_whole_answer_sent_in_small_writes_is_read_whole(
+    faulty: FaultyUpstream, tmp_path: Path
+) -> None:
+    async with relay(faulty.base_url, tmp_path, names=["large-split"], **LIMITS) as g:
+        got = await g.client.chat.completions.create(model="large-split", messages=ASK)
+    assert got.choices[0].message.content == "y" * LARGE_BYTES
 
 
 MID_STREAM = ["stall", "reset", "truncated", "bad-json-mid", "huge"]

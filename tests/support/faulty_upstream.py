@@ -29,9 +29,10 @@ BEHAVIOURS = (
     "ok", "no-usage", "429-then-ok", "502-then-ok", "503-always", "429-always",
     "503-retry-later", "500", "400-context", "404", "slow-first", "stall", "reset",
     "truncated", "garbage", "bad-json-mid", "huge", "endless", "raw-tool-call",
-    "native-tool-call", "cut-tool-call", "echo",
+    "native-tool-call", "cut-tool-call", "echo", "large-split",
 )  # fmt: skip
 HUGE_BYTES = 3 * 1024 * 1024  # more than the test engines' max_response_bytes
+LARGE_BYTES = 512 * 1024  # under it; "large-split" sends it whole in 16 KiB writes
 
 
 def _chunk(content: str | None = None, finish: str | None = None, **delta: Any) -> dict[str, Any]:
@@ -188,6 +189,14 @@ class FaultyUpstream:
             await self._wait_release()
         if model == "huge" and not stream:
             return JSONResponse(_assemble([_chunk("x" * HUGE_BYTES, finish="stop")]))
+        if model == "large-split" and not stream:
+            whole = json.dumps(_assemble([_chunk("y" * LARGE_BYTES, finish="stop")])).encode()
+
+            async def pieces() -> AsyncIterator[bytes]:
+                for at in range(0, len(whole), 16 * 1024):
+                    yield whole[at : at + 16 * 1024]
+
+            return StreamingResponse(pieces(), media_type="application/json")
         if model == "garbage" and not stream:
             return Response("{not json", media_type="application/json")
         if not stream:
