@@ -87,3 +87,27 @@ def test_the_shipped_safety_example_compiles_with_the_classifier(tmp_path: Path)
     services = assemble(settings, {settings.served_model_name: scripted("m")})
     assert services.safety is not None and services.safety.classifier is not None
     assert "financial_advice" in services.safety.classifier.categories
+
+
+async def test_shutdown_lets_a_periodic_round_finish_instead_of_cancelling_it() -> None:
+    """A maintenance round (a purge: database statements) in progress when the server stops
+    is awaited, not cancelled mid-statement; no further round starts."""
+    import asyncio
+    from contextlib import AsyncExitStack
+
+    from qwen_gateway.container import _every
+
+    started, release = asyncio.Event(), asyncio.Event()
+    rounds: list[str] = []
+
+    async def round_() -> None:
+        rounds.append("started")
+        started.set()
+        await release.wait()
+        rounds.append("finished")
+
+    async with AsyncExitStack() as stack:
+        _every(stack, "test-round", 3600.0, round_)
+        await started.wait()
+        stack.callback(release.set)  # runs first on exit: the round can finish while awaited
+    assert rounds == ["started", "finished"]

@@ -16,7 +16,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -711,32 +711,56 @@ async def start(services: Services, stack: AsyncExitStack) -> None:
     await _bootstrap(services)
     reviews, safety = services.reviews, services.settings.safety
     if reviews is not None and safety is not None:  # retention and queue gauges, each replica
-        maintenance = asyncio.create_task(
-            reviews.maintain(safety.review.maintenance_seconds), name="review-maintenance"
-        )
-        stack.push_async_callback(_cancel, maintenance)
+        _every(stack, "review-maintenance", safety.review.maintenance_seconds,
+               reviews.maintain_once)  # fmt: skip
     responses = services.responses
     if responses is not None and responses.storing:  # retention of stored responses
-        purge = asyncio.create_task(
-            _purge_responses(responses, services.settings.responses.purge_seconds),
-            name="responses-purge",
-        )
-        stack.push_async_callback(_cancel, purge)
+        _every(stack, "responses-purge", services.settings.responses.purge_seconds,
+               functools.partial(_purge_responses, responses))  # fmt: skip
     stack.push_async_callback(services.fleet.aclose)
     stack.push_async_callback(_drain, services.pipeline.account)
     services.fleet.start()
     stack.callback(services.fleet.stop_loading)
 
 
-async def _purge_responses(responses: ResponsesService, every: float) -> None:
-    """Delete expired stored responses now and every ``every`` seconds (reads never return
-    them in between)."""
-    while True:
+async def _purge_responses(responses: ResponsesService) -> None:
+    """Delete expired stored responses (reads never return them in between rounds)."""
+    try:
+        await responses.purge()
+    except Exception:
+        log.exception("purging expired responses failed")
+
+
+#: how long a periodic round in progress at shutdown may take to finish before it is cancelled
+ROUND_GRACE_SECONDS = 10.0
+
+
+def _every(
+    stack: AsyncExitStack, name: str, seconds: float, round_: Callable[[], Awaitable[None]]
+) -> None:
+    """Run ``round_`` now and every ``seconds`` in a background task until ``stack`` closes.
+    Shutdown waits for a round in progress (up to :data:`ROUND_GRACE_SECONDS`) instead of
+    cancelling it in the middle of a database statement, which could leave a connection
+    neither returned nor closed."""
+    stop = asyncio.Event()
+
+    async def loop() -> None:
+        while not stop.is_set():
+            await round_()
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), seconds)
+
+    task = asyncio.create_task(loop(), name=name)
+
+    async def finish() -> None:
+        stop.set()
         try:
-            await responses.purge()
-        except Exception:
-            log.exception("purging expired responses failed")
-        await asyncio.sleep(every)
+            await asyncio.wait_for(asyncio.shield(task), ROUND_GRACE_SECONDS)
+        except TimeoutError:
+            log.warning("%s: the round in progress did not finish; cancelled", name)
+            await _cancel(task)
+
+    stack.push_async_callback(finish)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -8,7 +8,6 @@ data). Decisions go to the audit trail with the reviewer and the time, never the
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 from collections.abc import Callable
@@ -295,15 +294,9 @@ class ReviewService:
         depth, oldest = await self._repo.pending()
         self._observer.queue(depth, oldest)
 
-    async def maintain(self, interval: float) -> None:
-        """Purge and refresh every ``interval`` seconds, until cancelled (the server's
-        background task). A failed round (database down) is logged and retried."""
-        while True:
-            await self.maintain_once()
-            await asyncio.sleep(interval)
-
     async def maintain_once(self) -> None:
-        """One round of maintenance; a failure is logged (the next round retries)."""
+        """One round of maintenance (purge, then the queue gauges), run periodically by the
+        container; a failure is logged (the next round retries)."""
         try:
             await self.purge()
             await self.refresh()
