@@ -24,8 +24,11 @@ def test_a_worker_that_keeps_dying_stops_the_server(
     with caplog.at_level(logging.INFO, logger=workers.__name__):
         assert workers.supervise(settings, crash_once_serving) == 1
     restarts = [r.getMessage() for r in caplog.records if "restarting it in" in r.getMessage()]
-    # each worker: _RESTART_LIMIT restarts, with doubling pauses, then the server gives up
-    assert len(restarts) == 2 * workers._RESTART_LIMIT
+    # a worker is restarted _RESTART_LIMIT times, with doubling pauses; at its next death the
+    # server gives up (the other worker, dying at its own pace, may be behind: never ahead)
+    per_worker = [sum(m.startswith(f"worker {i} ") for m in restarts) for i in range(2)]
+    assert max(per_worker) == workers._RESTART_LIMIT, restarts
+    assert min(per_worker) >= 1, restarts  # both were restarted
     pauses = sorted({float(m.rsplit(" in ", 1)[1].split()[0]) for m in restarts})
     assert pauses == [0.01, 0.02, 0.04]  # doubling, up to the cap
     assert any("times within" in r.getMessage() for r in caplog.records)
