@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import time
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -54,17 +55,29 @@ class Database:
         self.ping_ttl, self.ping_seconds = 2.0, 1.0
         self._checked: tuple[float, bool] | None = None  # (when, reachable)
         self._checking = asyncio.Lock()
+        self._probe: asyncio.Task[None] | None = None
+
+    async def _ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
 
     async def reachable(self) -> bool:
         """Whether ``SELECT 1`` answers within ``ping_seconds``. The answer is kept for
-        ``ping_ttl`` seconds and one check runs at a time, so probes cost no query each."""
+        ``ping_ttl`` seconds and one check runs at a time, so probes cost no query each.
+
+        A probe that takes longer is not cancelled: it goes on in the background (a later
+        check waits for it) and returns its connection to the pool when it ends. Cancelling
+        it while the driver opens a connection would leave that connection neither pooled
+        nor closed."""
         async with self._checking:
             now = time.monotonic()
             if self._checked is not None and now - self._checked[0] < self.ping_ttl:
                 return self._checked[1]
+            if self._probe is None or self._probe.done():
+                self._probe = asyncio.create_task(self._ping(), name="database-ping")
+                self._probe.add_done_callback(_retrieve)
             try:
-                async with asyncio.timeout(self.ping_seconds), self.engine.connect() as conn:
-                    await conn.execute(text("SELECT 1"))
+                await asyncio.wait_for(asyncio.shield(self._probe), self.ping_seconds)
                 ok = True
             except Exception as exc:
                 if self._checked is None or self._checked[1]:
@@ -81,7 +94,20 @@ class Database:
             await conn.run_sync(_upgrade)
 
     async def aclose(self) -> None:
+        probe = self._probe
+        if probe is not None and not probe.done():  # let it return its connection first
+            with suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(probe), self.ping_seconds)
+            probe.cancel()
+            await asyncio.gather(probe, return_exceptions=True)
         await self.engine.dispose()
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """A probe's failure is reported by ``reachable``; mark it retrieved when no check was
+    waiting any more (a probe that outlived its check)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _upgrade(connection: Connection) -> None:
