@@ -153,8 +153,13 @@ def test_disconnect_mid_stream_makes_vllm_abort(vllm_gateway: VLLMGateway) -> No
         )
 
     def idle() -> bool:
+        """Nothing running and nothing queued (a request left waiting by an earlier test
+        would finish inside this one's window)."""
         for _ in range(300):  # polling vLLM's own counters, bounded
-            if g.vllm_metric("vllm:num_requests_running") == 0:
+            if (
+                g.vllm_metric("vllm:num_requests_running") == 0
+                and g.vllm_metric("vllm:num_requests_waiting") == 0
+            ):
                 return True
             time.sleep(0.1)
         return False
