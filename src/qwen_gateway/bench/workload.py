@@ -51,6 +51,10 @@ class Lengths:
     @classmethod
     def parse(cls, spec: str) -> Lengths:
         parts = spec.strip().split(":")
+        refused = ValueError(
+            f"{spec!r} is not a length distribution: use N, fixed:N, uniform:LOW:HIGH "
+            "or normal:MEAN:STD"
+        )
         try:
             numbers = [float(p) for p in parts[1:]] if not parts[0].isdigit() else []
             if parts[0].isdigit() and len(parts) == 1:
@@ -62,12 +66,9 @@ class Lengths:
                 return cls._checked("uniform", numbers[0], numbers[1])
             if kind == "normal" and len(numbers) == 2 and numbers[1] >= 0:
                 return cls._checked("normal", numbers[0], numbers[1])
-        except ValueError:
-            pass
-        raise ValueError(
-            f"{spec!r} is not a length distribution: use N, fixed:N, uniform:LOW:HIGH "
-            "or normal:MEAN:STD"
-        )
+        except ValueError as exc:  # a number that does not parse, or one out of range
+            raise refused from exc
+        raise refused
 
     @classmethod
     def _checked(
