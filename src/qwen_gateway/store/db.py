@@ -6,7 +6,6 @@ import asyncio
 import logging
 import os
 import time
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +95,10 @@ class Database:
     async def aclose(self) -> None:
         probe = self._probe
         if probe is not None and not probe.done():  # let it return its connection first
-            with suppress(Exception):
+            try:
                 await asyncio.wait_for(asyncio.shield(probe), self.ping_seconds)
+            except Exception as exc:  # reported by reachable() already; closing goes on
+                log.info("the last database probe ended with %s at close", type(exc).__name__)
             probe.cancel()
             await asyncio.gather(probe, return_exceptions=True)
         await self.engine.dispose()
